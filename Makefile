@@ -1,0 +1,46 @@
+# netfabric.flannel — developer entry points.  `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV      := .venv
+PY        := $(VENV)/bin/python
+PYTEST    := $(VENV)/bin/pytest
+TEST_DEBS := etcd-server etcd-client iptables iproute2 iperf3 iputils-ping procps rsync git curl
+
+.PHONY: help deps venv test test-unit test-integration lint lab lab-down clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+deps: ## install the Debian packages the tests need (root, only what is missing)
+	@scripts/install-deps.sh $(TEST_DEBS)
+
+venv: $(VENV)/.installed ## build .venv/ with the agent, ansible-core and the test tools
+
+$(VENV)/.installed: pyproject.toml requirements/runtime.txt requirements/dev.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements/dev.txt
+	$(VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+lint: venv ## ruff over the Python code
+	$(VENV)/bin/ruff check .
+
+test-unit: venv ## unit tests only (no root needed)
+	$(PYTEST) tests/unit
+
+test-integration: deps venv ## integration tests: real etcd, namespaces, netlink (root)
+	$(PYTEST) tests/integration
+
+test: deps venv ## everything CI runs
+	$(VENV)/bin/ruff check .
+	$(PYTEST) tests/unit tests/integration
+
+lab: ## build a local multi-host lab and run site.yml on it
+	@echo "make lab: the multi-host lab arrives with the lab/molecule issue; nothing was started." >&2
+	@echo "Today you can run the agent by hand: make venv && .venv/bin/flanneld --help" >&2
+	@exit 2
+
+clean: ## remove build artefacts (keeps .venv)
+	rm -rf build .pytest_cache .ruff_cache .hypothesis netfabric-flannel-*.tar.gz

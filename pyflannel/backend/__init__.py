@@ -1,0 +1,133 @@
+"""The one backend interface and the backend registry.
+
+A backend turns leases into a datapath.  It knows nothing of etcd: the agent hands it leases.
+Life cycle, driven by the agent (pyflannel/agent.py):
+
+1. ``backend = create(config, ext_iface)`` — ``config`` is the parsed NetworkConfig,
+   ``ext_iface`` the selected :class:`ExternalInterface`.
+2. ``attrs = backend.prepare()`` — create devices that must exist before the lease is taken
+   (vxlan needs its VtepMAC) and return the :class:`LeaseAttrs` to publish.
+3. The agent acquires the lease (its subnet may be a different one than last time).
+4. ``backend.configure(lease)`` — address the device, routes for the whole network, etc.
+5. ``backend.sync(leases)`` with every other node's lease (after each full list), then
+   ``lease_added(lease)`` / ``lease_removed(lease)`` as the watch reports changes.  ``sync`` must make
+   the datapath match exactly the given set (add what is missing, remove what is stale).
+6. ``backend.tick()`` every few seconds (repairs, counters); ``backend.close()`` on shutdown
+   (a restart keeps devices and routes so traffic does not flap; ``cleanup()`` removes everything
+   this backend installs, used when the backend type or VNI changed).
+
+Adding a backend: one module that subclasses :class:`Backend` and decorates it with
+``@register("name")``; list the module in ``_MODULES``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Type
+
+from pyflannel.leases import Lease, LeaseAttrs
+from pyflannel.netconfig import NetworkConfig
+
+
+@dataclass
+class ExternalInterface:
+    """The interface flannel traffic leaves through (``--iface`` and friends)."""
+
+    name: str
+    index: int
+    address: str  # the interface's IPv4 address used for sending/binding
+    public_ip: str  # what other nodes use to reach us (``--public-ip``; usually == address)
+    mtu: int
+
+
+class BackendError(Exception):
+    """A backend cannot work as configured; ``str()`` is one line saying what to do."""
+
+
+class Backend:
+    """Base class: every method has a safe default so small backends stay small."""
+
+    name = "base"
+
+    def __init__(self, config: NetworkConfig, ext_iface: ExternalInterface) -> None:
+        self.config = config
+        self.ext_iface = ext_iface
+        self.lease: Optional[Lease] = None
+
+    # -- life cycle -----------------------------------------------------------------------------
+    def prepare(self) -> LeaseAttrs:
+        return LeaseAttrs(self.ext_iface.public_ip, "" if self.name in ("udp", "alloc") else self.name)
+
+    def mtu(self) -> int:
+        """The MTU containers must use on this network (FLANNEL_MTU)."""
+        override = self.config.option("MTU")
+        return int(override) if override else self.ext_iface.mtu
+
+    def configure(self, lease: Lease) -> None:
+        self.lease = lease
+
+    def sync(self, leases: List[Lease]) -> None:
+        pass
+
+    def lease_added(self, lease: Lease) -> None:
+        pass
+
+    def lease_removed(self, lease: Lease) -> None:
+        pass
+
+    def tick(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def cleanup(self) -> None:
+        """Remove every device/route/fdb entry this backend type installs (backend switch)."""
+
+    # -- observability ----------------------------------------------------------------------------
+    def status(self) -> Dict[str, Any]:
+        return {"backend": self.name}
+
+    def metrics(self) -> Dict[str, float]:
+        """Counters/gauges for /metrics, names without the ``flannel_`` prefix."""
+        return {}
+
+
+_REGISTRY: Dict[str, Type[Backend]] = {}
+# Modules that register a backend when imported (a missing module means "not available yet").
+_MODULES = ("alloc", "udp", "vxlan", "hostgw")
+
+
+def register(name: str) -> Callable[[Type[Backend]], Type[Backend]]:
+    def deco(cls: Type[Backend]) -> Type[Backend]:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def _load_all() -> None:
+    for mod in _MODULES:
+        try:
+            importlib.import_module("pyflannel.backend." + mod)
+        except ModuleNotFoundError as err:
+            if err.name != "pyflannel.backend." + mod:
+                raise
+
+
+def available() -> List[str]:
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def create(config: NetworkConfig, ext_iface: ExternalInterface) -> Backend:
+    _load_all()
+    cls = _REGISTRY.get(config.backend_type)
+    if cls is None:
+        raise BackendError(
+            "backend %s is not available yet in this pyflannel (available: %s); use Backend.Type alloc "
+            "or upgrade pyflannel" % (config.backend_type, ", ".join(available()))
+        )
+    return cls(config, ext_iface)

@@ -1,0 +1,1 @@
+"""Subnet leases in etcd: acquire, renew, watch (no netlink here)."""
