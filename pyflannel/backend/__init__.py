@@ -83,7 +83,13 @@ class Backend:
         pass
 
     def cleanup(self) -> None:
-        """Remove every device/route/fdb entry this backend type installs (backend switch)."""
+        """Remove every device/route/fdb entry this backend instance installs."""
+
+    @classmethod
+    def remove_installed(cls, ext_iface: ExternalInterface) -> None:
+        """Remove whatever any earlier run of this backend type left on the host (devices, routes,
+        fdb).  Called for every backend type other than the active one when the agent starts, so a
+        backend switch leaves nothing stale behind."""
 
     # -- observability ----------------------------------------------------------------------------
     def status(self) -> Dict[str, Any]:
@@ -120,6 +126,14 @@ def _load_all() -> None:
 def available() -> List[str]:
     _load_all()
     return sorted(_REGISTRY)
+
+
+def remove_leftovers(active: Backend) -> None:
+    """Before ``active.prepare()``: let every other backend type remove what it left behind."""
+    _load_all()
+    for name, cls in sorted(_REGISTRY.items()):
+        if name != active.name:
+            cls.remove_installed(active.ext_iface)
 
 
 def create(config: NetworkConfig, ext_iface: ExternalInterface) -> Backend:
