@@ -40,20 +40,20 @@ class EtcdServer:
         return "http://%s:%d" % (self.host, self.port)
 
     def _cmd(self) -> List[str]:
+        peer = "http://%s:%d" % (self.host, self.peer_port)
         cmd = [
             ETCD_BIN, "--name", "test", "--data-dir", os.path.join(self.data_dir, "data"),
             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-            "--listen-peer-urls", "http://%s:%d" % (self.host, self.peer_port),
-            "--initial-advertise-peer-urls", "http://%s:%d" % (self.host, self.peer_port),
-            "--initial-cluster", "test=http://%s:%d" % (self.host, self.peer_port),
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", "test=" + peer,
             "--enable-v2=%s" % ("true" if self.enable_v2 else "false"),
-            "--auto-compaction-retention", "0",
-        ] + self.extra_args
+            *self.extra_args,
+        ]
         if self.netns:
-            cmd = ["ip", "netns", "exec", self.netns] + cmd
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
         return cmd
 
-    def start(self, timeout: float = 15.0) -> "EtcdServer":
+    def start(self, timeout: float = 15.0) -> EtcdServer:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self._cmd(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
@@ -71,7 +71,7 @@ class EtcdServer:
             cmd = ["curl", "-sf", "-m", "1", self.url + "/health"]
             if self.netns:
                 # the root namespace may not reach a namespace address; ask from inside
-                cmd = ["ip", "netns", "exec", self.netns] + cmd
+                cmd = ["ip", "netns", "exec", self.netns, *cmd]
                 return subprocess.run(cmd, capture_output=True, timeout=3).returncode == 0
             with urllib.request.urlopen(self.url + "/health", timeout=1) as resp:
                 return resp.status == 200
@@ -100,7 +100,7 @@ class EtcdServer:
         except OSError:
             return ""
 
-    def __enter__(self) -> "EtcdServer":
+    def __enter__(self) -> EtcdServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: netfabric.flannel contributors
 # Apache License 2.0 (see LICENSE)
 """The one etcd facade of netfabric.flannel, for etcd v2 (python-etcd) and v3 (etcd3gw).
@@ -23,9 +22,7 @@ Both stores offer the same small set of operations, with TTLs expressed the way 
 Endpoints are tried in order; a connection failure moves on to the next one (failover).
 """
 
-from __future__ import absolute_import, division, print_function
 
-__metaclass__ = type
 
 import base64
 import json
@@ -233,7 +230,7 @@ class V2Store(EtcdStore):
     api = "v2"
 
     def __init__(self, *args, **kwargs):
-        super(V2Store, self).__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)
         try:
             import etcd  # python-etcd
         except ImportError:
@@ -377,7 +374,7 @@ class V3Store(EtcdStore):
     api = "v3"
 
     def __init__(self, *args, **kwargs):
-        super(V3Store, self).__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)
         try:
             import etcd3gw
             import etcd3gw.exceptions

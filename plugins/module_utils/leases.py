@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: netfabric.flannel contributors
 # Apache License 2.0 (see LICENSE)
 """Lease keys and lease values, laid out exactly as Go flanneld lays them out in etcd.
@@ -14,9 +13,7 @@ Shared verbatim by the Ansible modules (module_utils) and the pyflannel agent
 * Reading accepts every shape, with keys matched case-insensitively.
 """
 
-from __future__ import absolute_import, division, print_function
 
-__metaclass__ = type
 
 import ipaddress
 import json

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: netfabric.flannel contributors
 # Apache License 2.0 (see LICENSE)
 """The flannel network-config schema: the one place that parses, validates and fills defaults.
@@ -19,9 +18,7 @@ The rules follow Go flanneld's ``subnet.ParseConfig`` for IPv4:
 Every error is a single line naming the field, the value and the rule (``ConfigError``).
 """
 
-from __future__ import absolute_import, division, print_function
 
-__metaclass__ = type
 
 import ipaddress
 import json
