@@ -347,8 +347,8 @@ class V2Store(EtcdStore):
         path = prefix.rstrip("/") or "/"
         while True:
             try:
-                res = self._call("watching %s" % prefix, lambda c: c.read(
-                    path, recursive=True, wait=True, waitIndex=wait_index, timeout=idle))
+                res = self._call("watching %s" % prefix, lambda c, index=wait_index: c.read(
+                    path, recursive=True, wait=True, waitIndex=index, timeout=idle))
             except etcd.EtcdWatchTimedOut:
                 yield []
                 continue
@@ -582,7 +582,8 @@ class V3Store(EtcdStore):
                     if resp.status_code in (401, 403) and self.username:
                         self._authenticate(index, client)
                         raise _ConnectionProblem("token expired")
-                    raise StoreError("etcd refused the watch on %s: HTTP %d %s" % (prefix, resp.status_code, text[:200]))
+                    raise StoreError("etcd refused the watch on %s: HTTP %d %s"
+                                     % (prefix, resp.status_code, text[:200]))
                 holder["resp"] = resp
                 return resp
 
