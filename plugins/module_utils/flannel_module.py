@@ -1,0 +1,184 @@
+# Copyright: netfabric.flannel contributors
+# Apache License 2.0 (see LICENSE)
+"""Glue the netfabric.flannel modules share: the etcd connection options, opening the store through
+THE facade (``etcdstore.connect``) with errors turned into one ``fail_json`` line, reading the network
+config through THE schema and the leases through THE lease layout.
+
+Nothing here talks to etcd or parses JSON on its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import traceback
+
+from ansible.module_utils.basic import missing_required_lib
+
+from ansible_collections.netfabric.flannel.plugins.module_utils.etcdstore import StoreError, connect
+from ansible_collections.netfabric.flannel.plugins.module_utils.leases import (
+    DEFAULT_PREFIX,
+    Lease,
+    LeaseFormatError,
+    config_key,
+    decode_lease,
+    normalize_prefix,
+    parse_subnet_key,
+    subnets_dir,
+)
+from ansible_collections.netfabric.flannel.plugins.module_utils.netconfig import ConfigError, parse_config
+
+try:
+    import etcd  # noqa: F401  python-etcd, for the v2 API
+
+    HAS_PYTHON_ETCD = True
+    PYTHON_ETCD_IMPORT_ERROR = None
+except ImportError:
+    HAS_PYTHON_ETCD = False
+    PYTHON_ETCD_IMPORT_ERROR = traceback.format_exc()
+
+try:
+    import etcd3gw  # noqa: F401  for the v3 API
+
+    HAS_ETCD3GW = True
+    ETCD3GW_IMPORT_ERROR = None
+except ImportError:
+    HAS_ETCD3GW = False
+    ETCD3GW_IMPORT_ERROR = traceback.format_exc()
+
+DEFAULT_ENDPOINTS = ["http://127.0.0.1:2379"]
+
+# The argument spec of the options documented in the netfabric.flannel.etcd doc fragment.
+ETCD_ARGUMENT_SPEC = dict(
+    endpoints=dict(type="list", elements="str", default=DEFAULT_ENDPOINTS),
+    prefix=dict(type="str", default=DEFAULT_PREFIX),
+    api=dict(type="str", choices=["v2", "v3", "auto"], default="auto"),
+    ca_cert=dict(type="path"),
+    client_cert=dict(type="path"),
+    client_key=dict(type="path"),
+    username=dict(type="str"),
+    password=dict(type="str", no_log=True),
+    timeout=dict(type="float", default=5.0),
+)
+
+
+def etcd_argument_spec(**extra: dict) -> dict:
+    """The connection options plus a module's own ``extra`` options (a fresh copy each call)."""
+    spec = copy.deepcopy(ETCD_ARGUMENT_SPEC)
+    spec.update(extra)
+    return spec
+
+
+ETCD_REQUIRED_TOGETHER = [["client_cert", "client_key"]]
+
+
+def _require_library(module, api: str) -> str:
+    """Fail with Ansible's usual message when the client library for ``api`` is missing.
+
+    Returns the API to ask the facade for: ``auto`` narrows to the one API whose library is present.
+    """
+    if api == "v2" and not HAS_PYTHON_ETCD:
+        module.fail_json(msg=missing_required_lib("python-etcd", reason="for api=v2"),
+                         exception=PYTHON_ETCD_IMPORT_ERROR)
+    if api == "v3" and not HAS_ETCD3GW:
+        module.fail_json(msg=missing_required_lib("etcd3gw", reason="for api=v3"), exception=ETCD3GW_IMPORT_ERROR)
+    if api == "auto":
+        if not HAS_ETCD3GW and not HAS_PYTHON_ETCD:
+            module.fail_json(msg=missing_required_lib("etcd3gw or python-etcd", reason="to talk to etcd"),
+                             exception=ETCD3GW_IMPORT_ERROR)
+        if not HAS_ETCD3GW:
+            return "v2"
+        if not HAS_PYTHON_ETCD:
+            return "v3"
+    return api
+
+
+def connect_store(module):
+    """Open the etcd store the module's connection options describe; fails the module with one line
+    (the facade's message) when etcd cannot be reached or refuses."""
+    params = module.params
+    api = _require_library(module, params["api"])
+    if params["timeout"] is not None and params["timeout"] <= 0:
+        module.fail_json(msg="timeout=%s: must be a positive number of seconds" % params["timeout"])
+    try:
+        return connect(
+            endpoints=params["endpoints"],
+            api=api,
+            ca_cert=params["ca_cert"],
+            client_cert=params["client_cert"],
+            client_key=params["client_key"],
+            username=params["username"],
+            password=params["password"],
+            timeout=params["timeout"],
+        )
+    except StoreError as err:
+        module.fail_json(msg=one_line(err))
+
+
+def one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or err.__class__.__name__
+
+
+def store_call(module, fn, *args, **kwargs):
+    """Call a store operation; a StoreError fails the module with its one-line message."""
+    try:
+        return fn(*args, **kwargs)
+    except StoreError as err:
+        module.fail_json(msg=one_line(err))
+
+
+def prefix_of(module) -> str:
+    return normalize_prefix(module.params["prefix"])
+
+
+def read_config(module, store):
+    """Read ``<prefix>/config`` -> (KV or None, NetworkConfig or None, ConfigError text or None)."""
+    kv = store_call(module, store.get, config_key(prefix_of(module)))
+    if kv is None:
+        return None, None, None
+    try:
+        return kv, parse_config(kv.value), None
+    except ConfigError as err:
+        return kv, None, one_line(err)
+
+
+def read_leases(module, store, with_ttl: bool = False):
+    """Every lease under ``<prefix>/subnets/`` -> (list of (KV, Lease), list of skipped {key, reason}).
+
+    ``with_ttl``: fill each lease's expiration (one extra request per lease on etcd v3).
+    """
+    kvs, _revision = store_call(module, store.list, subnets_dir(prefix_of(module)))
+    leases = []
+    skipped = []
+    now = time.time()
+    for kv in kvs:
+        try:
+            subnet, subnet6 = parse_subnet_key(kv.key)
+            attrs = decode_lease(kv.value)
+        except LeaseFormatError as err:
+            skipped.append({"key": kv.key, "reason": one_line(err)})
+            continue
+        expiration = None
+        if kv.has_ttl:
+            expiration = kv.expiration
+            if with_ttl and expiration is None:
+                remaining = store_call(module, store.remaining_ttl, kv)
+                expiration = None if remaining is None else now + remaining
+        lease = Lease(subnet, attrs, expiration=expiration, reservation=not kv.has_ttl, revision=kv.revision,
+                      lease_id=kv.lease_id, ipv6_subnet=subnet6, raw=kv.value)
+        leases.append((kv, lease))
+    leases.sort(key=lambda pair: int(pair[1].subnet.network_address))
+    return leases, skipped
+
+
+def lease_summary(kv, lease, now: float | None = None) -> dict:
+    """The documented dict for one lease: Lease.as_dict() plus key, ttl and the raw value."""
+    out = lease.as_dict()
+    now = time.time() if now is None else now
+    out["key"] = kv.key
+    out["ttl"] = None if lease.expiration is None else max(0, round(lease.expiration - now))
+    if lease.expiration is not None:
+        out["expiration"] = int(lease.expiration)
+    out["value"] = kv.value
+    return out

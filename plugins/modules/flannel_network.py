@@ -1,0 +1,357 @@
+#!/usr/bin/python
+# Copyright: netfabric.flannel contributors
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: flannel_network
+short_description: Write the flannel network config to etcd
+version_added: "0.1.0"
+description:
+  - Writes the flannel network config, the JSON document at C(<prefix>/config) that every flannel agent
+    (pyflannel or Go flanneld) reads, like C({"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}).
+  - The options are validated by the collection's network-config schema before anything is written; an
+    invalid value fails with the schema's one-line message and etcd is left as it was.
+  - The stored JSON uses Go flanneld's key names (C(Network), C(SubnetLen), C(SubnetMin), C(SubnetMax),
+    C(Backend.Type), C(VNI), C(Port), C(DirectRouting) ...) and holds only the options you give, plus
+    C(Backend.Type).
+  - The stored config is compared semantically with the wanted one (defaults and key order do not count),
+    so a config written by hand or by another tool is not rewritten when it means the same.
+  - Changing C(Network) or C(SubnetLen) while leases exist, or any change that leaves an existing lease
+    outside the new range, needs O(force=true): every node holding such a lease drops it and acquires a
+    new subnet, so its containers get new addresses.
+author:
+  - netfabric.flannel developers
+extends_documentation_fragment:
+  - netfabric.flannel.etcd
+options:
+  network:
+    description:
+      - The overlay address range as an IPv4 CIDR, like V(10.1.0.0/16) (C(Network)).
+      - Required when O(state=present).
+    type: str
+  subnet_len:
+    description:
+      - The prefix length of each host's subnet (C(SubnetLen)).
+      - Default of the schema when left out is V(24) for networks of /22 or larger, else the network's
+        prefix length + 2.
+    type: int
+  subnet_min:
+    description:
+      - The first subnet handed out (C(SubnetMin)), an address on a O(subnet_len) boundary inside
+        O(network). Default is the second subnet of the network.
+    type: str
+  subnet_max:
+    description:
+      - The last subnet handed out (C(SubnetMax)). Default is the last subnet of the network.
+    type: str
+  backend:
+    description:
+      - The datapath (C(Backend)) with its options. Options that the chosen type does not know are refused.
+    type: dict
+    suboptions:
+      type:
+        description:
+          - The backend type (C(Backend.Type)); pyflannel implements V(udp), V(vxlan) and V(host-gw).
+          - Go flanneld's default when left out is V(udp).
+        type: str
+        default: udp
+      vni:
+        description:
+          - VXLAN network identifier (C(VNI)); vxlan only. Default 1.
+        type: int
+      port:
+        description:
+          - UDP port (C(Port)); udp (default 8285) and vxlan (default 0, the kernel's 8472).
+        type: int
+      mtu:
+        description:
+          - MTU of the flannel device (C(MTU)); all backends. Default derives it from the interface.
+        type: int
+      gbp:
+        description:
+          - VXLAN Group Based Policy (C(GBP)); vxlan only.
+        type: bool
+      learning:
+        description:
+          - Let the kernel learn VXLAN forwarding entries (C(Learning)); vxlan only.
+        type: bool
+      direct_routing:
+        description:
+          - Route directly to hosts on the same L2 network instead of encapsulating (C(DirectRouting));
+            vxlan only.
+        type: bool
+      mac_prefix:
+        description:
+          - Prefix of the VTEP MAC addresses (C(MacPrefix)); vxlan only.
+        type: str
+  force:
+    description:
+      - Allow a change that invalidates existing leases (a new O(network) or O(subnet_len), or a range that
+        leaves a lease outside). Nodes then re-acquire a subnet in the new range.
+    type: bool
+    default: false
+  state:
+    description:
+      - V(present) writes the config, V(absent) deletes the config key (leases are left alone).
+    type: str
+    choices: [present, absent]
+    default: present
+attributes:
+  check_mode:
+    support: full
+    description: Reports what would change without writing to etcd.
+  diff_mode:
+    support: full
+    description: Shows the stored JSON before and after.
+  platform:
+    support: full
+    platforms: posix
+    description: Runs on any host with Python that reaches the etcd endpoints.
+seealso:
+  - module: netfabric.flannel.flannel_lease_info
+  - module: netfabric.flannel.flannel_lease
+"""
+
+EXAMPLES = r"""
+- name: VXLAN network, one /24 per host
+  netfabric.flannel.flannel_network:
+    endpoints:
+      - http://10.0.0.11:2379
+      - http://10.0.0.12:2379
+    network: 10.100.0.0/16
+    backend:
+      type: vxlan
+      vni: 1
+      direct_routing: true
+  run_once: true
+
+- name: Three /25 subnets only (the seeds' example), udp backend, etcd v2
+  netfabric.flannel.flannel_network:
+    api: v2
+    prefix: /atomic.io/network
+    network: 10.100.0.0/16
+    subnet_len: 25
+    subnet_min: 10.100.0.0
+    subnet_max: 10.100.1.0
+    backend:
+      type: udp
+
+- name: Move a live network to a new range (every node re-acquires a subnet)
+  netfabric.flannel.flannel_network:
+    network: 10.200.0.0/16
+    backend:
+      type: host-gw
+    force: true
+
+- name: Remove the network config
+  netfabric.flannel.flannel_network:
+    state: absent
+"""
+
+RETURN = r"""
+key:
+  description: The etcd key of the network config.
+  returned: always
+  type: str
+  sample: /coreos.com/network/config
+api:
+  description: The etcd API that was used (V(auto) resolved).
+  returned: always
+  type: str
+  sample: v3
+config:
+  description:
+    - The effective config with every default filled in, with Go's key names.
+    - Empty when O(state=absent).
+  returned: always
+  type: dict
+  sample:
+    Network: 10.100.0.0/16
+    SubnetLen: 24
+    SubnetMin: 10.100.1.0
+    SubnetMax: 10.100.255.0
+    Backend: {Type: vxlan, VNI: 1, Port: 0, GBP: false, Learning: false, DirectRouting: false, MTU: null,
+              MacPrefix: null}
+stored:
+  description: The JSON document in etcd after the run (what was written, or what was already there).
+  returned: when O(state=present)
+  type: str
+  sample: '{"Network": "10.100.0.0/16", "Backend": {"Type": "vxlan"}}'
+previous:
+  description: The JSON document that was in etcd before the run, null if there was none.
+  returned: always
+  type: str
+  sample: '{"Network": "10.1.0.0/16"}'
+invalidated_leases:
+  description:
+    - Subnets of existing leases that the new config no longer covers (only with O(force=true));
+      their nodes acquire new subnets.
+  returned: when O(state=present)
+  type: list
+  elements: str
+  sample: [10.1.5.0/24]
+leases:
+  description: How many leases exist under C(<prefix>/subnets/).
+  returned: always
+  type: int
+  sample: 3
+"""
+
+import json
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.netfabric.flannel.plugins.module_utils.flannel_module import (
+    ETCD_REQUIRED_TOGETHER,
+    connect_store,
+    etcd_argument_spec,
+    one_line,
+    prefix_of,
+    read_config,
+    read_leases,
+    store_call,
+)
+from ansible_collections.netfabric.flannel.plugins.module_utils.leases import config_key
+from ansible_collections.netfabric.flannel.plugins.module_utils.netconfig import ConfigError, parse_config
+
+# Module option -> Go key, in the order Go flanneld documents them.
+TOP_LEVEL = (("network", "Network"), ("subnet_len", "SubnetLen"), ("subnet_min", "SubnetMin"),
+             ("subnet_max", "SubnetMax"))
+BACKEND_KEYS = (("vni", "VNI"), ("port", "Port"), ("mtu", "MTU"), ("gbp", "GBP"), ("learning", "Learning"),
+                ("direct_routing", "DirectRouting"), ("mac_prefix", "MacPrefix"))
+
+
+def wanted_document(params: dict) -> dict:
+    """The JSON object to store: only the options given, plus Backend.Type, with Go's key names."""
+    doc = {}
+    for option, key in TOP_LEVEL:
+        if params.get(option) is not None:
+            doc[key] = params[option]
+    backend_params = params.get("backend") or {}
+    backend = {"Type": backend_params.get("type") or "udp"}
+    for option, key in BACKEND_KEYS:
+        if backend_params.get(option) is not None:
+            backend[key] = backend_params[option]
+    doc["Backend"] = backend
+    return doc
+
+
+def pretty(text: str | None) -> str:
+    """A stored document for the diff: indented JSON when it parses, else the raw text."""
+    if text is None:
+        return ""
+    try:
+        return json.dumps(json.loads(text), indent=2) + "\n"
+    except ValueError:
+        return text if text.endswith("\n") else text + "\n"
+
+
+def lease_problems(current, wanted, leases) -> tuple:
+    """Leases that the change from ``current`` to ``wanted`` would invalidate -> (why, subnets)."""
+    if not leases:
+        return None, []
+    outside = [lease for _kv, lease in leases if not wanted.contains(lease.subnet)]
+    moved = []
+    if current is not None:
+        if current.network != wanted.network:
+            moved.append("Network from %s to %s" % (current.network, wanted.network))
+        if current.subnet_len != wanted.subnet_len:
+            moved.append("SubnetLen from %d to %d" % (current.subnet_len, wanted.subnet_len))
+    if not moved and not outside:
+        return None, []
+    if moved:
+        what = "changing " + " and ".join(moved)
+    else:
+        what = "changing SubnetMin/SubnetMax to %s-%s" % (wanted.subnet_min, wanted.subnet_max)
+    if not outside:
+        outside = [lease for _kv, lease in leases]
+    shown = ", ".join("%s of %s" % (lease.subnet, lease.attrs.public_ip) for lease in outside[:5])
+    if len(outside) > 5:
+        shown += " and %d more" % (len(outside) - 5)
+    why = ("refusing %s: %d existing lease(s) (%s) would become invalid and their nodes would drop them and "
+           "re-acquire a subnet in the new range, giving containers new addresses; set force: true to do it anyway"
+           % (what, len(outside), shown))
+    return why, [str(lease.subnet) for lease in outside]
+
+
+def main() -> None:
+    backend_spec = dict(
+        type=dict(type="str", default="udp"),
+        vni=dict(type="int"),
+        port=dict(type="int"),
+        mtu=dict(type="int"),
+        gbp=dict(type="bool"),
+        learning=dict(type="bool"),
+        direct_routing=dict(type="bool"),
+        mac_prefix=dict(type="str"),
+    )
+    module = AnsibleModule(
+        argument_spec=etcd_argument_spec(
+            network=dict(type="str"),
+            subnet_len=dict(type="int"),
+            subnet_min=dict(type="str"),
+            subnet_max=dict(type="str"),
+            backend=dict(type="dict", options=backend_spec),
+            force=dict(type="bool", default=False),
+            state=dict(type="str", choices=["present", "absent"], default="present"),
+        ),
+        required_if=[["state", "present", ["network"]]],
+        required_together=ETCD_REQUIRED_TOGETHER,
+        supports_check_mode=True,
+    )
+    params = module.params
+    state = params["state"]
+
+    wanted = None
+    document = None
+    if state == "present":
+        # Validate before touching etcd at all: a bad value never reaches the store.
+        document = wanted_document(params)
+        try:
+            wanted = parse_config(document)
+        except ConfigError as err:
+            module.fail_json(msg=one_line(err))
+
+    store = connect_store(module)
+    key = config_key(prefix_of(module))
+    kv, current, _current_error = read_config(module, store)
+    previous = kv.value if kv is not None else None
+    leases, _skipped = read_leases(module, store)
+    result = dict(changed=False, key=key, api=store.api, previous=previous, leases=len(leases))
+
+    if state == "absent":
+        result["config"] = {}
+        if kv is not None:
+            result["changed"] = True
+            if not module.check_mode:
+                store_call(module, store.delete, key)
+        if module._diff:
+            result["diff"] = dict(before=pretty(previous), after="", before_header=key, after_header=key)
+        module.exit_json(**result)
+
+    result["config"] = wanted.to_dict()
+    if current is not None and current == wanted:
+        # Same meaning: keep what is stored, whatever its key order or spelled-out defaults.
+        result["stored"] = previous
+        result["invalidated_leases"] = []
+        if module._diff:
+            result["diff"] = dict(before=pretty(previous), after=pretty(previous), before_header=key,
+                                  after_header=key)
+        module.exit_json(**result)
+
+    why, invalid = lease_problems(current, wanted, leases)
+    if why and not params["force"]:
+        module.fail_json(msg=why, key=key, api=store.api, previous=previous, invalidated_leases=invalid)
+    text = json.dumps(document)
+    result.update(changed=True, stored=text, invalidated_leases=invalid)
+    if not module.check_mode:
+        store_call(module, store.put, key, text)
+    if module._diff:
+        result["diff"] = dict(before=pretty(previous), after=pretty(text), before_header=key, after_header=key)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
