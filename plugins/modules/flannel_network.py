@@ -262,15 +262,15 @@ def lease_problems(current, wanted, leases) -> tuple:
     if not moved and not outside:
         return None, []
     if moved:
-        what = "changing " + " and ".join(moved)
+        what = "change " + " and ".join(moved)
     else:
-        what = "changing SubnetMin/SubnetMax to %s-%s" % (wanted.subnet_min, wanted.subnet_max)
+        what = "change SubnetMin/SubnetMax to %s-%s" % (wanted.subnet_min, wanted.subnet_max)
     if not outside:
         outside = [lease for _kv, lease in leases]
     shown = ", ".join("%s of %s" % (lease.subnet, lease.attrs.public_ip) for lease in outside[:5])
     if len(outside) > 5:
         shown += " and %d more" % (len(outside) - 5)
-    why = ("refusing %s: %d existing lease(s) (%s) would become invalid and their nodes would drop them and "
+    why = ("refusing to %s: %d existing lease(s) (%s) would become invalid and their nodes would drop them and "
            "re-acquire a subnet in the new range, giving containers new addresses; set force: true to do it anyway"
            % (what, len(outside), shown))
     return why, [str(lease.subnet) for lease in outside]

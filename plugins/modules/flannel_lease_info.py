@@ -1,0 +1,185 @@
+#!/usr/bin/python
+# Copyright: netfabric.flannel contributors
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: flannel_lease_info
+short_description: List the subnet leases of a flannel network
+version_added: "0.1.0"
+description:
+  - Lists the leases under C(<prefix>/subnets/) in etcd, one per flannel node, with the subnet, the node's
+    public IP, the backend, the VTEP MAC (vxlan), when the lease expires and whether it is a reservation
+    (a lease key without TTL that belongs to its public IP for good).
+  - Reads both lease shapes Go flanneld has written (v0.11 and current) and pyflannel's.
+  - Never changes anything.
+author:
+  - netfabric.flannel developers
+extends_documentation_fragment:
+  - netfabric.flannel.etcd
+options:
+  public_ip:
+    description:
+      - Only list the leases of this public IP.
+    type: str
+  subnet:
+    description:
+      - Only list leases that overlap this IPv4 CIDR, like V(10.1.5.0/24) or V(10.1.0.0/20).
+    type: str
+attributes:
+  check_mode:
+    support: full
+    description: The module only reads, so it runs the same in check mode.
+  diff_mode:
+    support: none
+  platform:
+    support: full
+    platforms: posix
+    description: Runs on any host with Python that reaches the etcd endpoints.
+seealso:
+  - module: netfabric.flannel.flannel_lease
+  - module: netfabric.flannel.flannel_network
+"""
+
+EXAMPLES = r"""
+- name: All leases
+  netfabric.flannel.flannel_lease_info:
+    endpoints: [http://10.0.0.11:2379]
+  register: flannel_leases
+
+- name: Show which host holds which subnet
+  ansible.builtin.debug:
+    msg: "{{ flannel_leases.leases | items2dict(key_name='subnet', value_name='public_ip') }}"
+
+- name: The lease of one host
+  netfabric.flannel.flannel_lease_info:
+    public_ip: 10.0.0.21
+  register: node_lease
+"""
+
+RETURN = r"""
+leases:
+  description: The leases that match the filters, ordered by subnet.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    subnet:
+      description: The leased subnet.
+      type: str
+      sample: 10.100.42.0/24
+    public_ip:
+      description: The node's public IP (C(PublicIP)).
+      type: str
+      sample: 192.0.2.1
+    backend_type:
+      description: The backend type of the lease; a lease without C(BackendType) reads as V(udp), as Go's udp writes it.
+      type: str
+      sample: vxlan
+    vtep_mac:
+      description: The VTEP MAC address of a vxlan lease, else null.
+      type: str
+      sample: 7a:fd:a9:52:84:87
+    reservation:
+      description: True for a key without TTL (a reserved subnet).
+      type: bool
+      sample: false
+    expiration:
+      description: Unix time when the lease expires; null for a reservation.
+      type: int
+      sample: 1790000000
+    ttl:
+      description: Seconds until the lease expires; null for a reservation.
+      type: int
+      sample: 86315
+    key:
+      description: The etcd key.
+      type: str
+      sample: /coreos.com/network/subnets/10.100.42.0-24
+    value:
+      description: The stored JSON value.
+      type: str
+      sample: '{"PublicIP":"192.0.2.1","BackendType":"host-gw"}'
+skipped:
+  description: Keys under the subnets directory that are not valid leases, with the reason.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{key: /coreos.com/network/subnets/10.1.2.300-24, reason: "not a lease key: ..."}]
+config:
+  description: The effective network config with defaults filled in; empty when there is none or it is invalid.
+  returned: always
+  type: dict
+  sample: {Network: 10.100.0.0/16, SubnetLen: 24, SubnetMin: 10.100.1.0, SubnetMax: 10.100.255.0,
+           Backend: {Type: udp, Port: 8285, MTU: null}}
+config_error:
+  description: Why the stored network config is invalid, if it is.
+  returned: when the stored config does not pass the schema
+  type: str
+  sample: 'invalid network config: Network is missing; ...'
+api:
+  description: The etcd API that was used.
+  returned: always
+  type: str
+  sample: v2
+"""
+
+import ipaddress
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.netfabric.flannel.plugins.module_utils.flannel_module import (
+    ETCD_REQUIRED_TOGETHER,
+    connect_store,
+    etcd_argument_spec,
+    lease_summary,
+    read_config,
+    read_leases,
+)
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=etcd_argument_spec(
+            public_ip=dict(type="str"),
+            subnet=dict(type="str"),
+        ),
+        required_together=ETCD_REQUIRED_TOGETHER,
+        supports_check_mode=True,
+    )
+    params = module.params
+    want_ip = None
+    want_net = None
+    if params["public_ip"]:
+        try:
+            want_ip = str(ipaddress.IPv4Address(params["public_ip"].strip()))
+        except ValueError:
+            module.fail_json(msg="public_ip=%r: is not an IPv4 address like 192.0.2.1" % params["public_ip"])
+    if params["subnet"]:
+        try:
+            want_net = ipaddress.IPv4Network(params["subnet"].strip(), strict=False)
+        except ValueError:
+            module.fail_json(msg="subnet=%r: is not an IPv4 CIDR like 10.1.5.0/24" % params["subnet"])
+
+    store = connect_store(module)
+    _kv, config, config_error = read_config(module, store)
+    leases, skipped = read_leases(module, store, with_ttl=True)
+    now = time.time()
+    out = []
+    for kv, lease in leases:
+        if want_ip is not None and lease.attrs.public_ip != want_ip:
+            continue
+        if want_net is not None and not lease.subnet.overlaps(want_net):
+            continue
+        out.append(lease_summary(kv, lease, now))
+    result = dict(changed=False, api=store.api, leases=out, skipped=skipped,
+                  config=config.to_dict() if config is not None else {})
+    if config_error:
+        result["config_error"] = config_error
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
