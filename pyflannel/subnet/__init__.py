@@ -1,1 +1,25 @@
 """Subnet leases in etcd: acquire, renew, watch (no netlink here)."""
+
+from pyflannel.subnet.manager import (
+    Backoff,
+    LeaseEvent,
+    LeaseLost,
+    LeaseManager,
+    NoConfig,
+    OutOfSubnets,
+    Stopped,
+    SubnetError,
+    read_subnet_file,
+)
+
+__all__ = [
+    "Backoff",
+    "LeaseEvent",
+    "LeaseLost",
+    "LeaseManager",
+    "NoConfig",
+    "OutOfSubnets",
+    "Stopped",
+    "SubnetError",
+    "read_subnet_file",
+]

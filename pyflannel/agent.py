@@ -1,0 +1,342 @@
+"""The flanneld daemon: store -> config -> interface -> backend -> lease -> datapath -> subnet.env -> READY.
+
+Then it follows the other nodes' leases, renews its own, lets the backend repair itself and keeps the
+iptables rules in place.  SIGTERM/SIGINT: clean stop (the lease and the datapath stay, so a restart
+does not disturb traffic), exit 0.  Our own lease lost: exit 1, so ``Restart=on-failure`` fires.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from pyflannel import __version__, etcdstore, subnetenv
+from pyflannel import backend as backends
+from pyflannel.etcdstore import StoreError, Unreachable
+from pyflannel.health import HealthServer, Metric
+from pyflannel.iface import IfaceError, select
+from pyflannel.leases import Lease
+from pyflannel.subnet import Backoff, LeaseEvent, LeaseLost, LeaseManager, Stopped
+
+log = logging.getLogger("pyflannel.agent")
+
+TICK = 5.0  # seconds between backend.tick() calls
+
+
+def sd_notify(state: str) -> bool:
+    """Send ``state`` (e.g. "READY=1") to systemd's NOTIFY_SOCKET; no-op (False) when it is unset."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(path)
+            sock.sendall(state.encode("utf-8"))
+    except OSError as err:
+        log.warning("could not notify systemd (%s): %s", os.environ.get("NOTIFY_SOCKET"), err)
+        return False
+    return True
+
+
+class Agent:
+    def __init__(self, opts: Any) -> None:
+        self.opts = opts
+        self.stop = threading.Event()
+        self.ready = False
+        self.store: Optional[etcdstore.EtcdStore] = None
+        self.manager: Optional[LeaseManager] = None
+        self.backend: Optional[backends.Backend] = None
+        self.iptables: Any = None
+        self.health: Optional[HealthServer] = None
+        self.lease: Optional[Lease] = None
+        self.events: queue.Queue = queue.Queue()
+        self.leases: Dict[str, Lease] = {}
+        self.stats = {"lease_events": 0, "iptables_repairs": 0}
+
+    # -- entry point ------------------------------------------------------------------------------
+    def run(self) -> int:
+        self._signals()
+        log.info("pyflannel %s (flanneld) starting", __version__)
+        try:
+            if self.opts.healthz_port:
+                self.health = HealthServer(self.opts.healthz_ip, self.opts.healthz_port, self._health,
+                                           lambda: self.ready, self._metrics).start()
+                log.info("serving /healthz, /readyz and /metrics on %s:%d", self.opts.healthz_ip, self.health.port)
+            return self._run()
+        except Stopped:
+            log.info("stopped before the agent was ready")
+            return 0
+        except _Fatal as err:
+            log.error("%s", err)
+            return 1
+        except OSError as err:
+            log.error("%s", err)
+            return 1
+        finally:
+            if self.backend is not None:
+                try:
+                    self.backend.close()
+                except Exception as err:
+                    log.warning("closing the %s backend failed: %s", self.backend.name, err)
+            if self.health is not None:
+                self.health.stop()
+
+    def _signals(self) -> None:
+        def handler(signum: int, _frame: Any) -> None:
+            if not self.stop.is_set():
+                log.info("received %s, shutting down (the lease is kept)", signal.Signals(signum).name)
+            self.stop.set()
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)
+            signal.signal(signal.SIGINT, handler)
+
+    # -- start-up ---------------------------------------------------------------------------------
+    def _connect(self) -> etcdstore.EtcdStore:
+        opts = self.opts
+        backoff = Backoff()
+        last = None
+        while True:
+            try:
+                store = etcdstore.connect(opts.etcd_endpoints, api=opts.etcd_api, ca_cert=opts.etcd_cafile or None,
+                                          client_cert=opts.etcd_certfile or None,
+                                          client_key=opts.etcd_keyfile or None,
+                                          username=opts.etcd_username or None,
+                                          password=opts.etcd_password or None)
+                log.info("using etcd %s API at %s", store.api, ", ".join(e.url for e in store.endpoints))
+                return store
+            except Unreachable as err:
+                if str(err) != last:
+                    log.error("%s (retrying with back-off up to 10 s)", err)
+                    last = str(err)
+                if self.stop.wait(backoff.next()):
+                    raise Stopped() from None
+            except StoreError as err:
+                raise _Fatal(str(err)) from None
+
+    def _run(self) -> int:
+        opts = self.opts
+        self.store = self._connect()
+        self.manager = mgr = LeaseManager(self.store, opts.etcd_prefix, subnet_file=opts.subnet_file,
+                                          ttl=opts.subnet_lease_ttl,
+                                          renew_margin=opts.subnet_lease_renew_margin * 60.0)
+        config = mgr.wait_config(self.stop)
+        log.info("network config: %s", config.to_json())
+        try:
+            ext = select(opts.iface, opts.iface_regex, opts.iface_can_reach or None, opts.public_ip or None)
+        except IfaceError as err:
+            raise _Fatal(str(err)) from None
+        log.info("using interface %s (index %d, address %s, public IP %s, MTU %d)", ext.name, ext.index,
+                 ext.address, ext.public_ip, ext.mtu)
+        try:
+            backend = backends.create(config, ext)
+            backends.remove_leftovers(backend)
+            attrs = backend.prepare()
+        except backends.BackendError as err:
+            raise _Fatal(str(err)) from None
+        self.backend = backend
+
+        lease = mgr.acquire(attrs, self.stop)
+        self.lease = lease
+        config = mgr.config or config
+        try:
+            backend.configure(lease)
+        except backends.BackendError as err:
+            raise _Fatal(str(err)) from None
+
+        self._setup_iptables(config.network, lease.subnet)
+        subnetenv.write(opts.subnet_file, config.network, lease.subnet, backend.mtu(), opts.ip_masq)
+        log.info("wrote %s (subnet %s, MTU %d)", opts.subnet_file, lease.subnet, backend.mtu())
+        self.ready = True
+        if sd_notify("READY=1"):
+            log.info("notified systemd: READY=1")
+        log.info("running with lease %s (%s)", lease.subnet,
+                 "a reservation" if lease.reservation else "renewal at %s" % _clock(mgr.renew_at))
+        return self._loop()
+
+    def _setup_iptables(self, network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network) -> None:
+        opts = self.opts
+        if not (opts.ip_masq or opts.iptables_forward_rules):
+            return
+        try:
+            from pyflannel.ipmasq import IPTables
+        except ModuleNotFoundError as err:
+            if err.name != "pyflannel.ipmasq":
+                raise
+            if opts.ip_masq:
+                raise _Fatal("--ip-masq is not available in this pyflannel build (pyflannel.ipmasq is missing); "
+                             "run without --ip-masq or install a complete pyflannel") from None
+            log.warning("--iptables-forward-rules: pyflannel.ipmasq is missing in this build, no FORWARD rules "
+                        "installed; pass --iptables-forward-rules=false to silence this")
+            return
+        self.iptables = IPTables(network, subnet, opts.ip_masq, opts.iptables_forward_rules)
+        try:
+            self.iptables.ensure()
+        except Exception as err:
+            raise _Fatal("could not install the iptables rules: %s" % err) from None
+
+    # -- the main loop ----------------------------------------------------------------------------
+    def _watch(self) -> None:
+        assert self.manager is not None
+        try:
+            for event in self.manager.watch(self.stop):
+                self.events.put(event)
+        except LeaseLost as err:
+            self.events.put(err)
+        except Exception as err:  # unexpected: hand it to the main loop, which exits non-zero
+            self.events.put(err)
+
+    def _loop(self) -> int:
+        mgr = self.manager
+        backend = self.backend
+        assert mgr is not None and backend is not None
+        threading.Thread(target=self._watch, name="watch", daemon=True).start()
+        next_tick = time.monotonic() + TICK
+        next_iptables = time.monotonic() + self.opts.iptables_resync
+        while not self.stop.is_set():
+            now = time.monotonic()
+            wait = min(next_tick, next_iptables, now + 1.0) - now
+            try:
+                item = self.events.get(timeout=max(0.0, min(wait, 1.0)))
+            except queue.Empty:
+                item = None
+            if self.stop.is_set():
+                break
+            if isinstance(item, LeaseLost):
+                return self._lost(item)
+            if isinstance(item, Exception):
+                log.error("watching leases failed unexpectedly: %s: %s; exiting", type(item).__name__, item)
+                return 1
+            if isinstance(item, LeaseEvent):
+                self._handle(item)
+            if mgr.renew_due():
+                try:
+                    self.lease = mgr.renew()
+                except LeaseLost as err:
+                    return self._lost(err)
+                except StoreError as err:
+                    log.error("failed to renew lease %s: %s; retrying in %.0f s", self.lease.subnet if self.lease
+                              else "?", err, mgr.retry_interval())
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + TICK
+                try:
+                    backend.tick()
+                except Exception as err:
+                    log.warning("backend %s tick failed: %s", backend.name, err)
+            if now >= next_iptables:
+                next_iptables = now + self.opts.iptables_resync
+                self._check_iptables()
+        log.info("stopped; lease %s is kept for the next start", self.lease.subnet if self.lease else "-")
+        return 0
+
+    def _lost(self, err: Exception) -> int:
+        log.error("%s; exiting with status 1 so the service manager restarts flanneld (which takes a new lease)",
+                  err)
+        return 1
+
+    def _handle(self, event: LeaseEvent) -> None:
+        backend = self.backend
+        assert backend is not None
+        self.stats["lease_events"] += 1
+        try:
+            if event.kind == "snapshot":
+                self.leases = {lease.key_name: lease for lease in event.leases}
+                for lease in event.added:
+                    log.info("lease %s of %s is present", lease.subnet, lease.attrs.public_ip)
+                for lease in event.removed:
+                    log.info("lease %s of %s is gone", lease.subnet, lease.attrs.public_ip)
+                backend.sync(list(event.leases))
+            elif event.kind == "added" and event.lease is not None:
+                self.leases[event.lease.key_name] = event.lease
+                log.info("lease added: %s of %s", event.lease.subnet, event.lease.attrs.public_ip)
+                backend.lease_added(event.lease)
+            elif event.kind == "removed" and event.lease is not None:
+                self.leases.pop(event.lease.key_name, None)
+                log.info("lease removed: %s of %s", event.lease.subnet, event.lease.attrs.public_ip)
+                backend.lease_removed(event.lease)
+        except backends.BackendError as err:
+            log.error("%s", err)
+        except Exception as err:
+            log.error("backend %s failed on %s: %s: %s", backend.name, event, type(err).__name__, err)
+
+    def _check_iptables(self) -> None:
+        if self.iptables is None:
+            return
+        try:
+            if self.iptables.ensure():
+                self.stats["iptables_repairs"] += 1
+                log.info("iptables rules were missing and have been restored")
+        except Exception as err:
+            log.error("checking the iptables rules failed: %s", err)
+
+    # -- observability ----------------------------------------------------------------------------
+    def _health(self) -> Tuple[bool, Dict[str, Any]]:
+        lease = self.lease
+        body: Dict[str, Any] = {"version": __version__, "ready": self.ready}
+        if self.manager is not None and self.manager.lease is not None:
+            lease = self.manager.lease
+        if lease is None or self.stop.is_set():
+            body["status"] = "stopping" if self.stop.is_set() else "starting"
+            return False, body
+        body.update(status="ok", subnet=str(lease.subnet), public_ip=lease.attrs.public_ip,
+                    reservation=lease.reservation, lease_expiration=lease.expiration,
+                    remote_leases=len(self.leases))
+        if self.backend is not None:
+            try:
+                body["backend"] = self.backend.status()
+            except Exception as err:
+                body["backend"] = {"backend": self.backend.name, "error": str(err)}
+        return True, body
+
+    def _metrics(self) -> List[Metric]:
+        mgr = self.manager
+        lease = mgr.lease if mgr is not None and mgr.lease is not None else self.lease
+        stats = mgr.stats if mgr is not None else {}
+        out: List[Metric] = [
+            ("flannel_up", "gauge", "1 while the agent runs with a lease", 1.0 if lease is not None else 0.0),
+            ("flannel_ready", "gauge", "1 once the subnet file is written and READY=1 sent", 1.0 if self.ready else 0),
+            ("flannel_lease_expiry_timestamp_seconds", "gauge",
+             "Unix time when our lease expires (+Inf for a reservation)",
+             float("inf") if lease is not None and lease.reservation else float(lease.expiration or 0) if lease
+             else 0.0),
+            ("flannel_remote_leases", "gauge", "number of other nodes' leases known", float(len(self.leases))),
+            ("flannel_lease_renewals_total", "counter", "successful lease renewals", stats.get("renewals", 0)),
+            ("flannel_lease_renew_failures_total", "counter", "failed lease renewals", stats.get("renew_failures", 0)),
+            ("flannel_etcd_errors_total", "counter", "failed etcd requests", stats.get("etcd_errors", 0)),
+            ("flannel_lease_lost_races_total", "counter", "subnets another node created first",
+             stats.get("lost_races", 0)),
+            ("flannel_watch_relists_total", "counter", "full re-lists after the watch history expired",
+             stats.get("watch_relists", 0)),
+            ("flannel_lease_events_total", "counter", "lease events handed to the backend",
+             self.stats["lease_events"]),
+            ("flannel_iptables_repairs_total", "counter", "times missing iptables rules were restored",
+             self.stats["iptables_repairs"]),
+        ]
+        if self.backend is not None:
+            try:
+                for name, value in sorted(self.backend.metrics().items()):
+                    out.append(("flannel_" + name, "counter" if name.endswith("_total") else "gauge",
+                                "backend %s: %s" % (self.backend.name, name), float(value)))
+            except Exception as err:
+                log.debug("backend metrics failed: %s", err)
+        return out
+
+
+class _Fatal(Exception):
+    """Start-up cannot continue; the message is one line for a person."""
+
+
+def _clock(when: float) -> str:
+    if when == float("inf"):
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))

@@ -1,0 +1,569 @@
+"""The lease manager: network config, acquire, renew and watch subnet leases in etcd.
+
+One implementation over the etcd facade (:mod:`pyflannel.etcdstore`); the facade's ``V2Store`` and
+``V3Store`` are the two registries.  No netlink here: the manager is usable as a library (the
+control-plane benchmark drives a thousand of them without any datapath).
+
+Typical use::
+
+    store = etcdstore.connect(endpoints, api="auto")
+    mgr = LeaseManager(store, prefix="/coreos.com/network", subnet_file="/run/flannel/subnet.env")
+    config = mgr.wait_config(stop)                 # retries every second while the key is missing
+    lease = mgr.acquire(attrs, stop)               # re-reads the config on every attempt
+    for event in mgr.watch(stop):                  # snapshot / added / removed; LeaseLost for ours
+        ...
+    mgr.renew()                                    # when ``mgr.renew_due()``
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import threading
+import time
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from pyflannel import etcdstore
+from pyflannel.etcdstore import KV, EtcdStore, StoreError, Unreachable, WatchExpired
+from pyflannel.leases import (
+    LEASE_TTL,
+    Lease,
+    LeaseAttrs,
+    LeaseFormatError,
+    config_key,
+    decode_lease,
+    encode_lease,
+    normalize_prefix,
+    parse_subnet_key,
+    subnet_key,
+    subnets_dir,
+)
+from pyflannel.netconfig import ConfigError, NetworkConfig, parse_config
+
+log = logging.getLogger("pyflannel.subnet")
+
+MAX_CANDIDATES = 100  # Go flanneld picks at random among the first 100 free subnets
+RACE_TRIES = 10  # create attempts per acquire round before backing off
+DEFAULT_RENEW_MARGIN = 3600.0  # seconds (--subnet-lease-renew-margin 60 minutes)
+MAX_BACKOFF = 10.0  # seconds, upper bound of the back-off while etcd is unreachable
+
+
+class SubnetError(Exception):
+    """A lease problem; ``str()`` is one line for a person."""
+
+
+class NoConfig(SubnetError):
+    """``<prefix>/config`` does not exist."""
+
+
+class OutOfSubnets(SubnetError):
+    """Every subnet between SubnetMin and SubnetMax is taken."""
+
+
+class LeaseLost(SubnetError):
+    """Our own lease was deleted, expired or taken over by another node."""
+
+
+class Stopped(Exception):
+    """The stop event was set while waiting."""
+
+
+class LeaseEvent:
+    """What :meth:`LeaseManager.watch` yields.
+
+    ``kind``: ``"snapshot"`` (a full list: ``leases`` holds every other node's lease, ``added`` and
+    ``removed`` the difference to what was known before), ``"added"`` (new lease, or one whose value
+    changed) or ``"removed"`` (deleted or expired); ``lease`` is set for the last two.
+    ``revision`` is the etcd revision/index of the change.
+    """
+
+    __slots__ = ("kind", "lease", "leases", "added", "removed", "revision", "received")
+
+    def __init__(self, kind: str, lease: Optional[Lease] = None, leases: Optional[List[Lease]] = None,
+                 added: Optional[List[Lease]] = None, removed: Optional[List[Lease]] = None,
+                 revision: int = 0) -> None:
+        self.kind = kind
+        self.lease = lease
+        self.leases = leases or []
+        self.added = added or []
+        self.removed = removed or []
+        self.revision = revision
+        self.received = time.time()
+
+    def __repr__(self) -> str:
+        if self.kind == "snapshot":
+            return "LeaseEvent(snapshot %d leases, +%d -%d)" % (len(self.leases), len(self.added), len(self.removed))
+        return "LeaseEvent(%s %s)" % (self.kind, self.lease)
+
+
+def lease_from_kv(kv: KV) -> Lease:
+    """Turn a stored key into a :class:`Lease`; raises LeaseFormatError for foreign keys/values."""
+    subnet, subnet6 = parse_subnet_key(kv.key)
+    attrs = decode_lease(kv.value)
+    return Lease(subnet, attrs, expiration=kv.expiration, reservation=not kv.has_ttl, revision=kv.revision,
+                 lease_id=kv.lease_id, ipv6_subnet=subnet6, raw=kv.value)
+
+
+def read_subnet_file(path: Optional[str]) -> Optional[ipaddress.IPv4Network]:
+    """The subnet of ``FLANNEL_SUBNET`` in an existing subnet.env, or None."""
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == "FLANNEL_SUBNET":
+            try:
+                return ipaddress.IPv4Interface(value.strip().strip('"')).network
+            except ValueError:
+                return None
+    return None
+
+
+class Backoff:
+    """Bounded exponential back-off: 0.5 s, 1 s, 2 s, ... up to ``high`` seconds."""
+
+    def __init__(self, low: float = 0.5, high: float = MAX_BACKOFF) -> None:
+        self.low = low
+        self.high = high
+        self.current = low
+
+    def next(self) -> float:
+        delay = self.current
+        self.current = min(self.high, self.current * 2)
+        return delay * random.uniform(0.8, 1.0)
+
+    def reset(self) -> None:
+        self.current = self.low
+
+
+class _Throttle:
+    """Logs a repeated message only when it changes or every ``every`` seconds."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        self.every = every
+        self.last = None
+        self.when = 0.0
+
+    def __call__(self, level: int, msg: str) -> None:
+        now = time.monotonic()
+        if msg != self.last or now - self.when >= self.every:
+            log.log(level, msg)
+            self.last = msg
+            self.when = now
+
+
+def _wait(stop: Optional[threading.Event], seconds: float) -> None:
+    if stop is None:
+        time.sleep(seconds)
+    elif stop.wait(seconds):
+        raise Stopped()
+
+
+class LeaseManager:
+    """Acquires, renews and watches this node's subnet lease.
+
+    ``ttl``: the lease TTL (Go: 24 h; ``--subnet-lease-ttl`` overrides it for tests).
+    ``renew_margin``: seconds before expiry at which the lease is renewed; when it is not smaller
+    than the TTL, the lease is renewed at half its life.
+    """
+
+    def __init__(self, store: EtcdStore, prefix: Optional[str] = None, subnet_file: Optional[str] = None,
+                 ttl: int = LEASE_TTL, renew_margin: float = DEFAULT_RENEW_MARGIN, watch_idle: float = 10.0) -> None:
+        self.store = store
+        self.prefix = normalize_prefix(prefix)
+        self.subnet_file = subnet_file
+        self.ttl = int(ttl)
+        self.renew_margin = float(renew_margin)
+        self.watch_idle = watch_idle
+        self.config: Optional[NetworkConfig] = None
+        self.attrs: Optional[LeaseAttrs] = None
+        self.lease: Optional[Lease] = None
+        self._kv: Optional[KV] = None
+        self._renew_at = 0.0
+        self.known: Dict[str, Lease] = {}  # key name -> lease of every other node, as last seen
+        self.stats = {"renewals": 0, "renew_failures": 0, "etcd_errors": 0, "acquire_attempts": 0,
+                      "lost_races": 0, "watch_relists": 0}
+
+    # -- paths ------------------------------------------------------------------------------------
+    @property
+    def config_key(self) -> str:
+        return config_key(self.prefix)
+
+    @property
+    def subnets_dir(self) -> str:
+        return subnets_dir(self.prefix)
+
+    def key_of(self, subnet: ipaddress.IPv4Network) -> str:
+        return subnet_key(self.prefix, subnet)
+
+    def _error(self, err: Exception) -> None:
+        self.stats["etcd_errors"] += 1
+        del err
+
+    # -- network config ---------------------------------------------------------------------------
+    def get_config(self) -> NetworkConfig:
+        """Read and parse ``<prefix>/config``.  Raises NoConfig, ConfigError or StoreError."""
+        try:
+            kv = self.store.get(self.config_key)
+        except StoreError as err:
+            self._error(err)
+            raise
+        if kv is None:
+            raise NoConfig("no network config at %s — create it with the flannel_network module or etcdctl"
+                           % self.config_key)
+        self.config = parse_config(kv.value)
+        return self.config
+
+    def wait_config(self, stop: Optional[threading.Event] = None) -> NetworkConfig:
+        """:meth:`get_config` until it succeeds: missing or invalid config is retried every second,
+        an unreachable etcd with a bounded exponential back-off."""
+        throttle = _Throttle()
+        backoff = Backoff()
+        while True:
+            try:
+                return self.get_config()
+            except NoConfig as err:
+                throttle(logging.WARNING, "%s (retrying every second)" % err)
+                backoff.reset()
+                _wait(stop, 1.0)
+            except ConfigError as err:
+                throttle(logging.ERROR, "%s (in %s; retrying every second)" % (err, self.config_key))
+                backoff.reset()
+                _wait(stop, 1.0)
+            except StoreError as err:
+                delay = backoff.next()
+                throttle(logging.ERROR, "%s (retrying in up to %.0f s)" % (err, backoff.high))
+                _wait(stop, delay)
+
+    # -- listing ----------------------------------------------------------------------------------
+    def list_leases(self) -> Tuple[List[Lease], int]:
+        """Every lease under ``<prefix>/subnets/`` (foreign keys skipped) and the list revision."""
+        try:
+            kvs, revision = self.store.list(self.subnets_dir)
+        except StoreError as err:
+            self._error(err)
+            raise
+        leases = []
+        for kv in kvs:
+            lease = self._parse(kv)
+            if lease is not None:
+                leases.append(lease)
+        return leases, revision
+
+    def _parse(self, kv: KV) -> Optional[Lease]:
+        try:
+            lease = lease_from_kv(kv)
+        except LeaseFormatError as err:
+            log.debug("ignoring %s: %s", kv.key, err)
+            return None
+        lease._kv = kv  # type: ignore[attr-defined]  # kept for update/delete
+        return lease
+
+    # -- acquire ----------------------------------------------------------------------------------
+    def try_acquire(self, config: NetworkConfig, attrs: LeaseAttrs) -> Lease:
+        """One acquire round, exactly as Go flanneld: reuse by PublicIP, then the subnet file, then a
+        random free subnet among the first 100; create atomically, retrying lost races up to 10
+        times.  Raises OutOfSubnets, StoreError, or SubnetError after 10 lost races."""
+        value_ttl = self.ttl
+        for _ in range(RACE_TRIES):
+            self.stats["acquire_attempts"] += 1
+            leases, _rev = self.list_leases()
+            value = encode_lease(attrs, self.store.api)
+
+            # 1. a lease with our PublicIP
+            mine = [lease for lease in leases if lease.attrs.public_ip == attrs.public_ip]
+            mine.sort(key=lambda lease: (not lease.reservation, int(lease.subnet.network_address)))
+            chosen = None
+            for lease in mine:
+                if chosen is None and config.contains(lease.subnet):
+                    chosen = lease
+                    continue
+                if lease.reservation:
+                    log.warning("reservation %s for %s does not fit the network config %s; leaving it alone",
+                                lease.subnet, attrs.public_ip, config.network)
+                    continue
+                why = "no longer fits the network config" if not config.contains(lease.subnet) else "is a duplicate"
+                log.info("deleting lease %s of %s: it %s", lease.subnet, attrs.public_ip, why)
+                self._delete_quietly(lease)
+            if chosen is not None:
+                kv = chosen._kv  # type: ignore[attr-defined]
+                try:
+                    new = self.store.update(kv, value, None if chosen.reservation else value_ttl)
+                except StoreError as err:
+                    self._error(err)
+                    raise
+                if new is None:
+                    continue  # expired or deleted just now: list again
+                verb = "reservation" if chosen.reservation else "lease"
+                log.info("found %s %s for %s, reusing it", verb, chosen.subnet, attrs.public_ip)
+                return self._own(new, attrs, acquired=True)
+
+            # 2. the subnet of the previous run (subnet file)
+            taken = _Taken(lease.subnet for lease in leases)
+            previous = read_subnet_file(self.subnet_file)
+            candidates: List[ipaddress.IPv4Network] = []
+            if previous is not None and config.contains(previous) and not taken.overlaps(previous):
+                candidates = [previous]
+            # 3. random among the first 100 free subnets
+            if not candidates:
+                for subnet in config.subnets():
+                    if not taken.overlaps(subnet):
+                        candidates.append(subnet)
+                        if len(candidates) >= MAX_CANDIDATES:
+                            break
+                if not candidates:
+                    raise OutOfSubnets(
+                        "failed to acquire lease: out of subnets in %s (all %d subnets from %s to %s are taken); "
+                        "free a lease or raise SubnetMax in %s — retrying"
+                        % (config.network, config.capacity(), config.subnet_min, config.subnet_max,
+                           self.config_key))
+                subnet = random.choice(candidates)
+            else:
+                subnet = candidates[0]
+            try:
+                kv = self.store.create(self.key_of(subnet), value, value_ttl)
+            except StoreError as err:
+                self._error(err)
+                raise
+            if kv is None:
+                self.stats["lost_races"] += 1
+                log.debug("lost the race for %s, trying again", subnet)
+                continue
+            log.info("acquired lease %s for %s%s", subnet, attrs.public_ip,
+                     " (previous subnet from %s)" % self.subnet_file if subnet == previous else "")
+            return self._own(kv, attrs, acquired=True)
+        raise SubnetError("lost the race for a free subnet %d times in a row; backing off" % RACE_TRIES)
+
+    def acquire(self, attrs: LeaseAttrs, stop: Optional[threading.Event] = None) -> Lease:
+        """Acquire until it works.  The config is read again before every round, so raising SubnetMax
+        (or fixing the config) takes effect without a restart."""
+        throttle = _Throttle()
+        backoff = Backoff()
+        while True:
+            try:
+                config = self.wait_config(stop)
+                return self.try_acquire(config, attrs)
+            except OutOfSubnets as err:
+                throttle(logging.ERROR, str(err))
+                backoff.reset()
+                _wait(stop, 1.0)
+            except StoreError as err:
+                delay = backoff.next()
+                throttle(logging.ERROR, "failed to acquire lease: %s" % err)
+                _wait(stop, delay)
+            except SubnetError as err:
+                log.warning("%s", err)
+                _wait(stop, random.uniform(0.05, 0.5))
+
+    def _own(self, kv: KV, attrs: LeaseAttrs, acquired: bool = False) -> Lease:
+        lease = lease_from_kv(kv)
+        if lease.expiration is None and not lease.reservation:
+            lease.expiration = time.time() + self.ttl
+        self.attrs = attrs
+        self.lease = lease
+        self._kv = kv
+        self._schedule(lease)
+        if acquired:
+            self.known.pop(lease.key_name, None)
+        return lease
+
+    def _delete_quietly(self, lease: Lease) -> None:
+        try:
+            self.store.delete(self.key_of(lease.subnet) if lease.ipv6_subnet is None
+                              else self.subnets_dir + lease.key_name)
+        except StoreError as err:
+            self._error(err)
+            log.warning("could not delete lease %s: %s", lease.subnet, err)
+
+    # -- renew ------------------------------------------------------------------------------------
+    def _margin(self) -> float:
+        return self.renew_margin if self.renew_margin < self.ttl else self.ttl / 2.0
+
+    def _schedule(self, lease: Lease) -> None:
+        if lease.reservation or lease.expiration is None:
+            self._renew_at = float("inf")
+        else:
+            self._renew_at = lease.expiration - self._margin()
+
+    @property
+    def renew_at(self) -> float:
+        """Unix time of the next renewal (inf for a reservation)."""
+        return self._renew_at
+
+    def renew_due(self, now: Optional[float] = None) -> bool:
+        return self.lease is not None and (now or time.time()) >= self._renew_at
+
+    def retry_interval(self) -> float:
+        """How long to wait after a failed renewal: a minute, or less for short TTLs."""
+        return max(1.0, min(60.0, self._margin() / 4.0))
+
+    def renew(self) -> Lease:
+        """Renew our lease (fresh TTL; a reservation stays TTL-less and is left untouched).
+
+        Raises LeaseLost when the key is gone, StoreError when etcd failed (the caller retries after
+        :meth:`retry_interval`; :attr:`renew_at` is moved accordingly)."""
+        if self.lease is None or self._kv is None or self.attrs is None:
+            raise SubnetError("no lease to renew")
+        if self.lease.reservation:
+            self._renew_at = float("inf")
+            return self.lease
+        value = encode_lease(self.attrs, self.store.api)
+        try:
+            kv = self.store.update(self._kv, value, self.ttl)
+        except StoreError as err:
+            self._error(err)
+            self.stats["renew_failures"] += 1
+            self._renew_at = time.time() + self.retry_interval()
+            raise
+        if kv is None:
+            raise LeaseLost("our lease %s (%s) is gone from etcd (deleted or expired)"
+                            % (self.lease.subnet, self.key_of(self.lease.subnet)))
+        self.stats["renewals"] += 1
+        lease = self._own(kv, self.attrs)
+        log.info("renewed lease %s, expires %s", lease.subnet,
+                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lease.expiration or 0)))
+        return lease
+
+    def release(self) -> None:
+        """Delete our lease (not done on a normal stop: a restart reuses it)."""
+        if self.lease is not None and not self.lease.reservation:
+            self._delete_quietly(self.lease)
+        self.lease = None
+        self._kv = None
+
+    # -- watch ------------------------------------------------------------------------------------
+    def _own_key(self) -> Optional[str]:
+        return self.lease.key_name if self.lease is not None else None
+
+    def snapshot(self) -> LeaseEvent:
+        """List every lease, replace :attr:`known`, and describe the difference."""
+        leases, revision = self.list_leases()
+        own = self._own_key()
+        if own is not None and self.lease is not None:
+            mine = [lease for lease in leases if lease.key_name == own]
+            if not mine:
+                raise LeaseLost("our lease %s is gone from etcd (deleted or expired)" % self.lease.subnet)
+            if mine[0].attrs.public_ip != self.lease.attrs.public_ip:
+                raise LeaseLost("our lease %s now belongs to %s" % (self.lease.subnet, mine[0].attrs.public_ip))
+        others = {lease.key_name: lease for lease in leases if lease.key_name != own}
+        added = [lease for name, lease in others.items()
+                 if name not in self.known or self.known[name].attrs != lease.attrs]
+        removed = [lease for name, lease in self.known.items() if name not in others]
+        self.known = others
+        return LeaseEvent("snapshot", leases=list(others.values()), added=added, removed=removed, revision=revision)
+
+    def watch(self, stop: Optional[threading.Event] = None) -> Iterator[LeaseEvent]:
+        """Yield a snapshot, then added/removed events for every other node's lease, forever.
+
+        Lists, then watches from the list's revision; when etcd's history no longer holds that
+        revision (v2 index cleared, v3 compaction) lists again and yields a new snapshot.  Raises
+        LeaseLost when our own lease is deleted, expires or is overwritten by another node, and
+        returns when ``stop`` is set.  etcd outages are waited out with a bounded back-off."""
+        backoff = Backoff()
+        throttle = _Throttle()
+        revision = None
+        while stop is None or not stop.is_set():
+            try:
+                if revision is None:
+                    event = self.snapshot()
+                    revision = event.revision
+                    yield event
+                    backoff.reset()
+                for batch in self.store.watch(self.subnets_dir, revision, idle=self.watch_idle):
+                    if stop is not None and stop.is_set():
+                        return
+                    for ev in batch:
+                        revision = max(revision, ev.revision)
+                        out = self._apply(ev)
+                        if out is not None:
+                            yield out
+                    backoff.reset()
+            except WatchExpired as err:
+                self.stats["watch_relists"] += 1
+                log.info("%s; listing the leases again", err)
+                revision = None
+            except (Unreachable, StoreError) as err:
+                self._error(err)
+                delay = backoff.next()
+                throttle(logging.ERROR, "watching leases failed: %s (retrying in up to %.0f s)" % (err, backoff.high))
+                if stop is not None:
+                    if stop.wait(delay):
+                        return
+                else:
+                    time.sleep(delay)
+
+    def _apply(self, ev: etcdstore.Event) -> Optional[LeaseEvent]:
+        try:
+            subnet, subnet6 = parse_subnet_key(ev.key)
+        except LeaseFormatError:
+            return None
+        name = ev.key.rsplit("/", 1)[-1]
+        if not ev.key.startswith(self.subnets_dir) or "/" in ev.key[len(self.subnets_dir):]:
+            return None
+        own = self._own_key()
+        if name == own and self.lease is not None:
+            if ev.kind == "delete":
+                raise LeaseLost("our lease %s was deleted or expired in etcd (%s)" % (self.lease.subnet, ev.key))
+            try:
+                attrs = decode_lease(ev.value)
+            except LeaseFormatError:
+                return None
+            if attrs.public_ip != self.lease.attrs.public_ip:
+                raise LeaseLost("our lease %s was taken over by %s" % (self.lease.subnet, attrs.public_ip))
+            if self._kv is not None:
+                self._kv.revision = ev.revision
+            return None
+        if ev.kind == "delete":
+            old = self.known.pop(name, None)
+            if old is None:
+                return None
+            return LeaseEvent("removed", lease=old, revision=ev.revision)
+        try:
+            attrs = decode_lease(ev.value)
+        except LeaseFormatError as err:
+            log.debug("ignoring %s: %s", ev.key, err)
+            return None
+        old = self.known.get(name)
+        if old is not None and old.attrs == attrs:
+            old.reservation = not ev.has_ttl
+            return None  # a renewal: nothing changed for the datapath
+        lease = Lease(subnet, attrs, reservation=not ev.has_ttl, revision=ev.revision, ipv6_subnet=subnet6,
+                      raw=ev.value)
+        self.known[name] = lease
+        return LeaseEvent("added", lease=lease, revision=ev.revision)
+
+
+class _Taken:
+    """The subnets held by leases, for fast overlap checks (most share the config's SubnetLen)."""
+
+    def __init__(self, subnets) -> None:
+        self.by_len: Dict[int, set] = {}
+        for subnet in subnets:
+            self.by_len.setdefault(subnet.prefixlen, set()).add(int(subnet.network_address))
+
+    def overlaps(self, subnet: ipaddress.IPv4Network) -> bool:
+        start = int(subnet.network_address)
+        for plen, starts in self.by_len.items():
+            if plen >= subnet.prefixlen:
+                # smaller (or equal) leases: any that start inside `subnet`
+                if plen == subnet.prefixlen:
+                    if start in starts:
+                        return True
+                    continue
+                size = 1 << (32 - plen)
+                count = 1 << (plen - subnet.prefixlen)
+                if count <= len(starts):
+                    if any(start + i * size in starts for i in range(count)):
+                        return True
+                elif any(start <= s < start + subnet.num_addresses for s in starts):
+                    return True
+            else:
+                mask = (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF
+                if (start & mask) in starts:
+                    return True
+        return False
