@@ -7,7 +7,7 @@ PY        := $(VENV)/bin/python
 PYTEST    := $(VENV)/bin/pytest
 TEST_DEBS := etcd-server etcd-client iptables iproute2 iperf3 iputils-ping procps rsync git curl
 
-.PHONY: help deps venv test test-unit test-integration lint lab lab-down clean
+.PHONY: help deps venv test test-unit test-integration lint lab lab-down lab-status clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -37,10 +37,16 @@ test: deps venv ## everything CI runs
 	$(VENV)/bin/ruff check .
 	$(PYTEST) tests/unit tests/integration
 
-lab: ## build a local multi-host lab and run site.yml on it
-	@echo "make lab: the multi-host lab arrives with the lab/molecule issue; nothing was started." >&2
-	@echo "Today you can run the agent by hand: make venv && .venv/bin/flanneld --help" >&2
-	@exit 2
+BACKEND      ?= vxlan
+ETCD_MEMBERS ?= 1
+lab: venv ## local 3-host lab (systemd containers) running site.yml; BACKEND=vxlan|host-gw|udp ETCD_MEMBERS=1|3
+	$(PY) lab/lab.py up --backend $(BACKEND) --etcd-members $(ETCD_MEMBERS)
+
+lab-status: venv ## hosts, leases, docker0 and the container ping matrix of the running lab
+	$(PY) lab/lab.py status
+
+lab-down: ## remove the lab's containers, network and volumes (keeps the cached images)
+	python3 lab/lab.py down
 
 clean: ## remove build artefacts (keeps .venv)
 	rm -rf build .pytest_cache .ruff_cache .hypothesis netfabric-flannel-*.tar.gz

@@ -1,0 +1,439 @@
+#!/usr/bin/env python3
+"""The local multi-host lab: systemd containers on one docker network, site.yml run on them.
+
+    lab.py up [--backend vxlan|host-gw|udp] [--etcd-members 1|3] [--hosts 3]
+    lab.py status
+    lab.py down
+
+``up`` makes sure a docker engine answers (lab/ensure-docker.sh), builds or reuses the images
+(lab/build-images.sh), starts the hosts with the run flags this kind of machine accepts (no
+--privileged), writes lab/inventory/hosts.yml, runs ``ansible-playbook -i lab/inventory site.yml``,
+loads the busybox image into every host's inner docker, starts one workload container per host and
+prints the status view: hosts, leases, docker0 per host and a container-to-container ping matrix.
+Everything the lab creates carries the docker label ``netfabric.flannel.lab``; ``down`` removes
+exactly that (containers, the network, the volumes).
+
+Traffic: the ping matrix only targets the lab's own containers, 2 echo requests each, 2 s timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+LAB_DIR = Path(__file__).resolve().parent
+ROOT = LAB_DIR.parent
+VENV_BIN = ROOT / ".venv" / "bin"
+INVENTORY_DIR = LAB_DIR / "inventory"
+LABEL = "netfabric.flannel.lab"
+NETWORK = os.environ.get("LAB_NETWORK", "netfabric-lab")
+PREFIX = os.environ.get("LAB_PREFIX", "lab-node")
+HOST_IMAGE = os.environ.get("LAB_IMAGE", "netfabric-flannel-lab") + ":latest"
+BUSYBOX_IMAGE = os.environ.get("LAB_BUSYBOX", "netfabric-flannel-busybox") + ":latest"
+WORKLOAD = "lab-bb"
+BACKENDS = ("vxlan", "host-gw", "udp")
+# Every capability but SYS_RESOURCE: --privileged fails on this kind of VM (see TESTBED_NOTES.md).
+RUN_FLAGS = [
+    "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
+    "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+    "--cgroupns=host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+    "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp",
+    "--device", "/dev/net/tun", "--stop-signal", "SIGRTMIN+3",
+    "--sysctl", "net.ipv4.ip_forward=1",
+]
+
+
+class StepFailed(Exception):
+    """A lab step failed; the message says which step and why."""
+
+
+# ------------------------------------------------------------------------------------ helpers
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run(cmd: Sequence[str], *, check: bool = True, capture: bool = True, input_bytes: Optional[bytes] = None,
+        timeout: Optional[float] = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(cmd), input=input_bytes, capture_output=capture, timeout=timeout)
+    if check and proc.returncode != 0:
+        err = (proc.stderr or b"").decode(errors="replace").strip().splitlines()
+        raise StepFailed("%s exited %d: %s" % (" ".join(cmd[:4]), proc.returncode, err[-1] if err else "(no output)"))
+    return proc
+
+
+def out(cmd: Sequence[str], **kw) -> str:
+    return run(cmd, **kw).stdout.decode(errors="replace").strip()
+
+
+def docker(*args: str, **kw) -> str:
+    return out(["docker", *args], **kw)
+
+
+def dexec(host: str, *args: str, check: bool = True, timeout: Optional[float] = 60) -> str:
+    return out(["docker", "exec", host, *args], check=check, timeout=timeout)
+
+
+class Steps:
+    """Numbered progress lines; a failure names its step."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.n = 0
+
+    def __call__(self, title: str, fn, *args):
+        self.n += 1
+        t0 = time.monotonic()
+        say("==> [%d/%d] %s" % (self.n, self.total, title))
+        try:
+            result = fn(*args)
+        except StepFailed as err:
+            raise StepFailed("step %d/%d '%s' failed: %s" % (self.n, self.total, title, err)) from None
+        except subprocess.TimeoutExpired as err:
+            what = " ".join(err.cmd[:5])
+            raise StepFailed("step %d/%d '%s' timed out: %s" % (self.n, self.total, title, what)) from None
+        say("    done in %.0fs" % (time.monotonic() - t0))
+        return result
+
+
+def lab_containers() -> List[str]:
+    names = docker("ps", "-a", "--filter", "label=" + LABEL, "--format", "{{.Names}}")
+    return sorted(n for n in names.splitlines() if n)
+
+
+def container_ip(name: str) -> str:
+    return docker("inspect", "-f", '{{(index .NetworkSettings.Networks "%s").IPAddress}}' % NETWORK, name)
+
+
+def label_of(name: str, key: str) -> str:
+    return docker("inspect", "-f", '{{index .Config.Labels "%s"}}' % key, name)
+
+
+# ------------------------------------------------------------------------------------ up
+def ensure_engine() -> None:
+    if run([str(LAB_DIR / "ensure-docker.sh")], capture=False, check=False).returncode != 0:
+        raise StepFailed("no docker engine (see the lab: ERROR line above)")
+
+
+def build_images() -> None:
+    if run([str(LAB_DIR / "build-images.sh"), "all"], capture=False, check=False).returncode != 0:
+        raise StepFailed("image build failed (see the lab: ERROR line above)")
+
+
+def host_names(count: int) -> List[str]:
+    return ["%s%d" % (PREFIX, i) for i in range(1, count + 1)]
+
+
+def start_hosts(names: List[str], backend: str, members: int) -> None:
+    existing = lab_containers()
+    wanted = "%s/%d/%d" % (backend, members, len(names))
+    if existing:
+        current = label_of(existing[0], LABEL + ".config")
+        if current != wanted or sorted(existing) != sorted(names):
+            say("    the running lab was made with %s (backend/etcd members/hosts), now %s: recreating it"
+                % (current or "?", wanted))
+            down(quiet=True)
+            existing = []
+    if not docker("network", "ls", "-q", "--filter", "name=^%s$" % NETWORK):
+        docker("network", "create", "--label", LABEL, NETWORK)
+        say("    network %s created" % NETWORK)
+    for name in names:
+        if name in existing:
+            if docker("inspect", "-f", "{{.State.Running}}", name) != "true":
+                docker("start", name)
+            say("    %s reused" % name)
+            continue
+        docker("volume", "create", "--label", LABEL, name + "-docker")
+        docker("run", "-d", "--name", name, "--hostname", name, "--network", NETWORK,
+               "--label", LABEL, "--label", "%s.config=%s" % (LABEL, wanted),
+               *RUN_FLAGS, "-v", "%s-docker:/var/lib/docker" % name, HOST_IMAGE)
+        say("    %s started (%s)" % (name, container_ip(name)))
+    for name in names:
+        deadline = time.monotonic() + 90
+        state = ""
+        while time.monotonic() < deadline:
+            state = dexec(name, "systemctl", "is-system-running", check=False, timeout=20)
+            if state in ("running", "degraded"):
+                break
+            time.sleep(1)
+        else:
+            raise StepFailed("%s: systemd did not finish booting in 90s (state %r); see docker logs %s"
+                             % (name, state, name))
+        if state == "degraded":
+            failed = dexec(name, "systemctl", "--failed", "--no-legend", "--plain", check=False)
+            say("    %s: systemd degraded: %s" % (name, failed.replace("\n", "; ")))
+
+
+def write_inventory(names: List[str], backend: str, members: int) -> Path:
+    INVENTORY_DIR.mkdir(exist_ok=True)
+    path = INVENTORY_DIR / "hosts.yml"
+    lines = [
+        "# Written by lab/lab.py for the local lab; `make lab-down` removes it.",
+        "all:",
+        "  vars:",
+        "    ansible_connection: community.docker.docker",
+        "    ansible_python_interpreter: /usr/bin/python3",
+        "    flannel_backend: {type: %s}" % backend,
+        "    flannel_iface: eth0",
+        "  children:",
+        "    etcd:",
+        "      hosts:",
+    ]
+    lines += ["        %s:" % n for n in names[:members]]
+    lines += ["    flannel_nodes:", "      hosts:"]
+    for n in names:
+        lines.append("        %s:" % n)
+        lines.append("          flannel_public_ip: %s" % container_ip(n))
+    path.write_text("\n".join(lines) + "\n")
+    say("    wrote %s (etcd: %s; flannel_nodes: %s)" % (path.relative_to(ROOT), ", ".join(names[:members]),
+                                                        ", ".join(names)))
+    return path
+
+
+def run_site(extra: List[str]) -> None:
+    playbook = VENV_BIN / "ansible-playbook"
+    if not playbook.exists():
+        raise StepFailed("%s missing; run `make venv`" % playbook)
+    env = dict(os.environ, ANSIBLE_FORCE_COLOR=os.environ.get("ANSIBLE_FORCE_COLOR", "1"),
+               PATH="%s:%s" % (VENV_BIN, os.environ.get("PATH", "")))
+    cmd = [str(playbook), "-i", str(INVENTORY_DIR), str(ROOT / "site.yml"), *extra]
+    say("    " + " ".join(cmd))
+    rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+    if rc != 0:
+        raise StepFailed("ansible-playbook exited %d (the failing task is shown above)" % rc)
+
+
+def start_workloads(names: List[str]) -> None:
+    image = subprocess.Popen(["docker", "save", BUSYBOX_IMAGE], stdout=subprocess.PIPE)
+    blob = image.communicate()[0]
+    if image.returncode != 0:
+        raise StepFailed("docker save %s failed; run lab/build-images.sh" % BUSYBOX_IMAGE)
+    for name in names:
+        run(["docker", "exec", "-i", name, "docker", "load"], input_bytes=blob, timeout=120)
+        running = dexec(name, "docker", "ps", "-q", "--filter", "name=^%s$" % WORKLOAD)
+        if not running:
+            dexec(name, "docker", "rm", "-f", WORKLOAD, check=False)
+            dexec(name, "docker", "run", "-d", "--name", WORKLOAD, "--restart", "unless-stopped",
+                  BUSYBOX_IMAGE, "httpd", "-f", "-p", "80", "-h", "/www")
+        say("    %s: %s runs at %s" % (name, WORKLOAD, workload_ip(name)))
+
+
+def workload_ip(host: str) -> str:
+    return dexec(host, "docker", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", WORKLOAD, check=False)
+
+
+# ------------------------------------------------------------------------------------ status
+def read_subnet_env(host: str) -> Dict[str, str]:
+    text = dexec(host, "cat", "/run/flannel/subnet.env", check=False)
+    env = {}
+    for line in text.splitlines():
+        if "=" in line:
+            k, v = line.split("=", 1)
+            env[k.strip()] = v.strip()
+    return env
+
+
+def read_leases(etcd_hosts: List[str], prefix: str) -> tuple:
+    """(api, [(subnet, public_ip, backend, ttl-text)]) read through the project's etcd facade."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from pyflannel import etcdstore, leases  # the one facade and lease layout
+    except ImportError as err:
+        return ("?", [("(cannot import pyflannel: %s)" % err, "", "", "")])
+    endpoints = ["http://%s:2379" % container_ip(h) for h in etcd_hosts]
+    for api in ("v3", "v2"):
+        try:
+            store = etcdstore.connect(endpoints, api=api, timeout=3)
+            kvs = store.list(leases.subnets_dir(prefix))
+        except etcdstore.StoreError:
+            continue
+        if not kvs:
+            store.close()
+            continue
+        rows = []
+        for kv in kvs:
+            try:
+                subnet = leases.parse_subnet_key(kv.key)
+                attrs = leases.decode_lease(kv.value)
+            except ValueError as err:
+                rows.append((kv.key, "unreadable: %s" % err, "", ""))
+                continue
+            if not kv.has_ttl:
+                ttl = "reservation"
+            else:
+                remaining = store.remaining_ttl(kv)
+                ttl = "%ss" % remaining if remaining is not None else "yes"
+            net = subnet[0] if isinstance(subnet, tuple) else subnet
+            rows.append((str(net), attrs.public_ip, attrs.effective_type, ttl))
+        store.close()
+        return (api, sorted(rows, key=lambda r: ipaddress.ip_network(r[0], strict=False)
+                            if "/" in r[0] else ipaddress.ip_network("0.0.0.0/0")))
+    return ("-", [])
+
+
+def table(header: Sequence[str], rows: List[Sequence[str]], indent: str = "  ") -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
+    fmt = indent + "  ".join("%%-%ds" % w for w in widths)
+    say(fmt % tuple(header))
+    for r in rows:
+        say(fmt % tuple(str(x) for x in r))
+
+
+def ping(src_host: str, dst_ip: str) -> str:
+    proc = run(["docker", "exec", src_host, "docker", "exec", WORKLOAD, "ping", "-c", "2", "-W", "2", dst_ip],
+               check=False, timeout=20)
+    text = proc.stdout.decode(errors="replace")
+    if proc.returncode == 0:
+        for line in text.splitlines():
+            if "min/avg/max" in line:
+                return "ok %sms" % line.split("=")[1].split("/")[1].strip()
+        return "ok"
+    return "FAIL"
+
+
+def status(names: Optional[List[str]] = None, prefix: str = "/coreos.com/network") -> bool:
+    names = names or [n for n in lab_containers()]
+    if not names:
+        say("no lab is running (make lab starts one)")
+        return False
+    etcd_hosts = []
+    host_rows = []
+    for n in names:
+        running = docker("inspect", "-f", "{{.State.Running}}", n) == "true"
+        units = {}
+        if running:
+            for unit in ("etcd", "flanneld", "docker"):
+                units[unit] = dexec(n, "systemctl", "is-active", unit, check=False) or "?"
+        if units.get("etcd") == "active":
+            etcd_hosts.append(n)
+        host_rows.append((n, container_ip(n) if running else "-", "up" if running else "stopped",
+                          units.get("etcd", "-"), units.get("flanneld", "-"), units.get("docker", "-")))
+    say("")
+    say("HOSTS (docker network %s)" % NETWORK)
+    table(("host", "address", "container", "etcd", "flanneld", "docker"), host_rows)
+
+    api, lease_rows = read_leases(etcd_hosts, prefix) if etcd_hosts else ("-", [])
+    say("")
+    say("LEASES (%s/subnets, etcd %s API)" % (prefix, api))
+    table(("subnet", "PublicIP", "backend", "expires in"), lease_rows or [("(none)", "", "", "")])
+
+    say("")
+    say("DOCKER BRIDGES")
+    bridge_rows = []
+    targets = []
+    all_ok = True
+    for n in names:
+        env = read_subnet_env(n)
+        addr, mtu = "-", "-"
+        raw = dexec(n, "ip", "-j", "addr", "show", "docker0", check=False)
+        try:
+            link = json.loads(raw)[0]
+            mtu = str(link.get("mtu"))
+            addrs = [a for a in link.get("addr_info", []) if a.get("family") == "inet"]
+            if addrs:
+                addr = "%s/%s" % (addrs[0]["local"], addrs[0]["prefixlen"])
+        except (ValueError, IndexError, KeyError):
+            pass
+        agree = env.get("FLANNEL_SUBNET") == addr and env.get("FLANNEL_MTU") == mtu
+        all_ok &= agree
+        bridge_rows.append((n, addr, mtu, env.get("FLANNEL_SUBNET", "-"), env.get("FLANNEL_MTU", "-"),
+                            "yes" if agree else "NO"))
+        ip = workload_ip(n)
+        targets.append((n, ip))
+    table(("host", "docker0", "MTU", "FLANNEL_SUBNET", "FLANNEL_MTU", "agree"), bridge_rows)
+
+    say("")
+    say("PING MATRIX (container %s on each host -> container on each other host, through flannel)" % WORKLOAD)
+    header = ["from \\ to"] + ["%s %s" % (n, ip or "(none)") for n, ip in targets]
+    rows = []
+    for src, src_ip in targets:
+        row = [src]
+        for dst, dst_ip in targets:
+            if dst == src:
+                row.append("-")
+            elif not src_ip or not dst_ip:
+                row.append("no container")
+                all_ok = False
+            else:
+                result = ping(src, dst_ip)
+                all_ok &= result.startswith("ok")
+                row.append(result)
+        rows.append(row)
+    table(header, rows)
+    say("")
+    say("lab: %s" % ("all containers reach each other across hosts" if all_ok
+                     else "PROBLEMS above (FAIL / NO / no container)"))
+    return all_ok
+
+
+# ------------------------------------------------------------------------------------ down
+def down(quiet: bool = False) -> None:
+    names = lab_containers()
+    if names:
+        docker("rm", "-f", "-v", *names)
+    nets = docker("network", "ls", "-q", "--filter", "label=" + LABEL).split()
+    if nets:
+        docker("network", "rm", *nets)
+    vols = docker("volume", "ls", "-q", "--filter", "label=" + LABEL).split()
+    if vols:
+        docker("volume", "rm", *vols)
+    inv = INVENTORY_DIR / "hosts.yml"
+    if inv.exists():
+        inv.unlink()
+    if not quiet:
+        say("lab: removed %d containers, %d networks, %d volumes" % (len(names), len(nets), len(vols)))
+
+
+# ------------------------------------------------------------------------------------ main
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up_p = sub.add_parser("up", help="start (or reuse) the lab and run site.yml on it")
+    up_p.add_argument("--backend", default=os.environ.get("BACKEND") or "vxlan")
+    up_p.add_argument("--etcd-members", type=int, default=int(os.environ.get("ETCD_MEMBERS") or 1))
+    up_p.add_argument("--hosts", type=int, default=int(os.environ.get("LAB_HOSTS") or 3))
+    up_p.add_argument("ansible_args", nargs="*", help="extra ansible-playbook arguments (after --)")
+    sub.add_parser("status", help="print hosts, leases, docker0 and the ping matrix")
+    sub.add_parser("down", help="remove the lab's containers, network and volumes")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "down":
+            if run(["docker", "info"], check=False).returncode != 0:
+                say("lab: no docker engine answers; nothing to remove")
+                return 0
+            down()
+            return 0
+        if args.cmd == "status":
+            return 0 if status() else 1
+        if args.backend not in BACKENDS:
+            raise StepFailed("BACKEND=%s is not one of %s" % (args.backend, ", ".join(BACKENDS)))
+        if args.hosts < 1 or not 1 <= args.etcd_members <= args.hosts:
+            raise StepFailed("ETCD_MEMBERS=%d must be between 1 and the number of hosts (%d)"
+                             % (args.etcd_members, args.hosts))
+        names = host_names(args.hosts)
+        t0 = time.monotonic()
+        step = Steps(7)
+        step("docker engine", ensure_engine)
+        step("images (%s, %s)" % (HOST_IMAGE, BUSYBOX_IMAGE), build_images)
+        step("hosts %s on network %s" % (", ".join(names), NETWORK), start_hosts, names, args.backend,
+             args.etcd_members)
+        step("inventory", write_inventory, names, args.backend, args.etcd_members)
+        step("ansible-playbook site.yml (backend %s)" % args.backend, run_site, args.ansible_args)
+        step("busybox workload on every host", start_workloads, names)
+        ok = step("status", status, names)
+        say("lab: up in %.0fs; `make lab-status` shows this again, `make lab-down` removes it"
+            % (time.monotonic() - t0))
+        return 0 if ok else 1
+    except StepFailed as err:
+        print("lab: ERROR: %s" % err, file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
