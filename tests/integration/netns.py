@@ -1,0 +1,256 @@
+"""A multi-host test bed built from network namespaces.
+
+Layout (every name carries a random suffix, so concurrent runs never collide)::
+
+    pfl-sw-<sfx>   switch namespace: bridges brA, brB, brC (three L2 segments)
+    pfl-rt-<sfx>   router: 172.30.1.254 on A, 172.30.2.254 on B, forwards between them
+    pfl-et-<sfx>   etcd: 172.30.1.2 on A (default route via the router)
+    pfl-hN-<sfx>   host N: eth0 on segment A (172.30.1.1N) or B (172.30.2.1N), default route via the
+                   router; optional eth1 on segment C (172.30.3.1N, no router: one L2 segment);
+                   an empty bridge ``docker0`` (the docker stand-in; gets FLANNEL_SUBNET's first address)
+
+The test bed itself uses iproute2 (``ip``) to build the namespaces — it is scaffolding, and checking
+the agents' netlink work with an independent tool is a feature.  Everything is torn down by
+``destroy()``, which is safe to call after any failure and more than once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+from typing import Any, Dict, List, Optional
+
+SEGMENTS = {"A": "172.30.1", "B": "172.30.2", "C": "172.30.3"}
+ROUTER_ID = 254
+
+
+def sh(*cmd: str, check: bool = True, timeout: float = 30, **kwargs: Any) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kwargs)
+    if check and proc.returncode != 0:
+        raise RuntimeError("%s failed (%d): %s" % (" ".join(cmd), proc.returncode, proc.stderr.strip()))
+    return proc
+
+
+class Host:
+    def __init__(self, bed: TestBed, n: int, segment: str, second: Optional[str]) -> None:
+        self.bed = bed
+        self.n = n
+        self.ns = "pfl-h%d-%s" % (n, bed.sfx)
+        self.segment = segment
+        self.address = "%s.%d" % (SEGMENTS[segment], 10 + n)
+        self.second = second
+        self.address2 = "%s.%d" % (SEGMENTS[second], 10 + n) if second else None
+        self.procs: List[subprocess.Popen] = []
+        self.dir = os.path.join(bed.dir, "h%d" % n)
+        os.makedirs(self.dir, exist_ok=True)
+
+    # -- commands inside the namespace -----------------------------------------------------------
+    def cmd(self, *args: str) -> List[str]:
+        return ["ip", "netns", "exec", self.ns, *args]
+
+    def run(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+        return sh(*self.cmd(*args), check=check, timeout=timeout)
+
+    def popen(self, *args: str, log: Optional[str] = None, env: Optional[Dict[str, str]] = None,
+              **kwargs: Any) -> subprocess.Popen:
+        out = open(log or os.devnull, "ab")
+        full_env = dict(os.environ, **(env or {}))
+        proc = subprocess.Popen(self.cmd(*args), stdout=kwargs.pop("stdout", out), stderr=subprocess.STDOUT,
+                                env=full_env, start_new_session=True, **kwargs)
+        out.close()
+        self.procs.append(proc)
+        return proc
+
+    def ip_json(self, *args: str) -> Any:
+        out = self.run("ip", "-j", *args).stdout.strip()
+        return json.loads(out) if out else []
+
+    def routes(self) -> List[Dict[str, Any]]:
+        return self.ip_json("-4", "route", "show")
+
+    def link(self, name: str) -> Optional[Dict[str, Any]]:
+        proc = sh(*self.cmd("ip", "-j", "-d", "link", "show", "dev", name), check=False)
+        if proc.returncode != 0:
+            return None
+        data = json.loads(proc.stdout)
+        return data[0] if data else None
+
+    def links(self) -> List[str]:
+        return [link["ifname"] for link in self.ip_json("link", "show")]
+
+    def ping(self, target: str, source: Optional[str] = None, count: int = 3, interval: float = 0.2,
+             deadline: int = 10) -> subprocess.CompletedProcess:
+        args = ["ping", "-n", "-c", str(count), "-i", str(interval), "-w", str(deadline)]
+        if source:
+            args += ["-I", source]
+        return self.run(*args, target, check=False, timeout=deadline + 10)
+
+    def set_bridge_address(self, address: str) -> None:
+        """Give the docker stand-in bridge FLANNEL_SUBNET's first address (e.g. ``10.100.3.1/24``)."""
+        self.run("ip", "addr", "flush", "dev", "docker0")
+        self.run("ip", "addr", "add", address, "dev", "docker0")
+
+    def stop_procs(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(5)
+        self.procs = []
+
+
+class TestBed:
+    """``TestBed(["A", "A", "B"], second=[None, "C", "C"])``: three hosts, the third behind the router."""
+
+    def __init__(self, segments: List[str], second: Optional[List[Optional[str]]] = None,
+                 workdir: Optional[str] = None) -> None:
+        self.sfx = secrets.token_hex(3)
+        self.dir = workdir or "/tmp/pfl-%s" % self.sfx
+        os.makedirs(self.dir, exist_ok=True)
+        self.switch = "pfl-sw-%s" % self.sfx
+        self.router = "pfl-rt-%s" % self.sfx
+        self.etcd_ns = "pfl-et-%s" % self.sfx
+        self.etcd_address = "%s.2" % SEGMENTS["A"]
+        self.namespaces: List[str] = []
+        self.hosts: List[Host] = []
+        second = second or [None] * len(segments)
+        try:
+            self._build(segments, second)
+        except BaseException:
+            self.destroy()
+            raise
+
+    def _netns(self, name: str) -> None:
+        sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+
+    def _plug(self, ns: str, ifname: str, segment: str, address: str, tag: str) -> None:
+        """A veth from ``ns`` (named ``ifname``) into the switch's bridge for ``segment``."""
+        port = "%s-%s" % (tag, self.sfx)
+        sh("ip", "-n", self.switch, "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns)
+        sh("ip", "-n", self.switch, "link", "set", port, "master", "br" + segment, "up")
+        sh("ip", "-n", ns, "addr", "add", address + "/24", "dev", ifname)
+        sh("ip", "-n", ns, "link", "set", ifname, "up")
+
+    def _build(self, segments: List[str], second: List[Optional[str]]) -> None:
+        self._netns(self.switch)
+        for seg in SEGMENTS:
+            sh("ip", "-n", self.switch, "link", "add", "br" + seg, "type", "bridge")
+            sh("ip", "-n", self.switch, "link", "set", "br" + seg, "up")
+        self._netns(self.router)
+        self._plug(self.router, "ethA", "A", "%s.%d" % (SEGMENTS["A"], ROUTER_ID), "ra")
+        self._plug(self.router, "ethB", "B", "%s.%d" % (SEGMENTS["B"], ROUTER_ID), "rb")
+        sh("ip", "netns", "exec", self.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        self._netns(self.etcd_ns)
+        self._plug(self.etcd_ns, "eth0", "A", self.etcd_address, "et")
+        sh("ip", "-n", self.etcd_ns, "route", "add", "default", "via", "%s.%d" % (SEGMENTS["A"], ROUTER_ID))
+        for i, seg in enumerate(segments, start=1):
+            host = Host(self, i, seg, second[i - 1])
+            self._netns(host.ns)
+            self._plug(host.ns, "eth0", seg, host.address, "h%d" % i)
+            sh("ip", "-n", host.ns, "route", "add", "default", "via", "%s.%d" % (SEGMENTS[seg], ROUTER_ID))
+            if host.second:
+                self._plug(host.ns, "eth1", host.second, host.address2, "g%d" % i)
+            sh("ip", "-n", host.ns, "link", "add", "docker0", "type", "bridge")
+            sh("ip", "-n", host.ns, "link", "set", "docker0", "up")
+            host.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+            self.hosts.append(host)
+
+    def destroy(self) -> None:
+        for host in self.hosts:
+            try:
+                host.stop_procs()
+            except Exception:
+                pass
+        for ns in reversed(self.namespaces):
+            # kill anything still running in the namespace (only processes this bed started live there)
+            pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            sh("ip", "netns", "del", ns, check=False)
+        self.namespaces = []
+
+    def __enter__(self) -> TestBed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+
+def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.2, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; bounded by ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError("timed out after %.0fs waiting for %s (last: %r)" % (timeout, what, last))
+
+
+def first_address(subnet: str) -> str:
+    net = ipaddress.IPv4Network(subnet)
+    return "%s/%d" % (net.network_address + 1, net.prefixlen)
+
+
+class BackendDriver:
+    """One backend run by ``tests.integration.backend_driver`` inside a host's namespace."""
+
+    def __init__(self, host: Host, env: Optional[Dict[str, str]] = None) -> None:
+        self.host = host
+        self.log = os.path.join(host.dir, "driver.log")
+        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        python = os.path.join(repo, ".venv", "bin", "python")
+        out = open(self.log, "ab")
+        self.proc = subprocess.Popen(host.cmd(python, "-m", "tests.integration.backend_driver"), cwd=repo,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=out, text=True,
+                                     env=dict(os.environ, **(env or {})), start_new_session=True)
+        out.close()
+        host.procs.append(self.proc)
+
+    def call(self, op: str, **kwargs: Any) -> Dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(dict(op=op, **kwargs)) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise AssertionError("backend driver on %s died; log:\n%s" % (self.host.ns, self.logtext()))
+        return json.loads(line)
+
+    def logtext(self) -> str:
+        try:
+            with open(self.log, errors="replace") as f:
+                return f.read()[-6000:]
+        except OSError:
+            return ""
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.call("close")
+            except (AssertionError, BrokenPipeError, OSError, ValueError):
+                pass
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
