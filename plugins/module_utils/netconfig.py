@@ -78,7 +78,7 @@ def _want_int(field, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         _fail(field, value, "must be a whole number")
     if isinstance(value, float):
-        if value != int(value):
+        if value != value or value in (float("inf"), float("-inf")) or value != int(value):
             _fail(field, value, "must be a whole number")
         value = int(value)
     return value
