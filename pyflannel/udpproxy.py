@@ -13,7 +13,7 @@ STATS_FD SLOT SUBNET_LEN`` with the descriptors passed down:
 * ``both``: the two loops as two threads of one process.
 
 The control descriptor carries newline-delimited JSON snapshots from the agent
-(``{"routes": {"<subnet int>": "<public ip>"}, "port": 8285, "local": "<tun address>"}``); end of
+(``{"routes": {"<subnet int>": "<public ip>"}, "port": 8285}``); end of
 file on it (the agent went away) ends the worker.  Counters are written every half second into the
 shared stats region (eight little-endian uint64 per slot, see ``STATS``).
 
@@ -45,7 +45,6 @@ class State:
         self.shift = 32 - subnet_len
         self.routes: Dict[int, Tuple[str, int]] = {}
         self.allowed: Dict[str, bool] = {}
-        self.local = b"\0\0\0\0"
         self.counters: List[int] = [0] * len(STATS)
 
     def load(self, snapshot: dict) -> None:
@@ -53,8 +52,6 @@ class State:
         routes = {int(k): (ip, port) for k, ip in snapshot.get("routes", {}).items()}
         self.allowed = {ip: True for ip in set(snapshot.get("routes", {}).values())}
         self.routes = routes
-        if snapshot.get("local"):
-            self.local = socket.inet_aton(snapshot["local"])
 
 
 def checksum(data: bytes) -> int:
@@ -80,10 +77,14 @@ def icmp_unreachable(state: State, packet: memoryview, n: int, tunfd: int) -> No
     if _last_icmp[1] >= 100:
         return
     _last_icmp[1] += 1
+    # The source is the unreachable subnet's base address: never an address of this host (the kernel
+    # drops packets from the TUN whose source is local), and on the path back through flannel0.
+    dst = struct.unpack_from("!I", packet, 16)[0]
+    source = struct.pack("!I", (dst >> state.shift) << state.shift)
     quoted = bytes(packet[:min(n, ihl + 8)])
     icmp = bytearray(b"\x03\x00\0\0\0\0\0\0" + quoted)
     struct.pack_into("!H", icmp, 2, checksum(bytes(icmp)))
-    header = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0xC0, 20 + len(icmp), 0, 0, 64, 1, 0, state.local,
+    header = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0xC0, 20 + len(icmp), 0, 0, 64, 1, 0, source,
                                    bytes(packet[12:16])))
     struct.pack_into("!H", header, 10, checksum(bytes(header)))
     try:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import ipaddress
 import json
@@ -25,6 +26,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from typing import Any, Dict, List, Optional
 
 from pyflannel import netlink, udpproxy
@@ -116,6 +118,17 @@ class UdpBackend(Backend):
         if not msg["flags"] & 1:
             netlink.set_link(self.index, state="up")
 
+    def _bind(self, sock: socket.socket) -> None:
+        """Bind, waiting up to 5 s for the port while the workers of a killed predecessor exit."""
+        for attempt in range(50):
+            try:
+                sock.bind((self.ext_iface.address, self.port))
+                return
+            except OSError as err:
+                if err.errno != errno.EADDRINUSE or attempt == 49:
+                    raise
+                time.sleep(0.1)
+
     def _open_sockets(self) -> None:
         for _ in range(self.queues):
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -127,7 +140,7 @@ class UdpBackend(Backend):
                 except OSError:
                     sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
             try:
-                sock.bind((self.ext_iface.address, self.port))
+                self._bind(sock)
             except OSError as err:
                 sock.close()
                 for s in self._socks:
@@ -141,8 +154,7 @@ class UdpBackend(Backend):
     def _snapshot(self) -> bytes:
         shift = 32 - self.config.subnet_len
         routes = {str(int(s.network_address) >> shift): ip for s, ip in self._routes.items()}
-        local = str(self.lease.subnet.network_address) if self.lease else ""
-        return (json.dumps({"routes": routes, "port": self.port, "local": local}) + "\n").encode()
+        return (json.dumps({"routes": routes, "port": self.port}) + "\n").encode()
 
     def _spawn(self, mode: str, queue: int, slot: int) -> Dict[str, Any]:
         rfd, wfd = os.pipe()

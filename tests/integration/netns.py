@@ -117,6 +117,8 @@ class Host:
 class TestBed:
     """``TestBed(["A", "A", "B"], second=[None, "C", "C"])``: three hosts, the third behind the router."""
 
+    __test__ = False  # not a pytest test class
+
     def __init__(self, segments: List[str], second: Optional[List[Optional[str]]] = None,
                  workdir: Optional[str] = None) -> None:
         self.sfx = secrets.token_hex(3)
@@ -254,3 +256,145 @@ class BackendDriver:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FLANNELD = os.path.join(REPO, ".venv", "bin", "flanneld")
+
+
+def read_env(path: str) -> Dict[str, str]:
+    out = {}
+    with open(path) as f:
+        for line in f:
+            if "=" in line:
+                key, value = line.strip().split("=", 1)
+                out[key] = value
+    return out
+
+
+class Agent:
+    """A real ``flanneld`` (the console script in .venv) running inside a host's namespace."""
+
+    def __init__(self, host: Host, endpoints: str, prefix: str, args: Optional[List[str]] = None,
+                 env: Optional[Dict[str, str]] = None) -> None:
+        self.host = host
+        self.endpoints = endpoints
+        self.prefix = prefix
+        self.args = list(args or [])
+        self.env = env or {}
+        self.subnet_file = os.path.join(host.dir, "subnet.env")
+        self.log = os.path.join(host.dir, "flanneld.log")
+        self.healthz_port = 9900 + host.n
+        self.proc: Optional[subprocess.Popen] = None
+        self.starts = 0
+
+    def start(self, wait: bool = True, timeout: float = 30.0) -> Agent:
+        if os.path.exists(self.subnet_file) and wait:
+            os.unlink(self.subnet_file)
+        with open(self.log, "a") as f:
+            f.write("==== start %d: %s\n" % (self.starts, " ".join(self.args)))
+        self.starts += 1
+        self.proc = self.host.popen(
+            FLANNELD, "--etcd-endpoints", self.endpoints, "--etcd-prefix", self.prefix,
+            "--subnet-file", self.subnet_file, "--healthz-ip", "127.0.0.1",
+            "--healthz-port", str(self.healthz_port), *self.args, log=self.log, env=self.env)
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> Dict[str, str]:
+        def ready() -> Any:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError("flanneld on %s exited with %s; log:\n%s"
+                                     % (self.host.ns, self.proc.returncode, self.logtext()))
+            return os.path.exists(self.subnet_file) and read_env(self.subnet_file)
+
+        env = wait_for(ready, timeout, what="subnet.env on %s" % self.host.ns)
+        self.host.set_bridge_address(env["FLANNEL_SUBNET"])
+        return env
+
+    @property
+    def subnet_env(self) -> Dict[str, str]:
+        return read_env(self.subnet_file)
+
+    @property
+    def subnet(self) -> str:
+        return str(ipaddress.IPv4Interface(self.subnet_env["FLANNEL_SUBNET"]).network)
+
+    @property
+    def bridge_ip(self) -> str:
+        return self.subnet_env["FLANNEL_SUBNET"].split("/")[0]
+
+    def metrics(self) -> Dict[str, float]:
+        out = self.host.run("curl", "-sf", "-m", "3", "http://127.0.0.1:%d/metrics" % self.healthz_port,
+                            check=False).stdout
+        values = {}
+        for line in out.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
+
+    def logtext(self) -> str:
+        try:
+            with open(self.log, errors="replace") as f:
+                return f.read()[-8000:]
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> Optional[int]:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL the agent process alone (not its group): its udp workers must notice and exit."""
+        if self.proc is None:
+            return
+        try:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+        self.proc = None
+
+
+def etcdctl(bed: TestBed, server: Any, *args: str) -> str:
+    """etcdctl (v3 API) run in the etcd namespace."""
+    cmd = ["ip", "netns", "exec", bed.etcd_ns, "env", "ETCDCTL_API=3", "etcdctl", "--endpoints", server.url, *args]
+    return sh(*cmd).stdout
+
+
+def put_config(bed: TestBed, server: Any, prefix: str, config: Dict[str, Any]) -> None:
+    etcdctl(bed, server, "put", prefix + "/config", json.dumps(config))
+
+
+def ping_all(agents: List[Agent], count: int = 3) -> Dict[str, str]:
+    """Every agent's host pings every other host's bridge address from its own bridge address, in
+    parallel; returns {"hA->hB": output} of the pairs that lost packets."""
+    procs = []
+    for a in agents:
+        for b in agents:
+            if a is b:
+                continue
+            cmd = a.host.cmd("ping", "-n", "-c", str(count), "-i", "0.2", "-w", "10", "-I", a.bridge_ip, b.bridge_ip)
+            procs.append(("%s->%s" % (a.host.ns, b.host.ns),
+                          subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+    failed = {}
+    for name, proc in procs:
+        out, _ = proc.communicate(timeout=30)
+        if proc.returncode != 0:
+            failed[name] = out
+    return failed
