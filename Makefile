@@ -7,7 +7,7 @@ PY        := $(VENV)/bin/python
 PYTEST    := $(VENV)/bin/pytest
 TEST_DEBS := etcd-server etcd-client iptables iproute2 iperf3 iputils-ping procps rsync git curl
 
-.PHONY: help deps venv test test-unit test-integration lint lab lab-down lab-status clean
+.PHONY: help deps venv test test-unit test-integration lint lab lab-down lab-status molecule test-vagrant clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -47,6 +47,12 @@ lab-status: venv ## hosts, leases, docker0 and the container ping matrix of the 
 
 lab-down: ## remove the lab's containers, network and volumes (keeps the cached images)
 	python3 lab/lab.py down
+
+molecule: venv ## molecule scenarios on docker: default for vxlan, host-gw, udp, then tls (prints timings)
+	lab/run-molecule.sh $(MOLECULE_RUNS)
+
+test-vagrant: venv ## molecule/vagrant: the same converge/verify in libvirt VMs (slow; not in make test)
+	lab/run-molecule.sh vagrant
 
 clean: ## remove build artefacts (keeps .venv)
 	rm -rf build .pytest_cache .ruff_cache .hypothesis netfabric-flannel-*.tar.gz

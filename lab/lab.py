@@ -175,21 +175,26 @@ def write_inventory(names: List[str], backend: str, members: int) -> Path:
     path = INVENTORY_DIR / "hosts.yml"
     lines = [
         "# Written by lab/lab.py for the local lab; `make lab-down` removes it.",
+        "# Groups: etcd (etcd members), flannel_nodes (agent + docker). lab_hosts only carries the",
+        "# connection settings, so that localhost (certificates, run_once tasks) stays local.",
         "all:",
         "  vars:",
-        "    ansible_connection: community.docker.docker",
-        "    ansible_python_interpreter: /usr/bin/python3",
         "    flannel_backend: {type: %s}" % backend,
         "    flannel_iface: eth0",
         "  children:",
-        "    etcd:",
+        "    lab_hosts:",
+        "      vars:",
+        "        ansible_connection: community.docker.docker",
+        "        ansible_python_interpreter: /usr/bin/python3",
         "      hosts:",
     ]
-    lines += ["        %s:" % n for n in names[:members]]
-    lines += ["    flannel_nodes:", "      hosts:"]
     for n in names:
         lines.append("        %s:" % n)
         lines.append("          flannel_public_ip: %s" % container_ip(n))
+    lines += ["    etcd:", "      hosts:"]
+    lines += ["        %s:" % n for n in names[:members]]
+    lines += ["    flannel_nodes:", "      hosts:"]
+    lines += ["        %s:" % n for n in names]
     path.write_text("\n".join(lines) + "\n")
     say("    wrote %s (etcd: %s; flannel_nodes: %s)" % (path.relative_to(ROOT), ", ".join(names[:members]),
                                                         ", ".join(names)))
@@ -225,7 +230,14 @@ def start_workloads(names: List[str]) -> None:
 
 
 def workload_ip(host: str) -> str:
-    return dexec(host, "docker", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", WORKLOAD, check=False)
+    """The workload container's address on the host's docker0, "" when there is none."""
+    proc = run(["docker", "exec", host, "docker", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", WORKLOAD],
+               check=False, timeout=30)
+    text = proc.stdout.decode(errors="replace").strip()
+    try:
+        return str(ipaddress.IPv4Address(text)) if proc.returncode == 0 else ""
+    except ValueError:
+        return ""
 
 
 # ------------------------------------------------------------------------------------ status

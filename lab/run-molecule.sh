@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Run the molecule scenarios against the local docker engine and print how long each took.
+#   lab/run-molecule.sh                 default scenario for vxlan, host-gw and udp, then tls
+#   lab/run-molecule.sh default:udp tls  selected runs (scenario[:backend])
+# Makes sure a docker engine answers and the lab images exist first (same as `make lab`).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+export PATH="$root/.venv/bin:$PATH"
+cd "$root"
+
+runs=("$@")
+[ ${#runs[@]} -gt 0 ] || runs=(default:vxlan default:host-gw default:udp tls)
+
+"$here/ensure-docker.sh"
+"$here/build-images.sh" all
+
+results=()
+failed=0
+for run in "${runs[@]}"; do
+  scenario=${run%%:*}
+  backend=""
+  [ "$scenario" = "$run" ] || backend=${run#*:}
+  label="$scenario${backend:+ ($backend)}"
+  echo "==> molecule test -s $label"
+  t0=$SECONDS
+  if MOLECULE_BACKEND=${backend:-vxlan} molecule test -s "$scenario"; then
+    status=passed
+  else
+    status=FAILED
+    failed=1
+  fi
+  results+=("$(printf '%-22s %-7s %4ds' "$label" "$status" $((SECONDS - t0)))")
+done
+
+echo
+echo "molecule results:"
+printf '  %s\n' "${results[@]}"
+exit $failed
