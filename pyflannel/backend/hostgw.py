@@ -91,19 +91,22 @@ class HostGwBackend(Backend):
             self._reconcile()
 
     def tick(self) -> None:
+        """Retry leases that were not reachable and repair missing or altered routes."""
         with self._lock:
-            self._reconcile()
+            self.repairs += self._reconcile()
 
-    def _reconcile(self) -> None:
+    def _reconcile(self) -> int:
         have = {r["dst"]: r for r in netlink.routes(netlink.RTPROT_HOSTGW)}
         for dst, r in have.items():
             if self._want.get(dst) != r["gateway"] or r["oif"] != self.ext_iface.index:
                 netlink.delete_route(dst, oif=r["oif"], proto=netlink.RTPROT_HOSTGW, gateway=r["gateway"])
                 have[dst] = None
+        changed = 0
         for dst, hop in self._want.items():
             if have.get(dst) is None and self._install(dst, hop):
-                self.repairs += 1
-                log.info("host-gw: route %s via %s dev %s (re)installed", dst, hop, self.ext_iface.name)
+                changed += 1
+                log.info("host-gw: route %s via %s dev %s installed", dst, hop, self.ext_iface.name)
+        return changed
 
     def cleanup(self) -> None:
         with self._lock:

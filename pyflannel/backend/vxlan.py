@@ -181,7 +181,9 @@ class VxlanBackend(Backend):
                     self._uninstall(lease.subnet, old)
                     del self._want[lease.subnet]
                 return
-            if old is not None and old != want:
+            if old == want:
+                return  # unchanged (e.g. the node restarted and rewrote its lease): no route churn
+            if old is not None:
                 self._uninstall(lease.subnet, old)
             self._want[lease.subnet] = want
             self._install(lease.subnet, want)
@@ -205,6 +207,7 @@ class VxlanBackend(Backend):
             self._reconcile()
 
     def tick(self) -> None:
+        """Recreate a vanished device and repair missing or altered routes/neighbours/fdb entries."""
         with self._lock:
             if self.lease is None:
                 return
@@ -213,15 +216,15 @@ class VxlanBackend(Backend):
                 log.warning("%s disappeared: recreating it", self.dev)
                 self._ensure_device()
                 self.configure(self.lease)
-            self._reconcile()
+            self.repairs += self._reconcile()
 
     def _describe(self, want: Want) -> str:
         if want[0] == "direct":
             return "direct route via %s dev %s" % (want[1], self.ext_iface.name)
         return "via %s dev %s onlink, VTEP %s at %s" % (want[1], self.dev, want[2], want[3])
 
-    def _reconcile(self) -> None:
-        """Make routes, neighbours and fdb entries match ``self._want`` exactly."""
+    def _reconcile(self) -> int:
+        """Make routes, neighbours and fdb entries match ``self._want`` exactly; returns the changes."""
         changed = 0
         routes: Dict[ipaddress.IPv4Network, Any] = {r["dst"]: r for r in netlink.routes(netlink.RTPROT_VXLAN)}
         for dst, r in routes.items():
@@ -256,9 +259,9 @@ class VxlanBackend(Backend):
                 self._install(dst, w)
                 changed += 1
         if changed:
-            self.repairs += changed
             log.info("%s: %d route/neighbour/fdb change(s) to match %d remote lease(s)",
                      self.dev, changed, len(self._want))
+        return changed
 
     def cleanup(self) -> None:
         with self._lock:

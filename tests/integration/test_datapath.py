@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
+import time
 from typing import Any, Dict, List
 
 import pytest
@@ -34,6 +36,19 @@ def assert_pings(agents: List[Agent]) -> None:
     failed = ping_all(agents)
     assert not failed, "pings failed:\n" + "\n".join("%s:\n%s\n%s" % (k, v, a.logtext()[-3000:])
                                                       for k, v in failed.items() for a in agents[:1])
+
+
+def udp_workers(agent: Agent) -> List[int]:
+    """PIDs of udp packet-pump processes in the agent's namespace."""
+    out = []
+    for pid in agent.host.run("ip", "netns", "pids", agent.host.ns).stdout.split():
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                if b"pyflannel.udpproxy" in f.read():
+                    out.append(int(pid))
+        except OSError:
+            pass
+    return out
 
 
 def routes_by_dst(agent: Agent) -> Dict[str, Dict[str, Any]]:
@@ -117,3 +132,132 @@ def test_three_hosts(btype: str, testbed: Any, bed_etcd: Any) -> None:
         out = agents[0].host.ping(gone.bridge_ip, source=agents[0].bridge_ip, count=1, deadline=3).stdout
         assert "Unreachable" in out, out
     assert_pings(agents[:2])
+
+
+def test_hostgw_two_segments_then_iface(testbed: Any, bed_etcd: Any) -> None:
+    """h1 on segment A, h2 behind the router on B, both with eth1 on segment C (seed 000's eth1)."""
+    bed = testbed(["A", "B"], second=["C", "C"])
+    server = bed_etcd(bed)
+    put_config(bed, server, PREFIX, {"Network": NETWORK, "Backend": {"Type": "host-gw"}})
+    h1, h2 = bed.hosts
+    agents = start_agents(bed, server)
+    # default-route interface: the other node's PublicIP is behind a router -> one clear line each
+    for agent, other in ((agents[0], agents[1]), (agents[1], agents[0])):
+        line = wait_for(lambda a=agent: [ln for ln in a.logtext().splitlines() if "not on-link" in ln], 15,
+                        what="the not-on-link message")
+        assert len(line) == 1, line
+        text = line[0]
+        assert other.subnet in text and other.host.address in text
+        assert "--iface" in text and "vxlan" in text and "L2 segment" in text
+        assert other.subnet not in routes_by_dst(agent)
+    for agent in agents:
+        agent.stop()
+    # --iface eth1: both share segment C -> works
+    etcdctl(bed, server, "del", "--prefix", PREFIX + "/subnets/")
+    for agent in agents:
+        agent.args = ["--iface", "eth1"]
+    for agent in agents:
+        agent.start(wait=False)
+    for agent in agents:
+        agent.wait_ready()
+    route = wait_for(lambda: routes_by_dst(agents[0]).get(agents[1].subnet), 15, what="the host-gw route")
+    assert route["gateway"] == h2.address2 and route["dev"] == "eth1"
+    assert_pings(agents)
+    for agent in agents:
+        agent.stop()
+    # behind NAT (public IP not on the interface): refuses to start, one clear line
+    nat = Agent(h1, server.url, PREFIX, ["--iface", "eth1", "--public-ip", "192.0.2.77"])
+    nat.start(wait=False)
+    assert nat.proc is not None and nat.proc.wait(30) != 0
+    assert "host-gw cannot work behind NAT" in nat.logtext()
+
+
+def _flannel_state(agent: Agent) -> Dict[str, Any]:
+    routes = agent.host.routes()
+    return {
+        "links": sorted(n for n in agent.host.links() if n.startswith("flannel")),
+        "protos": sorted({str(r.get("protocol")) for r in routes if str(r.get("protocol")) in
+                          ("108", "109", "110")}),
+    }
+
+
+def test_switch_vni_and_backend_leaves_nothing(testbed: Any, bed_etcd: Any) -> None:
+    bed = testbed(["A", "A"])
+    server = bed_etcd(bed)
+    steps = [
+        ({"Type": "vxlan"}, {"links": ["flannel.1"], "protos": ["109"]}),
+        ({"Type": "vxlan", "VNI": 2}, {"links": ["flannel.2"], "protos": ["109"]}),
+        ({"Type": "host-gw"}, {"links": [], "protos": ["108"]}),
+        ({"Type": "udp"}, {"links": ["flannel0"], "protos": ["110"]}),
+        ({"Type": "vxlan", "VNI": 3, "DirectRouting": True}, {"links": ["flannel.3"], "protos": ["109"]}),
+    ]
+    agents = [Agent(host, server.url, PREFIX) for host in bed.hosts]
+    for backend, expected in steps:
+        put_config(bed, server, PREFIX, {"Network": NETWORK, "Backend": backend})
+        for agent in agents:
+            agent.start(wait=False)
+        for agent in agents:
+            agent.wait_ready()
+        wait_for(lambda want=expected: all(_flannel_state(a) == want for a in agents), 15,
+                 what="only %s's devices and routes (%s)" % (backend, expected))
+        assert_pings(agents)
+        for agent in agents:
+            agent.stop()
+
+
+def test_etcd_outage_loses_no_packet(testbed: Any, bed_etcd: Any) -> None:
+    bed = testbed(["A", "A"])
+    server = bed_etcd(bed)
+    put_config(bed, server, PREFIX, {"Network": NETWORK, "Backend": {"Type": "vxlan"}})
+    # TTL 120 s -> renewal every 60 s, retried every 15 s while etcd is away
+    agents = start_agents(bed, server, ["--subnet-lease-ttl", "120"])
+    a, b = agents
+    ping = a.host.popen("ping", "-n", "-q", "-c", "350", "-i", "0.2", "-w", "90", "-I", a.bridge_ip, b.bridge_ip,
+                        stdout=subprocess.PIPE)
+    time.sleep(2)
+    server.stop()
+    time.sleep(60)
+    restarted = time.time()
+    server.start()
+    out, _ = ping.communicate(timeout=60)
+    assert b" 0% packet loss" in out and b"350 received" in out, out
+    for agent in agents:
+        assert agent.proc is not None and agent.proc.poll() is None, agent.logtext()
+
+    def renewed(agent: Agent) -> bool:
+        return agent.metrics().get("flannel_lease_renewals_total", 0) >= 1 and "renewed lease" in agent.logtext()
+
+    wait_for(lambda: all(renewed(x) for x in agents), 60, interval=1, what="lease renewals after the outage")
+    leases = etcdctl(bed, server, "get", "--prefix", "--keys-only", PREFIX + "/subnets/").split()
+    assert sorted(leases) == sorted(PREFIX + "/subnets/" + x.subnet.replace("/", "-") for x in agents)
+    assert time.time() - restarted < 120
+    assert_pings(agents)
+
+
+@pytest.mark.parametrize("btype", ["vxlan", "udp"])
+def test_sigkill_restart_keeps_subnet_without_route_flaps(btype: str, testbed: Any, bed_etcd: Any) -> None:
+    bed = testbed(["A", "A", "A"])
+    server = bed_etcd(bed)
+    put_config(bed, server, PREFIX, {"Network": NETWORK, "Backend": {"Type": btype}})
+    agents = start_agents(bed, server)
+    assert_pings(agents)
+    victim = agents[0]
+    subnet = victim.subnet
+    monitors = [x.host.popen("ip", "monitor", "route", stdout=subprocess.PIPE) for x in agents[1:]]
+    time.sleep(0.5)
+    victim.kill()
+    if btype == "udp":
+        # the udp workers notice their agent is gone and exit
+        wait_for(lambda: not udp_workers(victim), 10, what="orphaned udp workers to exit")
+    victim.start()
+    assert victim.subnet == subnet
+    if btype == "udp":
+        assert len(udp_workers(victim)) == 2
+    assert_pings(agents)
+    time.sleep(1)
+    for mon in monitors:
+        mon.terminate()
+    for mon, other in zip(monitors, agents[1:]):
+        out, _ = mon.communicate(timeout=10)
+        text = out.decode(errors="replace")
+        assert subnet not in text, "route for %s changed on %s:\n%s" % (subnet, other.host.ns, text)
