@@ -1,0 +1,168 @@
+# Copyright: netfabric.flannel contributors
+# Apache License 2.0 (see LICENSE)
+"""Build the pyflannel wheelhouse on the controller (used by the netfabric.flannel.flannel role).
+
+The nodes install pyflannel with ``pip install --no-index`` from this directory, so they never need
+PyPI.  The wheelhouse holds:
+
+* ``pyflannel-<version>-py3-none-any.whl``, built from a private copy of the source (the source tree may
+  be an installed, read-only collection; symlinked files are copied as files);
+* with ``--deps``: wheels of pyflannel's runtime dependencies at the versions pinned in
+  ``requirements/runtime.txt`` (and whatever they need), built or downloaded once and reused;
+* ``requirements.txt`` (what the node installs) and ``SHA256SUMS`` (what the node compares to decide
+  whether to reinstall).
+
+Wheels are built with a fixed SOURCE_DATE_EPOCH so an unchanged source gives a byte-identical wheel and
+the role reports no change.  Prints one JSON line: {"changed": bool, "wheelhouse": dir, "version": str}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+NAME_RE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def project_metadata(source: Path) -> tuple[str, list[str]]:
+    """Version and dependency names of pyflannel from pyproject.toml (stdlib only, no tomllib needed)."""
+    text = (source / "pyproject.toml").read_text(encoding="utf-8")
+    try:
+        import tomllib  # Python 3.11+
+
+        project = tomllib.loads(text)["project"]
+        return project["version"], [canonical(NAME_RE.match(d).group(1)) for d in project["dependencies"]]
+    except ImportError:  # pragma: no cover - older controllers
+        version = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M).group(1)
+        block = re.search(r"^dependencies\s*=\s*\[(.*?)\]", text, re.M | re.S).group(1)
+        deps = [canonical(NAME_RE.match(d.strip().strip('",')).group(1)) for d in block.split(",") if d.strip()]
+        return version, deps
+
+
+def pinned(requirements: Path, names: list[str]) -> list[str]:
+    """The lines of requirements/runtime.txt that pin one of ``names``, in file order."""
+    pins = []
+    for line in requirements.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        m = NAME_RE.match(line)
+        if m and canonical(m.group(1)) in names:
+            pins.append(line)
+    missing = set(names) - {canonical(NAME_RE.match(p).group(1)) for p in pins}
+    if missing:
+        sys.exit(f"build_wheelhouse: {requirements} pins no version of {', '.join(sorted(missing))}; add a pin")
+    return pins
+
+
+def digest(directory: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.glob("*.whl"))
+    }
+
+
+def source_stamp(source: Path, extra: list[str]) -> str:
+    """A hash of everything the wheelhouse is built from: the source files and the pins."""
+    h = hashlib.sha256()
+    files = [source / "pyproject.toml", source / "README.md"]
+    files += sorted(p for p in (source / "pyflannel").rglob("*")
+                    if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+    for f in files:
+        if f.exists():
+            h.update(str(f.relative_to(source)).encode() + b"\0" + f.read_bytes() + b"\0")
+    h.update("\n".join(extra).encode())
+    return h.hexdigest()
+
+
+def pip(python: str, args: list[str]) -> None:
+    cmd = [python, "-m", "pip", "--disable-pip-version-check", "-q", *args]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        tail = " | ".join(proc.stdout.strip().splitlines()[-6:])
+        sys.exit(f"build_wheelhouse: `{' '.join(cmd)}` failed: {tail}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--source", required=True, help="directory with pyproject.toml and pyflannel/")
+    ap.add_argument("--out", required=True, help="wheelhouse directory (created)")
+    ap.add_argument("--deps", action="store_true", help="also build the pinned runtime dependencies")
+    ap.add_argument("--pip-arg", action="append", default=[], help="extra argument for pip (repeatable)")
+    opts = ap.parse_args()
+
+    source = Path(opts.source).resolve()
+    out = Path(opts.out)
+    if not (source / "pyproject.toml").is_file() or not (source / "pyflannel" / "__init__.py").is_file():
+        sys.exit(f"build_wheelhouse: {source} holds no pyflannel source (pyproject.toml, pyflannel/); "
+                 "set flannel_source_dir to the collection root")
+    out.mkdir(parents=True, exist_ok=True)
+    version, dep_names = project_metadata(source)
+    pins = pinned(source / "requirements" / "runtime.txt", dep_names) if opts.deps else []
+    stamp = source_stamp(source, [*pins, *opts.pip_arg, f"deps={opts.deps}"])
+    stamp_file = out / ".source-stamp"
+    if (stamp_file.exists() and stamp_file.read_text(encoding="utf-8") == stamp
+            and (out / "requirements.txt").exists() and (out / "SHA256SUMS").exists()):
+        print(json.dumps({"changed": False, "wheelhouse": str(out), "version": version}))
+        return
+    before = digest(out)
+    env = dict(os.environ, SOURCE_DATE_EPOCH="315532800", PYTHONDONTWRITEBYTECODE="1")
+    os.environ.update(env)
+
+    with tempfile.TemporaryDirectory(prefix="pyflannel-src-") as tmp:
+        copy = Path(tmp) / "src"
+        copy.mkdir()
+        for name in ("pyproject.toml", "README.md"):
+            if (source / name).exists():
+                shutil.copy(source / name, copy / name)
+        shutil.copytree(source / "pyflannel", copy / "pyflannel", symlinks=False,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+        built = Path(tmp) / "wheel"
+        args = ["wheel", "--no-deps", "--wheel-dir", str(built), *opts.pip_arg]
+        local_build = importlib.util.find_spec("setuptools") and importlib.util.find_spec("wheel")
+        try:
+            pip(sys.executable, [*args, "--no-build-isolation", str(copy)] if local_build else [*args, str(copy)])
+        except SystemExit:
+            if not local_build:
+                raise
+            pip(sys.executable, [*args, str(copy)])  # the local setuptools could not build it: isolated build
+        for whl in built.glob("pyflannel-*.whl"):
+            target = out / whl.name
+            if not target.exists() or target.read_bytes() != whl.read_bytes():
+                shutil.copy(whl, target)
+
+    lines = [f"pyflannel=={version}"]
+    if opts.deps:
+        (out / "pins.txt").write_text("\n".join(pins) + "\n", encoding="utf-8")
+        try:  # everything already there: no network at all
+            pip(sys.executable, ["wheel", "--no-index", "--find-links", str(out), "--wheel-dir", str(out),
+                                 "-r", str(out / "pins.txt")])
+        except SystemExit:
+            pip(sys.executable, ["wheel", "--prefer-binary", "--wheel-dir", str(out), *opts.pip_arg,
+                                 "-r", str(out / "pins.txt")])
+        lines += pins
+    (out / "requirements.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    after = digest(out)
+    sums = "".join(f"{h}  {n}\n" for n, h in after.items()) + \
+        f"{hashlib.sha256((out / 'requirements.txt').read_bytes()).hexdigest()}  requirements.txt\n"
+    sums_file = out / "SHA256SUMS"
+    old_sums = sums_file.read_text(encoding="utf-8") if sums_file.exists() else ""
+    if sums != old_sums:
+        sums_file.write_text(sums, encoding="utf-8")
+    stamp_file.write_text(stamp, encoding="utf-8")
+    print(json.dumps({"changed": before != after or sums != old_sums, "wheelhouse": str(out), "version": version}))
+
+
+if __name__ == "__main__":
+    main()
