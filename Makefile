@@ -51,8 +51,9 @@ lab-down: ## remove the lab's containers, network and volumes (keeps the cached 
 molecule: venv ## molecule scenarios on docker: default for vxlan, host-gw, udp, then tls (prints timings)
 	lab/run-molecule.sh $(MOLECULE_RUNS)
 
-test-vagrant: venv ## molecule/vagrant: the same converge/verify in libvirt VMs (slow; not in make test)
-	lab/run-molecule.sh vagrant
+VAGRANT_DRIVER ?= qemu
+test-vagrant: venv ## molecule/vagrant in libvirt VMs (slow; not in make test); VAGRANT_DRIVER=kvm where KVM runs stock kernels
+	MOLECULE_VAGRANT_DRIVER=$(VAGRANT_DRIVER) lab/run-molecule.sh vagrant
 
 clean: ## remove build artefacts (keeps .venv)
 	rm -rf build .pytest_cache .ruff_cache .hypothesis netfabric-flannel-*.tar.gz

@@ -180,7 +180,7 @@ def write_inventory(names: List[str], backend: str, members: int) -> Path:
         "all:",
         "  vars:",
         "    flannel_backend: {type: %s}" % backend,
-        "    flannel_iface: eth0",
+        "    flannel_iface: [eth0]",
         "  children:",
         "    lab_hosts:",
         "      vars:",

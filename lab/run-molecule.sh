@@ -2,7 +2,8 @@
 # Run the molecule scenarios against the local docker engine and print how long each took.
 #   lab/run-molecule.sh                 default scenario for vxlan, host-gw and udp, then tls
 #   lab/run-molecule.sh default:udp tls  selected runs (scenario[:backend])
-# Makes sure a docker engine answers and the lab images exist first (same as `make lab`).
+#   lab/run-molecule.sh vagrant          the Vagrant scenario (builds and adds the box first)
+# Makes sure a docker engine answers and the lab images (or the Vagrant box) exist first.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -12,8 +13,18 @@ cd "$root"
 runs=("$@")
 [ ${#runs[@]} -gt 0 ] || runs=(default:vxlan default:host-gw default:udp tls)
 
-"$here/ensure-docker.sh"
-"$here/build-images.sh" all
+case " ${runs[*]} " in
+  *" default"*|*" tls"*|*" seed"*)
+    "$here/ensure-docker.sh"
+    "$here/build-images.sh" all ;;
+esac
+case " ${runs[*]} " in
+  *" vagrant"*)
+    "$here/build-vagrant-box.sh"
+    # The verify step saves the busybox image on the controller: docker and the image are needed too.
+    "$here/ensure-docker.sh"
+    "$here/build-images.sh" busybox ;;
+esac
 
 results=()
 failed=0
