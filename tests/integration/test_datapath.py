@@ -261,3 +261,66 @@ def test_sigkill_restart_keeps_subnet_without_route_flaps(btype: str, testbed: A
         out, _ = mon.communicate(timeout=10)
         text = out.decode(errors="replace")
         assert subnet not in text, "route for %s changed on %s:\n%s" % (subnet, other.host.ns, text)
+
+
+SEND_SCRIPT = r"""
+import socket, struct, sys
+src_inner, dst_inner, target, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+payload = b"spoofed-or-not"
+udp = struct.pack("!HHHH", 40000, 9999, 8 + len(payload), 0) + payload
+hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                            socket.inet_aton(src_inner), socket.inet_aton(dst_inner)))
+total = int.from_bytes(bytes(hdr), "big") % 0xFFFF
+struct.pack_into("!H", hdr, 10, (~total) & 0xFFFF)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(count):
+    s.sendto(bytes(hdr) + udp, (target, 8285))
+"""
+
+LISTEN_SCRIPT = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 9999))
+s.settimeout(0.2)
+got, deadline = 0, time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:
+    try:
+        s.recv(2048)
+        got += 1
+    except socket.timeout:
+        pass
+print(got)
+"""
+
+
+def _tun_rx(agent: Agent) -> int:
+    return int(agent.host.run("cat", "/sys/class/net/flannel0/statistics/rx_packets").stdout)
+
+
+def test_udp_spoofed_datagrams_never_reach_the_tun(testbed: Any, bed_etcd: Any) -> None:
+    bed = testbed(["A", "A", "A"])
+    server = bed_etcd(bed)
+    put_config(bed, server, PREFIX, {"Network": NETWORK, "Backend": {"Type": "udp"}})
+    agents = start_agents(bed, server, hosts=bed.hosts[:2])
+    a, b = agents
+    attacker = bed.hosts[2]  # on the same segment, holds no lease
+    assert_pings(agents)
+    python = "python3"
+
+    def attempt(sender: Any, inner_src: str) -> int:
+        listener = a.host.popen(python, "-c", LISTEN_SCRIPT, a.bridge_ip, "3", stdout=subprocess.PIPE)
+        time.sleep(0.5)
+        sender.run(python, "-c", SEND_SCRIPT, inner_src, a.bridge_ip, a.host.address, "20")
+        out, _ = listener.communicate(timeout=15)
+        return int(out.strip() or b"0")
+
+    wait_for(lambda: "flannel_udp_drops_unknown_source_total" in a.metrics(), 10, what="udp metrics")
+    drops = a.metrics()["flannel_udp_drops_unknown_source_total"]
+    rx = _tun_rx(a)
+    assert attempt(attacker, b.bridge_ip) == 0
+    assert _tun_rx(a) == rx, "a spoofed datagram was written into flannel0"
+    wait_for(lambda: a.metrics()["flannel_udp_drops_unknown_source_total"] >= drops + 20, 5,
+             what="20 counted drops")
+    # the control: the same datagrams from a lease holder's address do arrive
+    assert attempt(b.host, b.bridge_ip) == 20
+    assert _tun_rx(a) >= rx + 20

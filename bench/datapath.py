@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Datapath benchmark: iperf3 TCP between two namespace hosts over raw veth, host-gw, vxlan and udp,
+each printed as a ratio of raw veth, plus the TCP retransmits.  Needs root (network namespaces).
+
+    sudo .venv/bin/python bench/datapath.py            # 10 s per run, all four
+    sudo .venv/bin/python bench/datapath.py -t 5 --only raw,udp
+
+The hosts come from the integration test bed (tests/integration/netns.py: two namespaces whose eth0
+veths meet on a bridge in a third namespace), with a real etcd and real flanneld agents.  Traffic
+stays inside those namespaces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests.etcdserver import EtcdServer
+from tests.integration.netns import Agent, Host, TestBed, put_config
+
+PREFIX = "/coreos.com/network"
+BACKENDS = ("host-gw", "vxlan", "udp")
+TARGETS = {"host-gw": 0.90, "vxlan": 0.85, "udp": 0.05}
+
+
+def iperf(client: Host, server: Host, server_ip: str, client_ip: str, seconds: int) -> Dict[str, float]:
+    srv = server.popen("iperf3", "-s", "-1", "-B", server_ip)
+    try:
+        time.sleep(0.5)
+        proc = client.run("iperf3", "-J", "-c", server_ip, "-B", client_ip, "-t", str(seconds), "-O", "1",
+                          check=False, timeout=seconds + 30)
+        data = json.loads(proc.stdout)
+        if "error" in data:
+            raise RuntimeError("iperf3: %s" % data["error"])
+        end = data["end"]
+        return {"gbps": end["sum_received"]["bits_per_second"] / 1e9,
+                "retransmits": float(end["sum_sent"].get("retransmits", 0))}
+    finally:
+        try:
+            srv.wait(5)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+
+
+def run_backend(bed: TestBed, server: EtcdServer, btype: str, seconds: int, env: Dict[str, str]) -> Dict[str, Any]:
+    prefix = "/bench-%s%s" % (btype, PREFIX)
+    put_config(bed, server, prefix, {"Network": "10.100.0.0/16", "Backend": {"Type": btype}})
+    agents = [Agent(h, server.url, prefix, env=env) for h in bed.hosts]
+    try:
+        for a in agents:
+            a.start(wait=False)
+        for a in agents:
+            a.wait_ready()
+        deadline = time.monotonic() + 15
+        while bed.hosts[0].ping(agents[1].bridge_ip, agents[0].bridge_ip, count=1, deadline=2).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("%s: no connectivity; log:\n%s" % (btype, agents[0].logtext()))
+        result = iperf(bed.hosts[0], bed.hosts[1], agents[1].bridge_ip, agents[0].bridge_ip, seconds)
+        if btype == "udp":
+            m = agents[0].metrics()
+            result["udp_packets_out"] = m.get("flannel_udp_packets_out_total", 0)
+            result["udp_drops"] = sum(v for k, v in m.items() if k.startswith("flannel_udp_drops"))
+        return result
+    finally:
+        for a in agents:
+            a.stop()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-t", "--time", type=int, default=10, help="seconds per iperf3 run (default 10)")
+    parser.add_argument("--only", default="raw," + ",".join(BACKENDS), help="comma list of raw,host-gw,vxlan,udp")
+    parser.add_argument("--udp-queues", type=int, default=0, help="PYFLANNEL_UDP_QUEUES for the udp run")
+    parser.add_argument("--udp-mode", default="", help="PYFLANNEL_UDP_MODE for the udp run (split|both)")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/datapath.py needs root (network namespaces)", file=sys.stderr)
+        return 2
+    wanted = [x.strip() for x in args.only.split(",") if x.strip()]
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
+    print("load average before: %s" % " ".join(load))
+    bed = TestBed(["A", "A"])
+    server = EtcdServer(host=bed.etcd_address, port=2379, netns=bed.etcd_ns)
+    server.peer_port = 2380
+    results: Dict[str, Dict[str, Any]] = {}
+    try:
+        server.start()
+        h1, h2 = bed.hosts
+        if "raw" in wanted:
+            results["raw"] = iperf(h1, h2, h2.address, h1.address, args.time)
+        for btype in BACKENDS:
+            if btype in wanted:
+                env = {}
+                if btype == "udp" and args.udp_queues:
+                    env["PYFLANNEL_UDP_QUEUES"] = str(args.udp_queues)
+                if btype == "udp" and args.udp_mode:
+                    env["PYFLANNEL_UDP_MODE"] = args.udp_mode
+                results[btype] = run_backend(bed, server, btype, args.time, env)
+    finally:
+        server.destroy()
+        bed.destroy()
+    raw = results.get("raw", {}).get("gbps")
+    print("%-8s %10s %8s %8s %12s" % ("path", "Gbit/s", "ratio", "target", "retransmits"))
+    for name, r in results.items():
+        ratio = "%.3f" % (r["gbps"] / raw) if raw else "-"
+        target = ">= %.2f" % TARGETS[name] if name in TARGETS else ""
+        print("%-8s %10.2f %8s %8s %12d" % (name, r["gbps"], ratio, target, r["retransmits"]))
+    if "udp" in results:
+        print("udp: %d packets tunnelled by the sender, %d dropped" % (results["udp"].get("udp_packets_out", 0),
+                                                                      results["udp"].get("udp_drops", 0)))
+    with open("/proc/loadavg") as f:
+        print("load average after: %s" % " ".join(f.read().split()[:3]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
