@@ -201,11 +201,31 @@ def write_inventory(names: List[str], backend: str, members: int) -> Path:
     return path
 
 
+def collections_dir() -> Path:
+    """A collections path whose netfabric.flannel is this checkout (a symlink), not an installed copy.
+
+    Kept outside the repository (no symlink loop for tools that walk it), one per checkout.
+    """
+    import hashlib
+
+    tag = hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    base = cache / "netfabric.flannel" / ("collections-" + tag)
+    link = base / "ansible_collections" / "netfabric" / "flannel"
+    if not (link.is_symlink() and link.resolve() == ROOT):
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(ROOT)
+    return base
+
+
 def run_site(extra: List[str]) -> None:
     playbook = VENV_BIN / "ansible-playbook"
     if not playbook.exists():
         raise StepFailed("%s missing; run `make venv`" % playbook)
     env = dict(os.environ, ANSIBLE_FORCE_COLOR=os.environ.get("ANSIBLE_FORCE_COLOR", "1"),
+               ANSIBLE_COLLECTIONS_PATH=str(collections_dir()),
                PATH="%s:%s" % (VENV_BIN, os.environ.get("PATH", "")))
     cmd = [str(playbook), "-i", str(INVENTORY_DIR), str(ROOT / "site.yml"), *extra]
     say("    " + " ".join(cmd))
