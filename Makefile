@@ -7,7 +7,7 @@ PY        := $(VENV)/bin/python
 PYTEST    := $(VENV)/bin/pytest
 TEST_DEBS := etcd-server etcd-client iptables iproute2 iperf3 iputils-ping procps rsync git curl
 
-.PHONY: help deps venv test test-unit test-integration lint lab lab-down lab-status molecule test-vagrant clean
+.PHONY: help deps venv test test-unit test-integration lint lab lab-down lab-status molecule test-vagrant bench clean collections-link ansible-lint syntax-check argspec-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -36,10 +36,34 @@ test-integration: deps venv ## integration tests: real etcd, namespaces, netlink
 test: deps venv ## everything CI runs
 	$(VENV)/bin/ruff check .
 	$(PYTEST) tests/unit tests/integration
+	$(MAKE) ansible-lint syntax-check argspec-check
+
+# The checkout as the collection netfabric.flannel: ansible.cfg puts build/collections-link first on the
+# collections path, so `ansible-playbook site.yml` from the repository root uses these roles and modules.
+COLLECTIONS_LINK := build/collections-link/ansible_collections/netfabric/flannel
+collections-link: ## build/collections-link/: the checkout as collection netfabric.flannel (for ansible-playbook)
+	@mkdir -p $(dir $(COLLECTIONS_LINK))
+	@ln -sfn $(CURDIR) $(COLLECTIONS_LINK)
+
+ansible-lint: venv collections-link ## ansible-lint, production profile, over the roles and playbooks
+	$(VENV)/bin/ansible-lint --profile production roles playbooks site.yml tests/argspec
+
+syntax-check: venv collections-link ## ansible-playbook --syntax-check of site.yml, playbooks/site.yml, netfabric.flannel.site
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/collections-link $(VENV)/bin/ansible-playbook --syntax-check -i inventory/example.yml site.yml
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/collections-link $(VENV)/bin/ansible-playbook --syntax-check -i inventory/example.yml playbooks/site.yml
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/collections-link $(VENV)/bin/ansible-playbook --syntax-check -i inventory/example.yml netfabric.flannel.site
+
+argspec-check: venv collections-link ## the roles' argument_specs reject wrong values and accept inventory/example.yml (validation only)
+	@mkdir -p build
+	@if ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/collections-link ANSIBLE_NOCOLOR=1 $(VENV)/bin/ansible-playbook \
+	    -i inventory/example.yml tests/argspec/argspec.yml --tags argspec > build/argspec-check.log 2>&1; then \
+	  grep -hoE '(all [0-9]+ wrong values rejected by the argument specs)' build/argspec-check.log; \
+	  echo "argspec-check: $$(grep -c 'Validating arguments against arg spec' build/argspec-check.log) validations ran, example inventory accepted by every entry point"; \
+	else tail -40 build/argspec-check.log; echo "argspec-check FAILED (full log: build/argspec-check.log)"; exit 1; fi
 
 BACKEND      ?= vxlan
 ETCD_MEMBERS ?= 1
-lab: venv ## local 3-host lab (systemd containers) running site.yml; BACKEND=vxlan|host-gw|udp ETCD_MEMBERS=1|3
+lab: venv collections-link ## local 3-host lab (systemd containers) running site.yml; BACKEND=vxlan|host-gw|udp ETCD_MEMBERS=1|3
 	$(PY) lab/lab.py up --backend $(BACKEND) --etcd-members $(ETCD_MEMBERS)
 
 lab-status: venv ## hosts, leases, docker0 and the container ping matrix of the running lab
@@ -48,12 +72,16 @@ lab-status: venv ## hosts, leases, docker0 and the container ping matrix of the 
 lab-down: ## remove the lab's containers, network and volumes (keeps the cached images)
 	python3 lab/lab.py down
 
-molecule: venv ## molecule scenarios on docker: default for vxlan, host-gw, udp, then tls (prints timings)
+molecule: venv collections-link ## molecule scenarios on docker: default for vxlan, host-gw, udp, then tls (prints timings)
 	lab/run-molecule.sh $(MOLECULE_RUNS)
 
 VAGRANT_DRIVER ?= qemu
-test-vagrant: venv ## molecule/vagrant in libvirt VMs (slow; not in make test); VAGRANT_DRIVER=kvm where KVM runs stock kernels
+test-vagrant: venv collections-link ## molecule/vagrant in libvirt VMs (slow; not in make test); VAGRANT_DRIVER=kvm where KVM runs stock kernels
 	MOLECULE_VAGRANT_DRIVER=$(VAGRANT_DRIVER) lab/run-molecule.sh vagrant
+
+bench: deps venv ## datapath (iperf3 over raw veth, host-gw, vxlan, udp) and control-plane benchmarks (root)
+	$(PY) bench/datapath.py
+	$(PY) bench/control_plane.py
 
 clean: ## remove build artefacts (keeps .venv)
 	rm -rf build .pytest_cache .ruff_cache .hypothesis netfabric-flannel-*.tar.gz
