@@ -52,7 +52,11 @@ make_rootfs() {
   # Every container gets its own machine-id at boot; no hostname baked in.
   : >"$rootfs/etc/machine-id"
   rm -f "$rootfs/var/lib/dbus/machine-id" "$rootfs/etc/hostname"
-  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*_Packages "$rootfs/tmp/"*
+  # No package lists in the image, and an index dated 1970: the first apt run with a cache_valid_time
+  # (Ansible's apt module) refreshes it, as on a freshly installed host.
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin "$rootfs/tmp/"*
+  find "$rootfs/var/lib/apt/lists" -maxdepth 1 -type f -delete
+  touch -d @0 "$rootfs/var/lib/apt/lists"
 }
 
 hash=$( { declare -f make_rootfs; echo "$SUITE $MIRROR $SECURITY_MIRROR $PACKAGES $MASK_UNITS ${IMPORT_CHANGES[*]}"; } \
@@ -77,6 +81,8 @@ build_host_image() {
       tar --numeric-owner -C "$rootfs" -cf "$tarball.part" . || die "could not write $tarball"
       mv "$tarball.part" "$tarball"
       rm -rf "$rootfs"
+      # Older rootfs tarballs (other inputs) are dead weight now.
+      find "$CACHE" -maxdepth 1 -name 'rootfs-*.tar' ! -name "rootfs-$hash.tar" -delete
       say "rootfs cached in $tarball ($(du -h "$tarball" | cut -f1), $((SECONDS - t0))s)"
     else
       say "reusing cached rootfs $tarball"
