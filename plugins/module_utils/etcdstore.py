@@ -22,8 +22,6 @@ Both stores offer the same small set of operations, with TTLs expressed the way 
 Endpoints are tried in order; a connection failure moves on to the next one (failover).
 """
 
-
-
 import base64
 import json
 import socket
@@ -569,7 +567,7 @@ class V3Store(EtcdStore):
             create["create_request"]["start_revision"] = revision + 1
             holder = {}
 
-            def op(index, holder=holder):
+            def op(index, holder=holder):  # pylint: disable=dangerous-default-value
                 client = self._client(index)
                 try:
                     resp = client.session.post(client.get_url("/watch"), data=json.dumps(create), stream=True,

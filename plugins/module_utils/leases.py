@@ -13,8 +13,6 @@ Shared verbatim by the Ansible modules (module_utils) and the pyflannel agent
 * Reading accepts every shape, with keys matched case-insensitively.
 """
 
-
-
 import ipaddress
 import json
 import re

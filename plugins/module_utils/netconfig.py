@@ -18,8 +18,6 @@ The rules follow Go flanneld's ``subnet.ParseConfig`` for IPv4:
 Every error is a single line naming the field, the value and the rule (``ConfigError``).
 """
 
-
-
 import ipaddress
 import json
 
@@ -78,7 +76,7 @@ def _want_int(field, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         _fail(field, value, "must be a whole number")
     if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")) or value != int(value):
+        if value != value or value in (float("inf"), float("-inf")) or value != int(value):  # pylint: disable=comparison-with-itself
             _fail(field, value, "must be a whole number")
         value = int(value)
     return value
