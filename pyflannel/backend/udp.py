@@ -38,18 +38,28 @@ log = logging.getLogger("pyflannel.backend.udp")
 DEVICE = "flannel0"
 OVERHEAD = 28  # outer IPv4 20 + UDP 8
 SOCKET_BUFFER = 8 << 20
+TXQLEN = 4000  # TUN ring: absorbs bursts while a worker waits for the CPU (a full ring drops packets)
 
 TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
 IFF_TUN = 0x0001
 IFF_MULTI_QUEUE = 0x0100
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+SOL_UDP = 17
+UDP_GRO = 104
 
 
-def _open_queue(name: str) -> int:
+def _open_queue(name: str, vnet: bool, tso: bool = False) -> int:
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    flags = IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE | (IFF_VNET_HDR if vnet else 0)
     try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE))
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags))
+        if vnet:
+            fcntl.ioctl(fd, TUNSETOFFLOAD, (TUN_F_CSUM | TUN_F_TSO4) if tso else 0)
     except OSError:
         os.close(fd)
         raise
@@ -63,6 +73,13 @@ class UdpBackend(Backend):
         self.port = int(config.option("Port") or 8285)
         self.queues = max(1, int(os.environ.get("PYFLANNEL_UDP_QUEUES", "1")))
         self.mode = os.environ.get("PYFLANNEL_UDP_MODE", "split")
+        # gro (default): virtio-net header on the TUN, batched UDP_SEGMENT sends, UDP_GRO receive merged
+        # into TUN GSO writes; tso: the TUN also hands out TCP super-packets; batch: batched sends only;
+        # plain: one packet per syscall.
+        self.offload = os.environ.get("PYFLANNEL_UDP_OFFLOAD", "gro")
+        if self.offload not in ("gro", "tso", "batch", "plain"):
+            self.offload = "plain"
+        self.vnet = self.offload in ("gro", "tso")
         self.index = 0
         self._tun_fds: List[int] = []
         self._socks: List[socket.socket] = []
@@ -79,6 +96,18 @@ class UdpBackend(Backend):
         return int(override) if override else self.ext_iface.mtu - OVERHEAD
 
     # -- device -----------------------------------------------------------------------------------
+    def _first_queue(self) -> int:
+        """Open the first queue, with segmentation offload when the kernel allows it."""
+        if self.vnet:
+            try:
+                return _open_queue(DEVICE, True, self.offload == "tso")
+            except OSError as err:
+                log.info("%s: no virtio-net header support on the TUN here (%s); offload %s -> batch", DEVICE,
+                         err, self.offload)
+                self.vnet = False
+                self.offload = "batch"
+        return _open_queue(DEVICE, False)
+
     def _ensure_tun(self) -> None:
         msg = netlink.link_by_name(DEVICE)
         if msg is not None and netlink.link_kind(msg) != "tun":
@@ -87,15 +116,15 @@ class UdpBackend(Backend):
         fds = []
         try:
             try:
-                fds.append(_open_queue(DEVICE))
+                fds.append(self._first_queue())
             except OSError:
                 # e.g. a persistent single-queue flannel0 from Go flanneld or an older run
                 log.info("%s cannot be attached as a multi-queue TUN: recreating it", DEVICE)
                 netlink.delete_link(DEVICE)
-                fds.append(_open_queue(DEVICE))
+                fds.append(self._first_queue())
             fcntl.ioctl(fds[0], TUNSETPERSIST, 1)
             for _ in range(self.queues - 1):
-                fds.append(_open_queue(DEVICE))
+                fds.append(_open_queue(DEVICE, self.vnet, self.offload == "tso"))
         except OSError as err:
             for fd in fds:
                 os.close(fd)
@@ -108,8 +137,8 @@ class UdpBackend(Backend):
         self.index = msg["index"]
         if msg.get_attr("IFLA_MTU") != self.mtu():
             netlink.set_link(self.index, mtu=self.mtu())
-        if (msg.get_attr("IFLA_TXQLEN") or 0) < 1000:
-            netlink.set_link(self.index, txqlen=1000)
+        if (msg.get_attr("IFLA_TXQLEN") or 0) != TXQLEN:
+            netlink.set_link(self.index, txqlen=TXQLEN)
         try:  # no IPv6 link-local address, so no router solicitations into the pump
             with open("/proc/sys/net/ipv6/conf/%s/disable_ipv6" % DEVICE, "w") as f:
                 f.write("1")
@@ -139,6 +168,11 @@ class UdpBackend(Backend):
                     sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
                 except OSError:
                     sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+            if self.vnet:
+                try:
+                    sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+                except OSError as err:
+                    log.info("UDP_GRO is not available (%s)", err)
             try:
                 self._bind(sock)
             except OSError as err:
@@ -166,7 +200,7 @@ class UdpBackend(Backend):
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "pyflannel.udpproxy", mode, str(tunfd), str(sockfd), str(rfd),
-                 str(self._stats_fd), str(slot), str(self.config.subnet_len)],
+                 str(self._stats_fd), str(slot), str(self.config.subnet_len), self.offload],
                 pass_fds=fds, close_fds=True, stdin=subprocess.DEVNULL)
         finally:
             os.close(rfd)
@@ -184,8 +218,8 @@ class UdpBackend(Backend):
             for mode in modes:
                 self._workers.append(self._spawn(mode, queue, slot))
                 slot += 1
-        log.info("udp: %s:%d <-> %s, %d queue(s), %d worker process(es)", self.ext_iface.address, self.port,
-                 DEVICE, self.queues, len(self._workers))
+        log.info("udp: %s:%d <-> %s, %d queue(s), %d worker process(es), offload %s", self.ext_iface.address,
+                 self.port, DEVICE, self.queues, len(self._workers), self.offload)
 
     def _retire_slot(self, slot: int) -> None:
         """Fold a dead worker's counters into the totals so they never go backwards."""

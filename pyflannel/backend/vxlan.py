@@ -106,7 +106,7 @@ class VxlanBackend(Backend):
             kwargs: Dict[str, Any] = {
                 "ifname": self.dev, "kind": "vxlan", "vxlan_id": self.vni, "vxlan_port": self.port,
                 "vxlan_local": self.ext_iface.address, "vxlan_link": self.ext_iface.index,
-                "vxlan_learning": self.learning,
+                "vxlan_learning": self.learning, "vxlan_udp_csum": False,
             }
             if self.gbp:
                 kwargs["vxlan_gbp"] = True
