@@ -17,6 +17,7 @@ Typical use::
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import random
@@ -97,10 +98,17 @@ class LeaseEvent:
         return "LeaseEvent(%s %s)" % (self.kind, self.lease)
 
 
+# Parsing is pure, and every node sees the same keys and values again and again (each acquire lists
+# every lease; a thousand managers in one process see every event a thousand times): cache it.
+# The LeaseAttrs returned are shared: treat them as read-only.
+_parse_key = functools.lru_cache(maxsize=65536)(parse_subnet_key)
+_decode_value = functools.lru_cache(maxsize=65536)(decode_lease)
+
+
 def lease_from_kv(kv: KV) -> Lease:
     """Turn a stored key into a :class:`Lease`; raises LeaseFormatError for foreign keys/values."""
-    subnet, subnet6 = parse_subnet_key(kv.key)
-    attrs = decode_lease(kv.value)
+    subnet, subnet6 = _parse_key(kv.key.rsplit("/", 1)[-1])
+    attrs = _decode_value(kv.value)
     return Lease(subnet, attrs, expiration=kv.expiration, reservation=not kv.has_ttl, revision=kv.revision,
                  lease_id=kv.lease_id, ipv6_subnet=subnet6, raw=kv.value)
 
@@ -270,10 +278,21 @@ class LeaseManager:
         random free subnet among the first 100; create atomically, retrying lost races up to 10
         times.  Raises OutOfSubnets, StoreError, or SubnetError after 10 lost races."""
         value_ttl = self.ttl
+        value = encode_lease(attrs, self.store.api)
+        taken: Optional[_Taken] = None
         for _ in range(RACE_TRIES):
             self.stats["acquire_attempts"] += 1
+            if taken is not None:
+                # A lost race: the list is still good apart from what others created since; the
+                # subnet we lost is marked taken and the next candidate is tried without a new list
+                # (the create stays atomic, so a stale list can only cost another lost race).
+                subnet = self._pick(config, taken, None)
+                kv = self._create(subnet, value, value_ttl, taken)
+                if kv is not None:
+                    log.info("acquired lease %s for %s", subnet, attrs.public_ip)
+                    return self._own(kv, attrs, acquired=True)
+                continue
             leases, _rev = self.list_leases()
-            value = encode_lease(attrs, self.store.api)
 
             # 1. a lease with our PublicIP
             mine = [lease for lease in leases if lease.attrs.public_ip == attrs.public_ip]
@@ -303,41 +322,52 @@ class LeaseManager:
                 log.info("found %s %s for %s, reusing it", verb, chosen.subnet, attrs.public_ip)
                 return self._own(new, attrs, acquired=True)
 
-            # 2. the subnet of the previous run (subnet file)
+            # 2. the subnet of the previous run (subnet file), 3. random among the first 100 free ones
             taken = _Taken(lease.subnet for lease in leases)
             previous = read_subnet_file(self.subnet_file)
-            candidates: List[ipaddress.IPv4Network] = []
-            if previous is not None and config.contains(previous) and not taken.overlaps(previous):
-                candidates = [previous]
-            # 3. random among the first 100 free subnets
-            if not candidates:
-                for subnet in config.subnets():
-                    if not taken.overlaps(subnet):
-                        candidates.append(subnet)
-                        if len(candidates) >= MAX_CANDIDATES:
-                            break
-                if not candidates:
-                    raise OutOfSubnets(
-                        "failed to acquire lease: out of subnets in %s (all %d subnets from %s to %s are taken); "
-                        "free a lease or raise SubnetMax in %s — retrying"
-                        % (config.network, config.capacity(), config.subnet_min, config.subnet_max,
-                           self.config_key))
-                subnet = random.choice(candidates)
-            else:
-                subnet = candidates[0]
-            try:
-                kv = self.store.create(self.key_of(subnet), value, value_ttl)
-            except StoreError as err:
-                self._error(err)
-                raise
-            if kv is None:
-                self.stats["lost_races"] += 1
-                log.debug("lost the race for %s, trying again", subnet)
-                continue
-            log.info("acquired lease %s for %s%s", subnet, attrs.public_ip,
-                     " (previous subnet from %s)" % self.subnet_file if subnet == previous else "")
-            return self._own(kv, attrs, acquired=True)
+            subnet = self._pick(config, taken, previous)
+            kv = self._create(subnet, value, value_ttl, taken)
+            if kv is not None:
+                log.info("acquired lease %s for %s%s", subnet, attrs.public_ip,
+                         " (previous subnet from %s)" % self.subnet_file if subnet == previous else "")
+                return self._own(kv, attrs, acquired=True)
         raise SubnetError("lost the race for a free subnet %d times in a row; backing off" % RACE_TRIES)
+
+    def _pick(self, config: NetworkConfig, taken: _Taken,
+              previous: Optional[ipaddress.IPv4Network]) -> ipaddress.IPv4Network:
+        if previous is not None and config.contains(previous) and not taken.overlaps(previous):
+            return previous
+        candidates: List[int] = []
+        plen = config.subnet_len
+        size = config.subnet_size
+        same = taken.by_len.get(plen, set())
+        mixed = any(length != plen for length in taken.by_len)  # leases of another SubnetLen exist
+        addr, last = int(config.subnet_min), int(config.subnet_max)
+        while addr <= last:
+            if addr not in same and not (mixed and taken.overlaps(ipaddress.IPv4Network((addr, plen)))):
+                candidates.append(addr)
+                if len(candidates) >= MAX_CANDIDATES:
+                    break
+            addr += size
+        if not candidates:
+            raise OutOfSubnets(
+                "failed to acquire lease: out of subnets in %s (all %d subnets from %s to %s are taken); "
+                "free a lease or raise SubnetMax in %s — retrying"
+                % (config.network, config.capacity(), config.subnet_min, config.subnet_max, self.config_key))
+        return ipaddress.IPv4Network((random.choice(candidates), plen))
+
+    def _create(self, subnet: ipaddress.IPv4Network, value: str, ttl: int, taken: _Taken) -> Optional[KV]:
+        """Atomic create; None (and ``subnet`` marked taken) when another node was first."""
+        try:
+            kv = self.store.create(self.key_of(subnet), value, ttl)
+        except StoreError as err:
+            self._error(err)
+            raise
+        if kv is None:
+            self.stats["lost_races"] += 1
+            taken.add(subnet)
+            log.debug("lost the race for %s, trying again", subnet)
+        return kv
 
     def acquire(self, attrs: LeaseAttrs, stop: Optional[threading.Event] = None) -> Lease:
         """Acquire until it works.  The config is read again before every round, so raising SubnetMax
@@ -498,19 +528,19 @@ class LeaseManager:
                     time.sleep(delay)
 
     def _apply(self, ev: etcdstore.Event) -> Optional[LeaseEvent]:
-        try:
-            subnet, subnet6 = parse_subnet_key(ev.key)
-        except LeaseFormatError:
-            return None
         name = ev.key.rsplit("/", 1)[-1]
-        if not ev.key.startswith(self.subnets_dir) or "/" in ev.key[len(self.subnets_dir):]:
+        if len(ev.key) != len(self.subnets_dir) + len(name) or not ev.key.startswith(self.subnets_dir):
+            return None
+        try:
+            subnet, subnet6 = _parse_key(name)
+        except LeaseFormatError:
             return None
         own = self._own_key()
         if name == own and self.lease is not None:
             if ev.kind == "delete":
                 raise LeaseLost("our lease %s was deleted or expired in etcd (%s)" % (self.lease.subnet, ev.key))
             try:
-                attrs = decode_lease(ev.value)
+                attrs = _decode_value(ev.value)
             except LeaseFormatError:
                 return None
             if attrs.public_ip != self.lease.attrs.public_ip:
@@ -524,12 +554,12 @@ class LeaseManager:
                 return None
             return LeaseEvent("removed", lease=old, revision=ev.revision)
         try:
-            attrs = decode_lease(ev.value)
+            attrs = _decode_value(ev.value)
         except LeaseFormatError as err:
             log.debug("ignoring %s: %s", ev.key, err)
             return None
         old = self.known.get(name)
-        if old is not None and old.attrs == attrs:
+        if old is not None and (old.raw == ev.value or old.attrs == attrs):
             old.reservation = not ev.has_ttl
             return None  # a renewal: nothing changed for the datapath
         lease = Lease(subnet, attrs, reservation=not ev.has_ttl, revision=ev.revision, ipv6_subnet=subnet6,
@@ -545,6 +575,9 @@ class _Taken:
         self.by_len: Dict[int, set] = {}
         for subnet in subnets:
             self.by_len.setdefault(subnet.prefixlen, set()).add(int(subnet.network_address))
+
+    def add(self, subnet: ipaddress.IPv4Network) -> None:
+        self.by_len.setdefault(subnet.prefixlen, set()).add(int(subnet.network_address))
 
     def overlaps(self, subnet: ipaddress.IPv4Network) -> bool:
         start = int(subnet.network_address)
