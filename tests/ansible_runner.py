@@ -97,7 +97,7 @@ class Play:
         proc = subprocess.run(
             [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", str(path)],
             env=ansible_env(self.collections_path, self.workdir), cwd=str(self.workdir),
-            capture_output=True, text=True, timeout=timeout,
+            capture_output=True, text=True, timeout=timeout, check=False,
         )
         if proc.returncode != 0 or not out_file.exists():
             raise AssertionError("ansible-playbook failed (rc=%d):\n%s\n%s"
@@ -112,4 +112,4 @@ def adhoc(collections_path: Path, workdir: Path, module: str, args: Dict[str, An
     cmd = [str(VENV_BIN / "ansible"), "localhost", "-i", "localhost,", "-c", "local",
            "-e", "ansible_python_interpreter=%s" % sys.executable, "-m", module, "-a", json.dumps(args)]
     return subprocess.run(cmd + (extra or []), env=ansible_env(collections_path, workdir), cwd=str(workdir),
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)

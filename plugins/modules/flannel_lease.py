@@ -20,7 +20,7 @@ description:
     lease of a decommissioned host that would otherwise keep its subnet for up to 24 hours (a reservation
     forever).
 author:
-  - netfabric.flannel developers
+  - netfabric.flannel developers (@netfabric)
 extends_documentation_fragment:
   - netfabric.flannel.etcd
 options:

@@ -15,7 +15,7 @@ description:
   - Reads both lease shapes Go flanneld has written (v0.11 and current) and pyflannel's.
   - Never changes anything.
 author:
-  - netfabric.flannel developers
+  - netfabric.flannel developers (@netfabric)
 extends_documentation_fragment:
   - netfabric.flannel.etcd
 options:
@@ -33,6 +33,7 @@ attributes:
     description: The module only reads, so it runs the same in check mode.
   diff_mode:
     support: none
+    description: Nothing changes, so there is nothing to show.
   platform:
     support: full
     platforms: posix

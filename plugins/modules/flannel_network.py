@@ -9,8 +9,8 @@ module: flannel_network
 short_description: Write the flannel network config to etcd
 version_added: "0.1.0"
 description:
-  - Writes the flannel network config, the JSON document at C(<prefix>/config) that every flannel agent
-    (pyflannel or Go flanneld) reads, like C({"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}).
+  - 'Writes the flannel network config, the JSON document at C(<prefix>/config) that every flannel agent
+    (pyflannel or Go flanneld) reads, for example C({"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}).'
   - The options are validated by the collection's network-config schema before anything is written; an
     invalid value fails with the schema's one-line message and etcd is left as it was.
   - The stored JSON uses Go flanneld's key names (C(Network), C(SubnetLen), C(SubnetMin), C(SubnetMax),
@@ -19,10 +19,10 @@ description:
   - The stored config is compared semantically with the wanted one (defaults and key order do not count),
     so a config written by hand or by another tool is not rewritten when it means the same.
   - Changing C(Network) or C(SubnetLen) while leases exist, or any change that leaves an existing lease
-    outside the new range, needs O(force=true): every node holding such a lease drops it and acquires a
+    outside the new range, needs O(force=true). Every node holding such a lease drops it and acquires a
     new subnet, so its containers get new addresses.
 author:
-  - netfabric.flannel developers
+  - netfabric.flannel developers (@netfabric)
 extends_documentation_fragment:
   - netfabric.flannel.etcd
 options:

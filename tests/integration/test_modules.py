@@ -276,8 +276,8 @@ def test_adhoc_and_argument_errors(collections_path, tmp_path, etcd_server, etcd
                  dict(base, network="10.30.0.0/16", backend={"type": "host-gw"}))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "CHANGED" in proc.stdout
-    proc = adhoc(collections_path, tmp_path, "netfabric.flannel.flannel_lease", dict(base, state="present",
-                                                                                    subnet="10.30.4.0/24"))
+    proc = adhoc(collections_path, tmp_path, "netfabric.flannel.flannel_lease",
+                 dict(base, state="present", subnet="10.30.4.0/24"))
     assert proc.returncode != 0 and "missing: public_ip" in proc.stdout
     proc = adhoc(collections_path, tmp_path, "netfabric.flannel.flannel_lease", dict(base, state="absent"))
     assert proc.returncode != 0 and "subnet, public_ip" in proc.stdout

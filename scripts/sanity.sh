@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# `make sanity`: ansible-test sanity over the whole collection, locally (no docker needed).
+#
+# ansible-test wants the collection at .../ansible_collections/netfabric/flannel and lists files through
+# the nearest git repository above that path.  A copy inside this repository (build/ is git-ignored) would
+# look empty to it, so the copy goes outside: $SANITY_DIR (default ${TMPDIR:-/tmp}/netfabric-flannel-sanity).
+# The copy leaves out what is not part of the collection (.venv, caches, build output; see galaxy.yml
+# build_ignore).  ansible-test installs each test's pinned tools into its own virtual environments under
+# ~/.ansible/test/venv from the package index (first run only).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV_BIN=${VENV_BIN:-$ROOT/.venv/bin}
+PYTHON_VERSION=${SANITY_PYTHON:-$("$VENV_BIN/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')}
+BASE=${SANITY_DIR:-${TMPDIR:-/tmp}/netfabric-flannel-sanity}
+DEST=$BASE/ansible_collections/netfabric/flannel
+
+mkdir -p "$DEST"
+rsync -a --delete --delete-excluded \
+  --exclude /.venv --exclude /.git --exclude /.ansible --exclude /build --exclude /.ci --exclude /lab/.cache \
+  --exclude /tests/output --exclude /netfabric-flannel-*.tar.gz \
+  --exclude .ruff_cache --exclude .pytest_cache --exclude .hypothesis --exclude __pycache__ \
+  --exclude '*.egg-info' --exclude '*.pyc' --exclude 'molecule/*/.cache' \
+  ./ "$DEST/"
+
+# ansible-test bootstraps pip in its virtual environments with a script from ci-files.testing.ansible.com.
+# Where that host is unreachable, put our stand-in (scripts/ansible-test-pip-bootstrap.py) into its cache.
+PIP_VERSION=$("$VENV_BIN/python" - <<'PY'
+import inspect, re
+from ansible_test._internal import python_requirements
+print(re.search(r"pip='([0-9.]+)'", inspect.getsource(python_requirements.get_venv_packages)).group(1))
+PY
+)
+CACHE=$HOME/.ansible/test/cache/get_pip_${PIP_VERSION//./_}.py
+if [ ! -f "$CACHE" ] && ! curl -sf -m 10 -o /dev/null "https://ci-files.testing.ansible.com/ansible-test/get-pip-$PIP_VERSION.py"; then
+  mkdir -p "$(dirname "$CACHE")"
+  cp scripts/ansible-test-pip-bootstrap.py "$CACHE"
+fi
+
+cd "$DEST"
+exec env PATH="$VENV_BIN:$PATH" "$VENV_BIN/ansible-test" sanity --python "$PYTHON_VERSION" --color no "$@"
