@@ -185,6 +185,49 @@ def _fold(total: int) -> int:
     return (~(total % 0xFFFF)) & 0xFFFF
 
 
+def segment_tcp(buf: bytearray, p: int, n: int, mss: int, out: bytearray) -> Tuple[int, int, int]:
+    """Cut the TCP super-packet ``buf[p:n]`` into ``mss``-byte pieces, each a complete IPv4/TCP packet
+    with its own IP id, sequence number and checksums (TTL as in the super-packet), laid out back to
+    back in ``out``.  Returns (bytes in ``out``, size of every piece but the last, number of pieces)."""
+    mv = memoryview(buf)
+    from_bytes = int.from_bytes
+    ihl = (buf[p] & 0x0F) * 4
+    tcp = p + ihl
+    thl = (buf[tcp + 12] >> 4) * 4
+    hl = ihl + thl
+    data = p + hl
+    iph = bytearray(mv[p:tcp])
+    tcph = bytearray(mv[tcp:data])
+    ipid = _U16.unpack_from(iph, 4)[0]
+    seq0 = _U32.unpack_from(tcph, 4)[0]
+    tflags = tcph[13]
+    pseudo = from_bytes(mv[p + 12:p + 20], "big") + 6
+    o = 0
+    i = 0
+    off = data
+    while off < n:
+        size = min(mss, n - off)
+        last = off + size >= n
+        _U16.pack_into(iph, 2, hl + size)
+        _U16.pack_into(iph, 4, (ipid + i) & 0xFFFF)
+        iph[10] = iph[11] = 0
+        _U16.pack_into(iph, 10, _fold(from_bytes(iph, "big")))
+        _U32.pack_into(tcph, 4, (seq0 + off - data) & 0xFFFFFFFF)
+        f = tflags if last else tflags & 0xF6  # FIN and PSH only on the last piece
+        tcph[13] = f if i == 0 else f & 0x7F  # CWR only on the first
+        tcph[16] = tcph[17] = 0
+        total = (pseudo + thl + size + from_bytes(tcph, "big")
+                 + from_bytes(mv[off:off + size], "big") * (256 if size & 1 else 1))
+        _U16.pack_into(tcph, 16, _fold(total))
+        out[o:o + ihl] = iph
+        out[o + ihl:o + hl] = tcph
+        out[o + hl:o + hl + size] = mv[off:off + size]
+        o += hl + size
+        off += size
+        i += 1
+    return o, hl + mss, i
+
+
 def tx_loop_vnet(state: State, tunfd: int, sock: socket.socket) -> None:
     """TUN (virtio-net header, TSO) -> UDP, cutting TCP super-packets into wire packets."""
     buf = bytearray(BUF_SIZE + VNET_LEN)
@@ -196,13 +239,11 @@ def tx_loop_vnet(state: State, tunfd: int, sock: socket.socket) -> None:
     sendto = sock.sendto
     sendmsg = sock.sendmsg
     vnet = VNET.unpack_from
-    u32 = struct.Struct("!I")
-    u16 = struct.Struct("!H")
+    u32 = _U32
     seg_opt = struct.Struct("=H")
-    from_bytes = int.from_bytes
     c = state.counters
     shift = state.shift
-    gso_ok = [True]
+    gso_ok = True
     p = VNET_LEN  # where the IP packet starts
     while True:
         try:
@@ -211,7 +252,7 @@ def tx_loop_vnet(state: State, tunfd: int, sock: socket.socket) -> None:
             continue
         if n < p + 20 or buf[p] >> 4 != 4:
             continue
-        flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = vnet(buf, 0)
+        flags, gso_type, _hdr_len, gso_size, _cs, _co = vnet(buf, 0)
         addr = state.routes.get(u32.unpack_from(buf, p + 16)[0] >> shift)
         if addr is None:
             c[5] += 1
@@ -223,14 +264,7 @@ def tx_loop_vnet(state: State, tunfd: int, sock: socket.socket) -> None:
             continue
         if gso_type == 0:
             if flags & NEEDS_CSUM:  # finish the checksum the kernel left partial
-                start = p + csum_start
-                field = start + csum_offset
-                length = n - start
-                total = from_bytes(mv[start:n], "big") * (256 if length & 1 else 1)
-                csum = _fold(total)
-                if csum == 0 and buf[p + 9] == 17:
-                    csum = 0xFFFF
-                u16.pack_into(buf, field, csum)
+                _complete_csum(buf, mv, p, n, bytes(buf[0:VNET_LEN]))
             buf[p + 8] = ttl - 1
             csum = ((buf[p + 10] << 8) | buf[p + 11]) + 0x100
             if csum >= 0xFFFF:
@@ -245,69 +279,19 @@ def tx_loop_vnet(state: State, tunfd: int, sock: socket.socket) -> None:
             c[0] += 1
             c[1] += n - p
             continue
-        # A TCP super-packet: cut it into gso_size pieces with their own headers.
         if gso_type & 0x7F != GSO_TCPV4 or buf[p + 9] != 6:
             c[7] += 1
             continue
-        ihl = (buf[p] & 0x0F) * 4
-        tcp = p + ihl
-        thl = (buf[tcp + 12] >> 4) * 4
-        hl = ihl + thl
-        data = p + hl
-        mss = gso_size
-        c[8] += 1
-        iph = bytearray(mv[p:tcp])
-        tcph = bytearray(mv[tcp:data])
-        iph[8] = ttl - 1
-        ipid = u16.unpack_from(iph, 4)[0]
-        seq0 = u32.unpack_from(tcph, 4)[0]
-        tflags = tcph[13]
-        pseudo = from_bytes(mv[p + 12:p + 20], "big") + 6
-        seg_len = hl + mss
+        buf[p + 8] = ttl - 1  # segment_tcp computes every piece's IP checksum afresh
+        o, seg_len, _count = segment_tcp(buf, p, n, gso_size, out)
         per_send = max(1, MAX_UDP_PAYLOAD // seg_len)
-        o = 0
-        batch = 0
-        i = 0
-        off = data
-        while off < n:
-            size = min(mss, n - off)
-            last = off + size >= n
-            u16.pack_into(iph, 2, hl + size)
-            u16.pack_into(iph, 4, (ipid + i) & 0xFFFF)
-            iph[10] = iph[11] = 0
-            u16.pack_into(iph, 10, _fold(from_bytes(iph, "big")))
-            u32.pack_into(tcph, 4, (seq0 + off - data) & 0xFFFFFFFF)
-            f = tflags if last else tflags & 0xF6  # FIN and PSH only on the last piece
-            tcph[13] = f if i == 0 else f & 0x7F  # CWR only on the first
-            tcph[16] = tcph[17] = 0
-            total = (pseudo + thl + size + from_bytes(tcph, "big")
-                     + from_bytes(mv[off:off + size], "big") * (256 if size & 1 else 1))
-            u16.pack_into(tcph, 16, _fold(total))
-            out[o:o + ihl] = iph
-            out[o + ihl:o + hl] = tcph
-            out[o + hl:o + hl + size] = mv[off:off + size]
-            o += hl + size
-            off += size
-            i += 1
-            batch += 1
-            if batch == per_send or last:
-                try:
-                    if gso_ok[0] and batch > 1:
-                        sendmsg([omv[:o]], [(SOL_UDP, UDP_SEGMENT, seg_opt.pack(seg_len))], 0, addr)
-                    else:
-                        start = 0
-                        while start < o:
-                            sendto(omv[start:min(o, start + seg_len)], addr)
-                            start += seg_len
-                except OSError as err:
-                    if gso_ok[0] and err.errno in (22, 95, 92):  # EINVAL/EOPNOTSUPP/ENOPROTOOPT: no UDP GSO
-                        gso_ok[0] = False
-                    c[7] += 1
-                else:
-                    c[0] += batch
-                    c[1] += o
-                o = 0
-                batch = 0
+        start = 0
+        while start < o:
+            stop = min(o, start + per_send * seg_len)
+            pieces = -(-(stop - start) // seg_len)
+            gso_ok = _send(sendto, sendmsg, seg_opt.pack, omv[start:], stop - start, seg_len, pieces, addr,
+                           gso_ok, c)
+            start = stop
 
 
 def _complete_csum(buf: bytearray, mv: memoryview, p: int, n: int, hdr: bytes) -> None:
@@ -427,6 +411,58 @@ def _send(sendto: Any, sendmsg: Any, seg_opt: Any, omv: memoryview, o: int, seg:
     return gso_ok
 
 
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+
+
+def merge_tcp_run(buf: bytearray, p: int, end: int, gso: int, out: bytearray) -> int:
+    """Merge the run of IPv4 packets in ``buf[p:end]`` (each ``gso`` bytes, the last maybe shorter)
+    into one TCP GSO packet in ``out``: a virtio-net header, then the first packet's headers with
+    the total length, then every payload.  Only when they are consecutive segments of one TCP flow
+    (same addresses, ports, ack, header and options; sequence numbers in a row; plain ACK, PSH only
+    at the end).  Returns the bytes written to ``out``, or 0 when the run cannot be merged."""
+    if buf[p] != 0x45 or buf[p + 9] != 6 or gso <= 60:
+        return 0
+    hl = 20 + (buf[p + 32] >> 4) * 4
+    mss = gso - hl
+    if mss <= 0 or hl < 40:
+        return 0
+    flow = bytes(buf[p + 12:p + 24])  # addresses and ports
+    ack = bytes(buf[p + 28:p + 33])  # ack number and data offset
+    opts = bytes(buf[p + 40:p + hl])
+    seq = _U32.unpack_from(buf, p + 24)[0]
+    u16 = _U16.unpack_from
+    u32 = _U32.unpack_from
+    startswith = buf.startswith
+    mv = memoryview(buf)
+    o = VNET_LEN + hl
+    off = p
+    flags = 0x10
+    while off < end:
+        size = end - off if end - off < gso else gso
+        flags = buf[off + 33]
+        if (buf[off] != 0x45 or buf[off + 9] != 6 or size <= hl or u16(buf, off + 2)[0] != size
+                or u32(buf, off + 24)[0] != seq or not startswith(flow, off + 12)
+                or not startswith(ack, off + 28) or not startswith(opts, off + 40)
+                or (flags != 0x10 and (flags != 0x18 or off + size < end))):
+            return 0
+        out[o:o + size - hl] = mv[off + hl:off + size]
+        o += size - hl
+        seq = (seq + size - hl) & 0xFFFFFFFF
+        off += size
+    p_out = VNET_LEN
+    out[p_out:p_out + hl] = mv[p:p + hl]
+    total_len = o - p_out
+    _U16.pack_into(out, p_out + 2, total_len)
+    out[p_out + 10] = out[p_out + 11] = 0
+    _U16.pack_into(out, p_out + 10, _fold(int.from_bytes(out[p_out:p_out + 20], "big")))
+    out[p_out + 33] = flags  # the last segment's flags (PSH)
+    pseudo = (int.from_bytes(out[p_out + 12:p_out + 20], "big") + 6 + total_len - 20) % 0xFFFF or 0xFFFF
+    _U16.pack_into(out, p_out + 36, pseudo)  # partial checksum: the pseudo-header sum, finished downstream
+    VNET.pack_into(out, 0, NEEDS_CSUM, GSO_TCPV4, hl, mss, 20, 16)
+    return o
+
+
 def rx_loop_vnet(state: State, tunfd: int, sock: socket.socket) -> None:
     """UDP (with GRO) -> TUN (virtio-net header): consecutive segments of one TCP flow become one
     GSO packet; everything else is written packet by packet."""
@@ -439,9 +475,6 @@ def rx_loop_vnet(state: State, tunfd: int, sock: socket.socket) -> None:
     write = os.write
     writev = os.writev
     anc_size = socket.CMSG_SPACE(4)
-    u32 = struct.Struct("!I")
-    u16 = struct.Struct("!H")
-    from_bytes = int.from_bytes
     c = state.counters
     p = VNET_LEN
     while True:
@@ -471,50 +504,8 @@ def rx_loop_vnet(state: State, tunfd: int, sock: socket.socket) -> None:
             c[3] += n
             continue
         end = p + n
-        # Can the run be merged into one TCP GSO packet?
-        merge = buf[p] == 0x45 and buf[p + 9] == 6 and gso > 60
-        if merge:
-            thl = (buf[p + 32] >> 4) * 4
-            hl = 20 + thl
-            mss = gso - hl
-            seq0 = u32.unpack_from(buf, p + 24)[0]
-            first_addrs = mv[p + 12:p + 24]  # addresses and ports
-            first_ack = mv[p + 28:p + 33]  # ack number and data offset
-            first_opts = mv[p + 40:p + hl]
-            k = 0
-            off = p
-            while off < end:
-                size = min(gso, end - off)
-                last = off + size >= end
-                if (buf[off] != 0x45 or buf[off + 9] != 6 or mv[off + 12:off + 24] != first_addrs
-                        or mv[off + 28:off + 33] != first_ack or mv[off + 40:off + hl] != first_opts
-                        or u16.unpack_from(buf, off + 2)[0] != size
-                        or u32.unpack_from(buf, off + 24)[0] != (seq0 + k * mss) & 0xFFFFFFFF
-                        or buf[off + 33] & ~0x08 != 0x10 or (buf[off + 33] & 0x08 and not last)
-                        or size <= hl):
-                    merge = False
-                    break
-                k += 1
-                off += size
-        if merge:
-            o = p + hl
-            off = p
-            while off < end:
-                size = min(gso, end - off)
-                out[o:o + size - hl] = mv[off + hl:off + size]
-                o += size - hl
-                last_flags = buf[off + 33]
-                off += size
-            out[p:p + hl] = mv[p:p + hl]
-            total_len = o - p
-            u16.pack_into(out, p + 2, total_len)
-            out[p + 10] = out[p + 11] = 0
-            u16.pack_into(out, p + 10, _fold(from_bytes(omv[p:p + 20], "big")))
-            out[p + 33] = last_flags
-            tcp_len = total_len - 20
-            pseudo = (from_bytes(omv[p + 12:p + 20], "big") + 6 + tcp_len) % 0xFFFF or 0xFFFF
-            u16.pack_into(out, p + 36, pseudo)  # partial: the pseudo-header sum, completed downstream
-            VNET.pack_into(out, 0, NEEDS_CSUM, GSO_TCPV4, hl, mss, 20, 16)
+        o = merge_tcp_run(buf, p, end, gso, out)
+        if o:
             try:
                 write(tunfd, omv[:o])
             except OSError:
@@ -527,11 +518,14 @@ def rx_loop_vnet(state: State, tunfd: int, sock: socket.socket) -> None:
         off = p
         while off < end:
             size = min(gso, end - off)
-            try:
-                writev(tunfd, [ZERO_VNET, mv[off:off + size]])
-                c[2] += 1
-                c[3] += size
-            except OSError:
+            if buf[off] >> 4 == 4:
+                try:
+                    writev(tunfd, [ZERO_VNET, mv[off:off + size]])
+                    c[2] += 1
+                    c[3] += size
+                except OSError:
+                    c[7] += 1
+            else:
                 c[7] += 1
             off += size
 

@@ -1,0 +1,193 @@
+"""The udp packet pump's pure parts: checksums, cutting a TCP super-packet into wire packets,
+merging a received run back into one GSO packet, ICMP net-unreachable.  No root needed."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pyflannel import udpproxy
+from pyflannel.udpproxy import GSO_TCPV4, NEEDS_CSUM, VNET, VNET_LEN, State, merge_tcp_run, segment_tcp
+
+SRC, DST = "10.100.1.5", "10.100.2.7"
+
+
+def ones_sum(data: bytes) -> int:
+    """Reference: the RFC 1071 ones' complement sum, 16 bits at a time."""
+    if len(data) % 2:
+        data += b"\0"
+    total = 0
+    for (word,) in struct.iter_unpack("!H", data):
+        total += word
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def ip_ok(packet: bytes) -> bool:
+    ihl = (packet[0] & 0x0F) * 4
+    return ones_sum(packet[:ihl]) == 0xFFFF
+
+
+def tcp_ok(packet: bytes) -> bool:
+    ihl = (packet[0] & 0x0F) * 4
+    segment = packet[ihl:]
+    pseudo = packet[12:20] + struct.pack("!BBH", 0, 6, len(segment))
+    return ones_sum(pseudo + segment) == 0xFFFF
+
+
+def tcp_packet(payload: bytes, seq: int, flags: int = 0x18, ipid: int = 100, options: bytes = b"") -> bytes:
+    """A valid IPv4/TCP packet (checksums computed with the reference implementation)."""
+    thl = 20 + len(options)
+    tcp = bytearray(struct.pack("!HHIIBBHHH", 40000, 5201, seq, 777, (thl // 4) << 4, flags, 512, 0, 0)
+                    + options + payload)
+    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), ipid, 0x4000, 63, 6, 0,
+                               socket.inet_aton(SRC), socket.inet_aton(DST)))
+    struct.pack_into("!H", ip, 10, 0xFFFF - ones_sum(bytes(ip)))
+    pseudo = bytes(ip[12:20]) + struct.pack("!BBH", 0, 6, len(tcp))
+    struct.pack_into("!H", tcp, 16, 0xFFFF - ones_sum(pseudo + bytes(tcp)))
+    return bytes(ip + tcp)
+
+
+def split(data: bytes, seg_len: int, count: int):
+    return [data[i * seg_len:(i + 1) * seg_len] for i in range(count)]
+
+
+def test_checksum_matches_rfc1071_reference() -> None:
+    data = bytes(range(256)) * 3 + b"\x01"
+    assert udpproxy.checksum(data) == (~ones_sum(data)) & 0xFFFF
+    header = tcp_packet(b"x", 1)[:20]
+    assert ip_ok(header)
+
+
+@settings(max_examples=60, deadline=None)
+@given(payload=st.binary(min_size=1, max_size=20000), mss=st.integers(min_value=200, max_value=1432),
+       seq=st.integers(min_value=0, max_value=0xFFFFFFFF), fin=st.booleans(),
+       options=st.sampled_from([b"", b"\x01\x01\x08\x0a" + bytes(8)]))
+def test_segment_tcp_makes_valid_consecutive_packets(payload: bytes, mss: int, seq: int, fin: bool,
+                                                     options: bytes) -> None:
+    flags = 0x18 | (0x01 if fin else 0)
+    big = tcp_packet(payload, seq, flags, ipid=65530, options=options)
+    buf = bytearray(big)
+    out = bytearray(2 * 65536)
+    o, seg_len, count = segment_tcp(buf, 0, len(buf), mss, out)
+    hl = 40 + len(options)
+    assert seg_len == hl + mss
+    assert count == -(-len(payload) // mss)
+    pieces = split(bytes(out[:o]), seg_len, count)
+    joined = b""
+    for i, piece in enumerate(pieces):
+        assert ip_ok(piece) and tcp_ok(piece), "piece %d has a bad checksum" % i
+        assert struct.unpack_from("!H", piece, 2)[0] == len(piece)
+        assert struct.unpack_from("!H", piece, 4)[0] == (65530 + i) & 0xFFFF
+        assert struct.unpack_from("!I", piece, 24)[0] == (seq + i * mss) & 0xFFFFFFFF
+        last = i == count - 1
+        assert piece[33] == (flags if last else 0x10)
+        assert piece[40:hl] == options
+        joined += piece[hl:]
+    assert joined == payload
+
+
+@settings(max_examples=60, deadline=None)
+@given(payload=st.binary(min_size=2, max_size=30000), mss=st.integers(min_value=100, max_value=1432),
+       seq=st.integers(min_value=0, max_value=0xFFFFFFFF))
+def test_merge_tcp_run_restores_the_stream(payload: bytes, mss: int, seq: int) -> None:
+    """segment_tcp then merge_tcp_run: one GSO packet carrying every byte, with a correct header."""
+    big = tcp_packet(payload, seq, 0x18)
+    wire = bytearray(2 * 65536)
+    o, seg_len, count = segment_tcp(bytearray(big), 0, len(big), mss, wire)
+    rx = bytearray(VNET_LEN) + wire[:o]
+    out = bytearray(65536 + VNET_LEN)
+    n = merge_tcp_run(rx, VNET_LEN, VNET_LEN + o, seg_len, out)
+    if count == 1:
+        # a lone packet is merged too (the caller only merges runs), and stays identical
+        assert n and bytes(out[VNET_LEN + 40:n]) == payload
+        return
+    assert n == VNET_LEN + 40 + len(payload)
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = VNET.unpack_from(out, 0)
+    assert (flags, gso_type, hdr_len, gso_size, csum_start, csum_offset) == (NEEDS_CSUM, GSO_TCPV4, 40, mss, 20,
+                                                                              16)
+    merged = bytes(out[VNET_LEN:n])
+    assert ip_ok(merged)
+    assert struct.unpack_from("!H", merged, 2)[0] == len(merged)
+    assert struct.unpack_from("!I", merged, 24)[0] == seq
+    assert merged[33] == 0x18
+    assert merged[40:] == payload
+    # the TCP checksum field holds the pseudo-header sum, as for any CHECKSUM_PARTIAL packet
+    pseudo = merged[12:20] + struct.pack("!BBH", 0, 6, len(merged) - 20)
+    assert struct.unpack_from("!H", merged, 36)[0] == ones_sum(pseudo)
+
+
+def _run(*packets: bytes) -> bytearray:
+    return bytearray(VNET_LEN) + b"".join(packets)
+
+
+def test_merge_refuses_what_is_not_one_flow_in_order() -> None:
+    a = tcp_packet(b"a" * 100, 1000, 0x10)
+    b = tcp_packet(b"b" * 100, 1100, 0x10)
+    out = bytearray(65536)
+    assert merge_tcp_run(_run(a, b), VNET_LEN, VNET_LEN + 2 * len(a), len(a), out) > 0
+    gap = tcp_packet(b"b" * 100, 1200, 0x10)  # a missing segment in between
+    assert merge_tcp_run(_run(a, gap), VNET_LEN, VNET_LEN + 2 * len(a), len(a), out) == 0
+    psh_first = tcp_packet(b"a" * 100, 1000, 0x18)  # PSH before the end
+    assert merge_tcp_run(_run(psh_first, b), VNET_LEN, VNET_LEN + 2 * len(a), len(a), out) == 0
+    syn = tcp_packet(b"b" * 100, 1100, 0x12)
+    assert merge_tcp_run(_run(a, syn), VNET_LEN, VNET_LEN + 2 * len(a), len(a), out) == 0
+    other = bytearray(b)
+    other[20:22] = struct.pack("!H", 40001)  # another connection (source port)
+    assert merge_tcp_run(_run(a, bytes(other)), VNET_LEN, VNET_LEN + 2 * len(a), len(a), out) == 0
+    udp = bytearray(a)
+    udp[9] = 17
+    assert merge_tcp_run(_run(bytes(udp), b), VNET_LEN, VNET_LEN + 2 * len(a), len(a), out) == 0
+
+
+def test_icmp_net_unreachable_goes_back_into_the_tun() -> None:
+    state = State(24)
+    offender = tcp_packet(b"hello", 5)
+    rfd, wfd = os.pipe()
+    try:
+        udpproxy.icmp_unreachable(state, memoryview(offender), len(offender), wfd, b"PREFIX")
+        data = os.read(rfd, 4096)
+    finally:
+        os.close(rfd)
+        os.close(wfd)
+    assert data.startswith(b"PREFIX")
+    icmp_packet = data[len(b"PREFIX"):]
+    assert ip_ok(icmp_packet)
+    assert icmp_packet[9] == 1
+    assert icmp_packet[12:16] == socket.inet_aton("10.100.2.0")  # the unreachable subnet, never a local address
+    assert icmp_packet[16:20] == socket.inet_aton(SRC)
+    body = icmp_packet[20:]
+    assert body[0:2] == b"\x03\x00"  # destination unreachable, net unreachable
+    assert ones_sum(body) == 0xFFFF
+    assert body[8:] == offender[:28]  # the offender's header and 8 bytes
+
+
+def test_no_icmp_in_answer_to_icmp_errors() -> None:
+    state = State(24)
+    error = bytearray(tcp_packet(b"", 1)[:20] + b"\x03\x01\0\0\0\0\0\0")
+    error[9] = 1
+    rfd, wfd = os.pipe()
+    os.set_blocking(rfd, False)
+    try:
+        udpproxy.icmp_unreachable(state, memoryview(error), len(error), wfd)
+        try:
+            got = os.read(rfd, 4096)
+        except BlockingIOError:
+            got = b""
+    finally:
+        os.close(rfd)
+        os.close(wfd)
+    assert got == b""
+
+
+def test_state_load_builds_the_lookup_table() -> None:
+    state = State(24)
+    state.load({"routes": {str(int.from_bytes(socket.inet_aton("10.100.2.0"), "big") >> 8): "192.0.2.2"},
+                "port": 8285})
+    key = struct.unpack("!I", socket.inet_aton(DST))[0] >> state.shift
+    assert state.routes[key] == ("192.0.2.2", 8285)
+    assert "192.0.2.2" in state.allowed and "192.0.2.3" not in state.allowed
