@@ -7,7 +7,7 @@ PY        := $(VENV)/bin/python
 PYTEST    := $(VENV)/bin/pytest
 TEST_DEBS := etcd-server etcd-client iptables iproute2 iperf3 iputils-ping procps rsync git curl
 
-.PHONY: help deps venv test test-unit test-integration lint lab lab-down lab-status molecule test-vagrant bench clean collections-link ansible-lint syntax-check argspec-check
+.PHONY: help deps venv test test-unit test-integration lint lab lab-down lab-status molecule test-vagrant bench clean collections-link ansible-lint syntax-check argspec-check sanity collection-build
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -37,6 +37,7 @@ test: deps venv ## everything CI runs
 	$(VENV)/bin/ruff check .
 	$(PYTEST) tests/unit tests/integration
 	$(MAKE) ansible-lint syntax-check argspec-check
+	$(MAKE) sanity collection-build
 
 # The checkout as the collection netfabric.flannel: ansible.cfg puts build/collections-link first on the
 # collections path, so `ansible-playbook site.yml` from the repository root uses these roles and modules.
@@ -82,6 +83,12 @@ test-vagrant: venv collections-link ## molecule/vagrant in libvirt VMs (slow; no
 bench: deps venv ## datapath (iperf3 over raw veth, host-gw, vxlan, udp) and control-plane benchmarks (root)
 	$(PY) bench/datapath.py
 	$(PY) bench/control_plane.py
+
+sanity: deps venv ## ansible-test sanity over the whole collection (a copy outside the checkout; no docker)
+	scripts/sanity.sh
+
+collection-build: deps venv ## ansible-galaxy collection build, install the tarball, run its modules against a real etcd
+	$(PY) -u tests/collection_build.py
 
 clean: ## remove build artefacts (keeps .venv)
 	rm -rf build .pytest_cache .ruff_cache .hypothesis netfabric-flannel-*.tar.gz
