@@ -60,8 +60,9 @@ def build() -> Path:
     if len(tarballs) != 1:
         fail("expected one tarball in %s, found %s" % (DIST, [t.name for t in tarballs]))
     tarball = tarballs[0]
-    print("collection-build: built %s (%d KiB) in %.1f s" % (tarball.relative_to(REPO), tarball.stat().st_size // 1024,
-                                                              time.monotonic() - started))
+    size = tarball.stat().st_size // 1024
+    elapsed = time.monotonic() - started
+    print("collection-build: built %s (%d KiB) in %.1f s" % (tarball.relative_to(REPO), size, elapsed))
     return tarball
 
 
