@@ -72,7 +72,7 @@ class EtcdServer:
             if self.netns:
                 # the root namespace may not reach a namespace address; ask from inside
                 cmd = ["ip", "netns", "exec", self.netns, *cmd]
-                return subprocess.run(cmd, capture_output=True, timeout=3).returncode == 0
+                return subprocess.run(cmd, capture_output=True, timeout=3, check=False).returncode == 0
             with urllib.request.urlopen(self.url + "/health", timeout=1) as resp:
                 return resp.status == 200
         except Exception:
