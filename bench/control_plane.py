@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import os
 import resource
 import statistics
@@ -56,18 +57,17 @@ def pct(values: List[float], p: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    k = min(len(ordered) - 1, max(0, int(round(p / 100.0 * (len(ordered) - 1)))))
+    k = min(len(ordered) - 1, max(0, round(p / 100.0 * (len(ordered) - 1))))
     return ordered[k]
 
 
 class Watcher:
-    def __init__(self, manager: LeaseManager, probes: Dict[str, float]) -> None:
+    def __init__(self, manager: LeaseManager) -> None:
         self.manager = manager
         self.seen: Dict[str, float] = {}
         self.ready = threading.Event()
         self.error: Optional[BaseException] = None
         self.stop = threading.Event()
-        self.probes = probes
 
     def run(self) -> None:
         try:
@@ -83,80 +83,133 @@ class Watcher:
             self.ready.set()
 
 
-def run_api(api: str, nodes: int, watchers: int, probes: int, concurrency: int, gap: float) -> Dict[str, float]:
-    server = EtcdServer(extra_args=["--max-request-bytes", "10485760"]).start()
-    stores: List[etcdstore.EtcdStore] = []
+def worker(conn, url: str, api: str, indices: List[int], n_watch: int, concurrency: int) -> None:
+    """One process hosting some of the nodes: acquire on command, then watch, then report."""
+    logging.getLogger("pyflannel").setLevel(logging.CRITICAL)
+    try:
+        managers = [LeaseManager(etcdstore.connect(url, api=api, timeout=30.0), PREFIX, watch_idle=30.0)
+                    for _ in indices]
+        conn.send(("ready",))
+        conn.recv()  # go
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            leases = list(pool.map(lambda im: im[1].acquire(LeaseAttrs(node_ip(im[0]), "")),
+                                   zip(indices, managers)))
+        conn.send(("acquired", time.monotonic() - t0, [str(x.subnet) for x in leases],
+                   sum(m.stats["lost_races"] for m in managers)))
+        conn.recv()  # watch
+        ws = [Watcher(m) for m in managers[:n_watch]]
+        for w in ws:
+            threading.Thread(target=w.run, daemon=True).start()
+        for w in ws:
+            w.ready.wait(300)
+        errors = [repr(w.error) for w in ws if w.error is not None]
+        conn.send(("watching", errors))
+        cpu0 = _cpu()
+        _, names = conn.recv()  # expect: the probe names
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(len(w.seen.keys() & names) < len(names) for w in ws):
+            time.sleep(0.02)
+        cpu = _cpu() - cpu0
+        conn.send(("seen", {name: [w.seen.get(name) for w in ws] for name in names}, cpu))
+        for w in ws:
+            w.stop.set()
+    except BaseException as err:
+        conn.send(("error", repr(err)))
+
+
+def run_api(api: str, nodes: int, watchers: int, probes: int, concurrency: int, gap: float,
+            procs: int) -> Dict[str, float]:
+    server = EtcdServer().start()
+    ctx = multiprocessing.get_context("fork")
+    children = []
     try:
         admin = etcdstore.connect(server.url, api=api)
         admin.put(PREFIX + "/config", CONFIG)
-        managers = []
-        for _ in range(nodes):
-            store = etcdstore.connect(server.url, api=api, timeout=30.0)
-            stores.append(store)
-            managers.append(LeaseManager(store, PREFIX, watch_idle=30.0))
+        for p in range(procs):
+            indices = list(range(p, nodes, procs))
+            n_watch = len([i for i in indices if i < watchers])
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=worker, args=(child, server.url, api, indices, n_watch,
+                                                    max(1, concurrency // procs)), daemon=True)
+            proc.start()
+            children.append((proc, parent))
 
-        # 1. acquire
+        def gather(kind: str) -> list:
+            out = []
+            for _, conn in children:
+                msg = conn.recv()
+                if msg[0] == "error":
+                    raise SystemExit("a worker failed: %s" % msg[1])
+                assert msg[0] == kind, msg
+                out.append(msg)
+            return out
+
+        def broadcast(msg: tuple) -> None:
+            for _, conn in children:
+                conn.send(msg)
+
+        gather("ready")
+        # 1. acquire: all nodes start at once
         t0 = time.monotonic()
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            leases = list(pool.map(lambda im: im[1].acquire(LeaseAttrs(node_ip(im[0]), "")), enumerate(managers)))
+        broadcast(("go",))
+        acquired = gather("acquired")
         acquire_s = time.monotonic() - t0
-        distinct = len({lease.subnet for lease in leases})
+        subnets = [s for msg in acquired for s in msg[2]]
         kvs, _ = admin.list(PREFIX + "/subnets/")
-        if distinct != nodes or len(kvs) != nodes:
-            raise SystemExit("BUG: %d nodes hold %d distinct subnets (%d keys)" % (nodes, distinct, len(kvs)))
-        races = sum(m.stats["lost_races"] for m in managers)
+        if len(set(subnets)) != nodes or len(kvs) != nodes:
+            raise SystemExit("BUG: %d nodes hold %d distinct subnets (%d keys)" % (nodes, len(set(subnets)), len(kvs)))
+        races = sum(msg[3] for msg in acquired)
 
-        # 2. watch
-        probe_start: Dict[str, float] = {}
-        ws = [Watcher(m, probe_start) for m in managers[:watchers]]
-        threads = [threading.Thread(target=w.run, daemon=True) for w in ws]
+        # 2. watch: every node lists, then watches
         t1 = time.monotonic()
-        for t in threads:
-            t.start()
-        for w in ws:
-            w.ready.wait(120)
+        broadcast(("watch",))
+        watching = gather("watching")
         snapshot_s = time.monotonic() - t1
-        failed = [w.error for w in ws if w.error is not None]
-        if failed:
-            raise SystemExit("watcher failed: %r" % failed[0])
+        errors = [e for msg in watching for e in msg[1]]
+        if errors:
+            raise SystemExit("watcher failed: %s" % errors[0])
         time.sleep(1.0)
-        prober = LeaseManager(etcdstore.connect(server.url, api=api), PREFIX)
-        names = []
-        cpu0, ecpu0, wall0 = _cpu(), _proc_cpu(server), time.monotonic()
+        probe_start: Dict[str, float] = {}
+        store = etcdstore.connect(server.url, api=api)
+        ecpu0, wall0 = _proc_cpu(server), time.monotonic()
         for i in range(probes):
-            # one new node joins: the same acquire every node does (list + create)
+            # one more node joins: the same acquire every node does (list + create)
             start = time.time()
-            lease = LeaseManager(prober.store, PREFIX).acquire(LeaseAttrs(node_ip(nodes + i), ""))
+            lease = LeaseManager(store, PREFIX).acquire(LeaseAttrs(node_ip(nodes + i), ""))
             probe_start[lease.key_name] = start
-            names.append(lease.key_name)
             time.sleep(gap)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and any(len([n for n in names if n in w.seen]) < len(names) for w in ws):
-            time.sleep(0.05)
-        cpu1, ecpu1, wall1 = _cpu(), _proc_cpu(server), time.monotonic()
+        names = set(probe_start)
+        broadcast(("expect", names))
+        seen = gather("seen")
+        ecpu1, wall1 = _proc_cpu(server), time.monotonic()
+        client_cpu = sum(msg[2] for msg in seen)
         all_delays = []
         each_delays = []
         missing = 0
         for name in names:
-            times = [w.seen.get(name) for w in ws]
-            got = [t for t in times if t is not None]
-            missing += len(times) - len(got)
+            got = []
+            for msg in seen:
+                times = msg[1][name]
+                missing += sum(1 for t in times if t is None)
+                got.extend(t for t in times if t is not None)
             if got:
                 all_delays.append((max(got) - probe_start[name]) * 1000.0)
                 each_delays.extend((t - probe_start[name]) * 1000.0 for t in got)
-        for w in ws:
-            w.stop.set()
         return {
             "nodes": nodes, "watchers": watchers, "acquire_s": acquire_s, "lost_races": races,
             "snapshot_s": snapshot_s, "probes": probes, "missing": missing,
             "all_p50": pct(all_delays, 50), "all_p99": pct(all_delays, 99), "all_max": max(all_delays or [0]),
             "each_p50": pct(each_delays, 50), "each_p99": pct(each_delays, 99),
             "mean_all": statistics.mean(all_delays) if all_delays else float("nan"),
-            "client_cpu": (cpu1 - cpu0) / (wall1 - wall0), "etcd_cpu": (ecpu1 - ecpu0) / (wall1 - wall0),
+            "client_cpu": client_cpu / (wall1 - wall0), "etcd_cpu": (ecpu1 - ecpu0) / (wall1 - wall0),
+            "load": os.getloadavg()[0],
         }
     finally:
-        for s in stores:
-            s.close()
+        for proc, _ in children:
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5)
         server.destroy()
 
 
@@ -176,12 +229,14 @@ def _proc_cpu(server: EtcdServer) -> float:
 
 def table(results: Dict[str, Dict[str, float]]) -> str:
     head = ("| API | nodes | acquire all (s) | lost races | watchers | initial lists (s) | "
-            "delay to all watchers p50 / p99 (ms) | per-watcher p50 / p99 (ms) | missed |")
-    rows = [head, "|" + "---|" * 9]
+            "delay to all watchers p50 / p99 (ms) | per-watcher p50 / p99 (ms) | missed | "
+            "CPU nodes / etcd | load avg |")
+    rows = [head, "|" + "---|" * 11]
     for api, r in results.items():
-        rows.append("| %s | %d | %.1f | %d | %d | %.1f | %.0f / %.0f | %.0f / %.0f | %d |" % (
+        rows.append("| %s | %d | %.1f | %d | %d | %.1f | %.0f / %.0f | %.0f / %.0f | %d | %.0f%% / %.0f%% | %.1f |" % (
             api, r["nodes"], r["acquire_s"], r["lost_races"], r["watchers"], r["snapshot_s"], r["all_p50"],
-            r["all_p99"], r["each_p50"], r["each_p99"], r["missing"]))
+            r["all_p99"], r["each_p50"], r["each_p99"], r["missing"], 100 * r["client_cpu"], 100 * r["etcd_cpu"],
+            r["load"]))
     return "\n".join(rows)
 
 
@@ -211,12 +266,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--probes", type=int, default=50, help="leases created while everybody watches (default 50)")
     ap.add_argument("--gap", type=float, default=0.2, help="seconds between probe leases (default 0.2)")
     ap.add_argument("--concurrency", type=int, default=50, help="nodes acquiring at the same time (default 50)")
+    ap.add_argument("--procs", type=int, default=os.cpu_count() or 1,
+                    help="worker processes hosting the nodes (default: one per CPU)")
     ap.add_argument("--api", default="v2,v3", help="v2, v3 or v2,v3 (default)")
     ap.add_argument("--write-doc", action="store_true", help="record the results in docs/benchmarks.md")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
     logging.getLogger("pyflannel").setLevel(logging.CRITICAL)  # watchers complain when etcd stops at the end
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     threading.stack_size(512 * 1024)
     watchers = args.nodes if args.watchers is None else min(args.watchers, args.nodes)
@@ -224,10 +281,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     for api in [a.strip() for a in args.api.split(",") if a.strip()]:
         print("%s: %d nodes acquiring, %d watching, %d probe leases ..." % (api, args.nodes, watchers, args.probes),
               flush=True)
-        results[api] = run_api(api, args.nodes, watchers, args.probes, args.concurrency, args.gap)
+        results[api] = run_api(api, args.nodes, watchers, args.probes, args.concurrency, args.gap, args.procs)
         print(table({api: results[api]}), flush=True)
-        print("  during the probes: this process used %.0f%% of a CPU, etcd %.0f%%"
-              % (100 * results[api]["client_cpu"], 100 * results[api]["etcd_cpu"]), flush=True)
+        print("  during the probes the nodes used %.0f%% of a CPU, etcd %.0f%% (load average %.1f)"
+              % (100 * results[api]["client_cpu"], 100 * results[api]["etcd_cpu"], results[api]["load"]),
+              flush=True)
     text = table(results)
     print()
     print(text)
