@@ -187,8 +187,8 @@ def test_switch_vni_and_backend_leaves_nothing(testbed: Any, bed_etcd: Any) -> N
     steps = [
         ({"Type": "vxlan"}, {"links": ["flannel.1"], "protos": ["109"]}),
         ({"Type": "vxlan", "VNI": 2}, {"links": ["flannel.2"], "protos": ["109"]}),
-        ({"Type": "host-gw"}, {"links": [], "protos": ["108"]}),
-        ({"Type": "udp"}, {"links": ["flannel0"], "protos": ["110"]}),
+        ({"Type": "host-gw", "MTU": 1400}, {"links": [], "protos": ["108"]}),
+        ({"Type": "udp", "MTU": 1300}, {"links": ["flannel0"], "protos": ["110"]}),
         ({"Type": "vxlan", "VNI": 3, "DirectRouting": True}, {"links": ["flannel.3"], "protos": ["109"]}),
     ]
     agents = [Agent(host, server.url, PREFIX) for host in bed.hosts]
@@ -200,6 +200,11 @@ def test_switch_vni_and_backend_leaves_nothing(testbed: Any, bed_etcd: Any) -> N
             agent.wait_ready()
         wait_for(lambda want=expected: all(_flannel_state(a) == want for a in agents), 15,
                  what="only %s's devices and routes (%s)" % (backend, expected))
+        mtu = backend.get("MTU") or MTU[backend["Type"]]
+        for agent in agents:
+            assert agent.subnet_env["FLANNEL_MTU"] == str(mtu)  # the MTU override reaches docker
+            for dev in expected["links"]:
+                assert agent.host.link(dev)["mtu"] == mtu
         assert_pings(agents)
         for agent in agents:
             agent.stop()
