@@ -226,6 +226,7 @@ def run_site(extra: List[str]) -> None:
         raise StepFailed("%s missing; run `make venv`" % playbook)
     env = dict(os.environ, ANSIBLE_FORCE_COLOR=os.environ.get("ANSIBLE_FORCE_COLOR", "1"),
                ANSIBLE_COLLECTIONS_PATH=str(collections_dir()),
+               ANSIBLE_CALLBACKS_ENABLED=os.environ.get("ANSIBLE_CALLBACKS_ENABLED", "ansible.posix.profile_tasks"),
                PATH="%s:%s" % (VENV_BIN, os.environ.get("PATH", "")))
     cmd = [str(playbook), "-i", str(INVENTORY_DIR), str(ROOT / "site.yml"), *extra]
     say("    " + " ".join(cmd))
