@@ -256,3 +256,24 @@ def test_bad_flags_and_bad_iface_are_one_line(agents, store, etcd_server, etcd_a
     assert node.wait_exit() == 1
     errors = [line for line in node.log().splitlines() if line.startswith("E")]
     assert len(errors) == 1 and "no interface matches --iface nosuchif0" in errors[0]
+
+
+def test_ready_notification_after_subnet_file(agents, store, etcd_server, etcd_api, etcd_prefix, tmp_path):
+    import socket
+
+    store.put(etcd_prefix + "/config", BIG)
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(20)
+    try:
+        node = agents("s", etcd_server.url, etcd_api, etcd_prefix, "127.0.0.171")
+        node.kill()
+        node.env["NOTIFY_SOCKET"] = path
+        node.start()
+        message = sock.recv(4096)
+        assert message == b"READY=1"
+        assert read_subnet_file(str(node.subnet_file)) is not None  # written before READY=1
+        assert node.stop() == 0
+    finally:
+        sock.close()
