@@ -81,6 +81,11 @@ class Agent:
         except OSError as err:
             log.error("%s", err)
             return 1
+        except Exception as err:  # a bug: one line for the log, the traceback at debug level
+            log.error("internal error: %s: %s; please report it (run with -v=1 for the traceback)",
+                      type(err).__name__, err)
+            log.debug("traceback", exc_info=True)
+            return 1
         finally:
             if self.backend is not None:
                 try:

@@ -208,8 +208,9 @@ class GlogFormatter(logging.Formatter):
         when = time.localtime(record.created)
         micros = int((record.created - int(record.created)) * 1_000_000)
         msg = record.getMessage()
-        if record.exc_info and record.levelno >= logging.ERROR:
-            msg += " (%s)" % self.formatException(record.exc_info).splitlines()[-1]
+        if record.exc_info:
+            trace = self.formatException(record.exc_info)
+            msg += " (%s)" % trace.splitlines()[-1] if record.levelno >= logging.ERROR else "\n" + trace
         return "%s%02d%02d %02d:%02d:%02d.%06d %7d %s:%d] %s" % (
             _LETTERS.get(record.levelno, "I"), when.tm_mon, when.tm_mday, when.tm_hour, when.tm_min,
             when.tm_sec, micros, record.process or os.getpid(), record.filename, record.lineno, msg)

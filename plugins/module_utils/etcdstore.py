@@ -525,13 +525,17 @@ class V3Store(EtcdStore):
         old_lease = kv.lease_id
         if ttl and old_lease:
             # Keep the key's own etcd lease alive: no new lease, nothing leaked.
-            if self._keepalive(old_lease) <= 0:
+            granted = self._keepalive(old_lease)
+            if granted <= 0:
                 return None
-            ok, revision = self._txn_put(kv.key, value, old_lease, exists)
-            if not ok:
-                return None
-            return KV(kv.key, value, revision, has_ttl=True, expiration=time.time() + ttl,
-                      lease_id=old_lease, ttl=ttl)
+            if granted >= ttl:
+                ok, revision = self._txn_put(kv.key, value, old_lease, exists)
+                if not ok:
+                    return None
+                return KV(kv.key, value, revision, has_ttl=True, expiration=time.time() + ttl,
+                          lease_id=old_lease, ttl=ttl)
+            # The key's etcd lease was granted a shorter TTL (an earlier run with another TTL):
+            # move the key to a new lease below, which revokes the old one.
         new_lease = self._grant(ttl, "granting a lease for %s" % kv.key) if ttl else 0
         try:
             ok, revision = self._txn_put(kv.key, value, new_lease, exists)

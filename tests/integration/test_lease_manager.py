@@ -391,3 +391,19 @@ def test_missing_config_message_then_success(store, etcd_server, etcd_api, etcd_
         assert str(result["config"].network) == "10.100.0.0/16"
     finally:
         stop.set()
+
+
+def test_reuse_with_longer_ttl_gets_it(store, etcd_server, etcd_api, etcd_prefix):
+    """A lease written with a short TTL (an earlier run's override) gets the new, longer TTL on reuse;
+    on v3 the key moves to a new etcd lease and the old one is revoked, not leaked."""
+    store.put(etcd_prefix + "/config", BIG)
+    short = new_manager(etcd_server, etcd_api, etcd_prefix, ttl=3).acquire(attrs("127.0.0.61"))
+    mgr = new_manager(etcd_server, etcd_api, etcd_prefix, ttl=120)
+    lease = mgr.acquire(attrs("127.0.0.61"))
+    assert lease.subnet == short.subnet
+    time.sleep(4)  # past the short TTL
+    assert key_ttl(store, mgr.key_of(lease.subnet)) > 100
+    if etcd_api == "v3":
+        assert store.get(mgr.key_of(lease.subnet)).lease_id != short.lease_id
+        resp = store._post("/kv/lease/timetolive", {"ID": short.lease_id}, "test")
+        assert int(resp.get("TTL", -1)) == -1  # revoked
