@@ -391,23 +391,27 @@ def tx_loop_batch(state: State, tunfd: int, sock: socket.socket, vnet: bool) -> 
 def _send(sendto: Any, sendmsg: Any, seg_opt: Any, omv: memoryview, o: int, seg: int, cnt: int, dest: Any,
           gso_ok: bool, c: List[int]) -> bool:
     """Send ``cnt`` staged packets (all ``seg`` bytes but the last); returns whether UDP GSO works."""
-    try:
-        if cnt == 1:
-            sendto(omv[:o], dest)
-        elif gso_ok:
+    if cnt > 1 and gso_ok:
+        try:
             sendmsg([omv[:o]], [(SOL_UDP, UDP_SEGMENT, seg_opt(seg))], 0, dest)
+        except OSError as err:
+            # EINVAL/ENOPROTOOPT/EOPNOTSUPP/EIO: no UDP segmentation here (or packets larger than the
+            # path allows, which then need IP fragmentation): from now on one datagram per packet.
+            if err.errno in (5, 22, 92, 95):
+                gso_ok = False
         else:
-            for start in range(0, o, seg):
-                sendto(omv[start:min(o, start + seg)], dest)
-    except OSError as err:
-        c[7] += cnt
-        if gso_ok and cnt > 1 and err.errno in (22, 92, 95):  # EINVAL/ENOPROTOOPT/EOPNOTSUPP: no UDP GSO
-            return False
-        return gso_ok
-    c[0] += cnt
-    c[1] += o
-    if cnt > 1:
-        c[8] += 1
+            c[0] += cnt
+            c[1] += o
+            c[8] += 1
+            return gso_ok
+    for start in range(0, o, seg):
+        try:
+            sendto(omv[start:min(o, start + seg)], dest)
+        except OSError:
+            c[7] += 1
+            continue
+        c[0] += 1
+        c[1] += min(o, start + seg) - start
     return gso_ok
 
 

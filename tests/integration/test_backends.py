@@ -99,3 +99,18 @@ def test_hostgw_repairs_missing_routes(testbed: Any) -> None:
     assert route["gateway"] == h2.address and route["dev"] == "eth0"
     assert d1.call("status")["metrics"]["datapath_repairs_total"] == 1
     assert h1.ping("10.100.2.1", "10.100.1.1", count=2).returncode == 0
+
+
+def test_udp_with_an_mtu_beyond_the_link(testbed: Any) -> None:
+    """MTU 1500 on a 1500 link: the outer datagrams need IP fragmentation, and still arrive."""
+    bed = testbed(["A", "A"])
+    h1, h2 = bed.hosts
+    d2 = up(h2, {"Type": "udp", "MTU": 1500}, "10.100.2.0/24", [])
+    d1 = up(h1, {"Type": "udp", "MTU": 1500}, "10.100.1.0/24", [{"subnet": "10.100.2.0/24", "value": d2.lease_value}])
+    assert d2.call("sync", leases=[{"subnet": "10.100.1.0/24", "value": d1.lease_value}])["ok"]
+    assert h1.link("flannel0")["mtu"] == 1500
+    proc = h1.run("ping", "-n", "-c", "5", "-i", "0.05", "-w", "10", "-s", "1460", "-M", "do", "-I", "10.100.1.1",
+                  "10.100.2.1", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    metrics = d1.call("status")["metrics"]
+    assert metrics["udp_errors_total"] == 0
