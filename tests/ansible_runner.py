@@ -60,7 +60,7 @@ class Play:
         self.tasks.append((name, module, args, check))
         return self
 
-    def run(self, timeout: float = 120) -> Dict[str, Dict[str, Any]]:
+    def run(self, timeout: float = 900) -> Dict[str, Dict[str, Any]]:
         self.runs += 1
         out_file = self.workdir / ("results-%d.json" % self.runs)
         tasks = []
@@ -112,4 +112,4 @@ def adhoc(collections_path: Path, workdir: Path, module: str, args: Dict[str, An
     cmd = [str(VENV_BIN / "ansible"), "localhost", "-i", "localhost,", "-c", "local",
            "-e", "ansible_python_interpreter=%s" % sys.executable, "-m", module, "-a", json.dumps(args)]
     return subprocess.run(cmd + (extra or []), env=ansible_env(collections_path, workdir), cwd=str(workdir),
-                          capture_output=True, text=True, timeout=120, check=False)
+                          capture_output=True, text=True, timeout=600, check=False)

@@ -18,7 +18,8 @@ from plugins.module_utils.netconfig import parse_config
 from tests.ansible_runner import Play, adhoc, collection_root
 from tests.etcdserver import free_port
 
-pytestmark = pytest.mark.integration
+# Each ansible-playbook run costs seconds of CPU; on a busy machine a play of 20 tasks takes minutes.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 
 @pytest.fixture(scope="session")
