@@ -179,8 +179,11 @@ class EtcdStore:
     def get(self, key):
         raise NotImplementedError
 
-    def list(self, prefix):
-        """All keys under ``prefix`` -> (list of KV, revision of the read)."""
+    def list(self, prefix, serializable=False):
+        """All keys under ``prefix`` -> (list of KV, revision of the read).
+
+        ``serializable=True`` lets the member answer from its own state without a quorum round
+        (much cheaper under load; may lag a follower's view by a moment).  v2 reads are always so."""
         raise NotImplementedError
 
     def put(self, key, value):
@@ -290,7 +293,7 @@ class V2Store(EtcdStore):
             return None
         return self._kv(res.key, res.value, res.modifiedIndex, res.ttl, res.expiration)
 
-    def list(self, prefix):
+    def list(self, prefix, serializable=False):
         etcd = self._etcd
         try:
             res = self._call("listing %s" % prefix, lambda c: c.read(prefix.rstrip("/") or "/", recursive=True))
@@ -461,9 +464,11 @@ class V3Store(EtcdStore):
         kvs = resp.get("kvs") or []
         return self._kv_from(kvs[0]) if kvs else None
 
-    def list(self, prefix):
-        resp = self._post("/kv/range", {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))},
-                          "listing %s" % prefix)
+    def list(self, prefix, serializable=False):
+        request = {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))}
+        if serializable:
+            request["serializable"] = True
+        resp = self._post("/kv/range", request, "listing %s" % prefix)
         revision = int(resp.get("header", {}).get("revision", 0) or 0)
         return [self._kv_from(item) for item in resp.get("kvs") or []], revision
 

@@ -131,12 +131,12 @@ def read_config(module, store):
 def read_leases(module, store, with_ttl: bool = False):
     """Every lease under ``<prefix>/subnets/`` -> (list of (KV, Lease), list of skipped {key, reason}).
 
-    ``with_ttl``: fill each lease's expiration (one extra request per lease on etcd v3).
+    ``with_ttl``: fill every lease's expiration (one extra request per lease on etcd v3; see
+    :func:`fill_expiration` to do it for a few leases only).
     """
     kvs, _revision = store_call(module, store.list, subnets_dir(prefix_of(module)))
     leases = []
     skipped = []
-    now = time.time()
     for kv in kvs:
         try:
             subnet, subnet6 = parse_subnet_key(kv.key)
@@ -144,17 +144,21 @@ def read_leases(module, store, with_ttl: bool = False):
         except LeaseFormatError as err:
             skipped.append({"key": kv.key, "reason": one_line(err)})
             continue
-        expiration = None
-        if kv.has_ttl:
-            expiration = kv.expiration
-            if with_ttl and expiration is None:
-                remaining = store_call(module, store.remaining_ttl, kv)
-                expiration = None if remaining is None else now + remaining
-        lease = Lease(subnet, attrs, expiration=expiration, reservation=not kv.has_ttl, revision=kv.revision,
-                      lease_id=kv.lease_id, ipv6_subnet=subnet6, raw=kv.value)
+        lease = Lease(subnet, attrs, expiration=kv.expiration if kv.has_ttl else None,
+                      reservation=not kv.has_ttl, revision=kv.revision, lease_id=kv.lease_id,
+                      ipv6_subnet=subnet6, raw=kv.value)
+        if with_ttl:
+            fill_expiration(module, store, kv, lease)
         leases.append((kv, lease))
     leases.sort(key=lambda pair: int(pair[1].subnet.network_address))
     return leases, skipped
+
+
+def fill_expiration(module, store, kv, lease) -> None:
+    """Set ``lease.expiration`` for a key with a TTL when the listing did not carry it (etcd v3)."""
+    if kv.has_ttl and lease.expiration is None:
+        remaining = store_call(module, store.remaining_ttl, kv)
+        lease.expiration = None if remaining is None else time.time() + remaining
 
 
 def lease_summary(kv, lease, now: float | None = None) -> dict:

@@ -118,6 +118,7 @@ from ansible_collections.netfabric.flannel.plugins.module_utils.flannel_module i
     ETCD_REQUIRED_TOGETHER,
     connect_store,
     etcd_argument_spec,
+    fill_expiration,
     lease_summary,
     prefix_of,
     read_config,
@@ -177,7 +178,7 @@ def reserve(module, store, subnet, public_ip: str) -> dict:
                              % (subnet, config.network, config.subnet_len, config.subnet_min, config.subnet_max,
                                 config.subnet_len))
     key = subnet_key(prefix, subnet)
-    leases, _skipped = read_leases(module, store, with_ttl=True)
+    leases, _skipped = read_leases(module, store)
     mine = None
     for kv, lease in leases:
         if kv.key == key:
@@ -194,6 +195,8 @@ def reserve(module, store, subnet, public_ip: str) -> dict:
                                  % (public_ip, lease.subnet, kind(lease), lease.subnet))
 
     result = dict(changed=False, api=store.api)
+    if mine is not None:
+        fill_expiration(module, store, *mine)
     if mine is not None and mine[1].reservation:
         result["lease"] = lease_summary(*mine)
         if module._diff:
@@ -232,7 +235,7 @@ def reserve(module, store, subnet, public_ip: str) -> dict:
 
 
 def release(module, store, subnet, public_ip) -> dict:
-    leases, _skipped = read_leases(module, store, with_ttl=True)
+    leases, _skipped = read_leases(module, store)
     doomed = []
     for kv, lease in leases:
         if subnet is not None:
@@ -243,6 +246,7 @@ def release(module, store, subnet, public_ip) -> dict:
                                      % (subnet, lease.attrs.public_ip, public_ip))
         elif lease.attrs.public_ip != public_ip:
             continue
+        fill_expiration(module, store, kv, lease)
         doomed.append((kv, lease))
     result = dict(changed=bool(doomed), api=store.api, released=[lease_summary(kv, lease) for kv, lease in doomed])
     if module._diff:

@@ -135,6 +135,7 @@ from ansible_collections.netfabric.flannel.plugins.module_utils.flannel_module i
     ETCD_REQUIRED_TOGETHER,
     connect_store,
     etcd_argument_spec,
+    fill_expiration,
     lease_summary,
     read_config,
     read_leases,
@@ -166,7 +167,7 @@ def main() -> None:
 
     store = connect_store(module)
     _kv, config, config_error = read_config(module, store)
-    leases, skipped = read_leases(module, store, with_ttl=True)
+    leases, skipped = read_leases(module, store)
     now = time.time()
     out = []
     for kv, lease in leases:
@@ -174,6 +175,7 @@ def main() -> None:
             continue
         if want_net is not None and not lease.subnet.overlaps(want_net):
             continue
+        fill_expiration(module, store, kv, lease)
         out.append(lease_summary(kv, lease, now))
     result = dict(changed=False, api=store.api, leases=out, skipped=skipped,
                   config=config.to_dict() if config is not None else {})
