@@ -252,7 +252,9 @@ class LeaseManager:
     def list_leases(self) -> Tuple[List[Lease], int]:
         """Every lease under ``<prefix>/subnets/`` (foreign keys skipped) and the list revision."""
         try:
-            kvs, revision = self.store.list(self.subnets_dir)
+            # Serializable: no quorum round per list.  Safe here: creates are atomic (a stale list
+            # costs at most a lost race) and the watch resumes from the list's own revision.
+            kvs, revision = self.store.list(self.subnets_dir, serializable=True)
         except StoreError as err:
             self._error(err)
             raise
