@@ -397,6 +397,8 @@ class V3Store(EtcdStore):
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             if self.ca_cert:
+                # Also passed as verify= on every request: requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE
+                # from the environment override session.verify, and the etcd CA given here must win.
                 session.verify = self.ca_cert
             if self.client_cert:
                 session.cert = (self.client_cert, self.client_key)
@@ -411,7 +413,7 @@ class V3Store(EtcdStore):
         try:
             resp = client.session.post(client.get_url("/auth/authenticate"),
                                        json={"name": self.username, "password": self.password or ""},
-                                       timeout=self.timeout)
+                                       timeout=self.timeout, verify=self.ca_cert or None)
         except self._requests.exceptions.RequestException as err:
             raise _ConnectionProblem(_short(err))
         if resp.status_code != 200:
@@ -431,7 +433,7 @@ class V3Store(EtcdStore):
             for attempt in (1, 2):
                 try:
                     resp = client.session.post(client.get_url(path), data=json.dumps(payload),
-                                               timeout=self.timeout)
+                                               timeout=self.timeout, verify=self.ca_cert or None)
                 except requests.exceptions.RequestException as err:
                     raise _ConnectionProblem(_short(err))
                 if resp.status_code == 200:
@@ -580,7 +582,7 @@ class V3Store(EtcdStore):
                 client = self._client(index)
                 try:
                     resp = client.session.post(client.get_url("/watch"), data=json.dumps(create), stream=True,
-                                               timeout=(self.timeout, idle))
+                                               timeout=(self.timeout, idle), verify=self.ca_cert or None)
                 except requests.exceptions.RequestException as err:
                     raise _ConnectionProblem(_short(err))
                 if resp.status_code != 200:

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import ssl
+import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ from plugins.module_utils.etcdstore import connect
 from plugins.module_utils.leases import LeaseAttrs, config_key, encode_lease, subnet_key
 from plugins.module_utils.netconfig import parse_config
 from tests.ansible_runner import Play, adhoc, collection_root
-from tests.etcdserver import free_port
+from tests.etcdserver import EtcdServer, free_port
 
 # Each ansible-playbook run costs seconds of CPU; on a busy machine a play of 20 tasks takes minutes.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
@@ -288,3 +291,70 @@ def test_adhoc_and_argument_errors(collections_path, tmp_path, etcd_server, etcd
     proc = adhoc(collections_path, tmp_path, "netfabric.flannel.flannel_network",
                  dict(base, network="10.30.0.0/16", client_cert="/nonexistent.pem"))
     assert proc.returncode != 0 and "client_cert" in proc.stdout and "client_key" in proc.stdout
+
+
+class TlsEtcdServer(EtcdServer):
+    """The same real etcd, with client TLS: https on the client port, client certificates required."""
+
+    def __init__(self, pki: Path) -> None:
+        self.pki = pki
+        super().__init__(extra_args=[
+            "--cert-file", str(pki / "server.crt"), "--key-file", str(pki / "server.key"),
+            "--trusted-ca-file", str(pki / "ca.crt"), "--client-cert-auth",
+        ])
+
+    @property
+    def url(self) -> str:
+        return "https://%s:%d" % (self.host, self.port)
+
+    def healthy(self) -> bool:
+        context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+        context.load_cert_chain(str(self.pki / "client.crt"), str(self.pki / "client.key"))
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=1, context=context) as resp:
+                return resp.status == 200
+        except Exception:
+            return False
+
+
+def make_pki(pki: Path) -> None:
+    """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate (openssl)."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=str(pki), check=True, capture_output=True, timeout=60)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+            "-keyout", "ca.key", "-out", "ca.crt")
+    # etcd's v3 JSON gateway dials etcd itself with the server certificate: it needs clientAuth too
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"),
+                      ("client", "extendedKeyUsage=clientAuth")):
+        (pki / (name + ".ext")).write_text(ext + "\n")
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + name, "-keyout", name + ".key",
+                "-out", name + ".csr")
+        openssl("x509", "-req", "-in", name + ".csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "1", "-extfile", name + ".ext", "-out", name + ".crt")
+
+
+def test_tls_options_reach_etcd(collections_path, tmp_path):
+    """ca_cert/client_cert/client_key go through to a real etcd that demands client certificates."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    (tmp_path / "tmp").mkdir()
+    make_pki(pki)
+    with TlsEtcdServer(pki) as server:
+        tls = {"ca_cert": str(pki / "ca.crt"), "client_cert": str(pki / "client.crt"),
+               "client_key": str(pki / "client.key")}
+        play = Play(collections_path, tmp_path, {"endpoints": [server.url], "timeout": 3})
+        for api in ("v2", "v3"):
+            prefix = "/tls-%s/coreos.com/network" % api
+            play.add("write_" + api, "flannel_network", dict(tls, api=api, prefix=prefix, network="10.44.0.0/16"))
+            play.add("no_client_cert_" + api, "flannel_network",
+                     {"api": api, "prefix": prefix, "network": "10.45.0.0/16", "ca_cert": tls["ca_cert"]})
+            play.add("info_" + api, "flannel_lease_info", dict(tls, api=api, prefix=prefix))
+        r = play.run()
+        for api in ("v2", "v3"):
+            assert r["write_" + api]["changed"] is True, r["write_" + api]["msg"]
+            assert r["info_" + api]["config"]["Network"] == "10.44.0.0/16"
+            failed = r["no_client_cert_" + api]
+            assert failed["failed"] is True and "\n" not in failed["msg"], failed
+            store = connect([server.url], api=api, **tls)
+            assert json.loads(store.get("/tls-%s/coreos.com/network/config" % api).value)["Network"] == "10.44.0.0/16"
