@@ -419,18 +419,21 @@ _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 
 
-def merge_tcp_run(buf: bytearray, p: int, end: int, gso: int, out: bytearray) -> int:
-    """Merge the run of IPv4 packets in ``buf[p:end]`` (each ``gso`` bytes, the last maybe shorter)
-    into one TCP GSO packet in ``out``: a virtio-net header, then the first packet's headers with
-    the total length, then every payload.  Only when they are consecutive segments of one TCP flow
-    (same addresses, ports, ack, header and options; sequence numbers in a row; plain ACK, PSH only
-    at the end).  Returns the bytes written to ``out``, or 0 when the run cannot be merged."""
+def merge_tcp_run(buf: bytearray, p: int, end: int, gso: int, out: bytearray) -> Tuple[int, int, int]:
+    """Merge consecutive TCP segments from the run of IPv4 packets in ``buf[p:end]`` (each ``gso``
+    bytes, the last maybe shorter) into one TCP GSO packet in ``out``: a virtio-net header, the first
+    packet's headers with the total length, then the payloads.  Segments merge while they belong to
+    one flow (same addresses, ports, ack, header and options), follow each other in sequence and
+    carry a plain ACK; a PSH ends the merge (it is included).  Returns (bytes written to ``out``,
+    where the merged segments end in ``buf``, how many merged); (0, end of the first packet, 1) when
+    fewer than two merge — the caller writes that packet as it is and tries again after it."""
+    first_end = p + (end - p if end - p < gso else gso)
     if buf[p] != 0x45 or buf[p + 9] != 6 or gso <= 60:
-        return 0
+        return 0, first_end, 1
     hl = 20 + (buf[p + 32] >> 4) * 4
     mss = gso - hl
     if mss <= 0 or hl < 40:
-        return 0
+        return 0, first_end, 1
     flow = bytes(buf[p + 12:p + 24])  # addresses and ports
     ack = bytes(buf[p + 28:p + 33])  # ack number and data offset
     opts = bytes(buf[p + 40:p + hl])
@@ -442,18 +445,24 @@ def merge_tcp_run(buf: bytearray, p: int, end: int, gso: int, out: bytearray) ->
     o = VNET_LEN + hl
     off = p
     flags = 0x10
+    count = 0
     while off < end:
         size = end - off if end - off < gso else gso
-        flags = buf[off + 33]
-        if (buf[off] != 0x45 or buf[off + 9] != 6 or size <= hl or u16(buf, off + 2)[0] != size
-                or u32(buf, off + 24)[0] != seq or not startswith(flow, off + 12)
-                or not startswith(ack, off + 28) or not startswith(opts, off + 40)
-                or (flags != 0x10 and (flags != 0x18 or off + size < end))):
-            return 0
+        f = buf[off + 33]
+        if (f != 0x10 and f != 0x18) or buf[off] != 0x45 or buf[off + 9] != 6 or size <= hl \
+                or u16(buf, off + 2)[0] != size or u32(buf, off + 24)[0] != seq or not startswith(flow, off + 12) \
+                or not startswith(ack, off + 28) or not startswith(opts, off + 40):
+            break
         out[o:o + size - hl] = mv[off + hl:off + size]
         o += size - hl
         seq = (seq + size - hl) & 0xFFFFFFFF
         off += size
+        count += 1
+        flags = f
+        if f == 0x18 or size < gso:
+            break  # PSH (or a short segment) ends a GSO packet
+    if count < 2:
+        return 0, first_end, 1
     p_out = VNET_LEN
     out[p_out:p_out + hl] = mv[p:p + hl]
     total_len = o - p_out
@@ -464,7 +473,7 @@ def merge_tcp_run(buf: bytearray, p: int, end: int, gso: int, out: bytearray) ->
     pseudo = (int.from_bytes(out[p_out + 12:p_out + 20], "big") + 6 + total_len - 20) % 0xFFFF or 0xFFFF
     _U16.pack_into(out, p_out + 36, pseudo)  # partial checksum: the pseudo-header sum, finished downstream
     VNET.pack_into(out, 0, NEEDS_CSUM, GSO_TCPV4, hl, mss, 20, 16)
-    return o
+    return o, off, count
 
 
 def rx_loop_vnet(state: State, tunfd: int, sock: socket.socket) -> None:
@@ -508,30 +517,25 @@ def rx_loop_vnet(state: State, tunfd: int, sock: socket.socket) -> None:
             c[3] += n
             continue
         end = p + n
-        o = merge_tcp_run(buf, p, end, gso, out)
-        if o:
-            try:
-                write(tunfd, omv[:o])
-            except OSError:
-                c[7] += segs
-                continue
-            c[2] += segs
-            c[3] += n
-            c[9] += 1
-            continue
         off = p
         while off < end:
-            size = min(gso, end - off)
-            if buf[off] >> 4 == 4:
-                try:
-                    writev(tunfd, [ZERO_VNET, mv[off:off + size]])
-                    c[2] += 1
-                    c[3] += size
-                except OSError:
+            o, stop, count = merge_tcp_run(buf, off, end, gso, out)
+            try:
+                if o:
+                    write(tunfd, omv[:o])
+                    c[9] += 1
+                elif buf[off] >> 4 == 4:
+                    writev(tunfd, [ZERO_VNET, mv[off:stop]])
+                else:
                     c[7] += 1
+                    off = stop
+                    continue
+            except OSError:
+                c[7] += count
             else:
-                c[7] += 1
-            off += size
+                c[2] += count
+                c[3] += stop - off
+            off = stop
 
 
 def control_loop(state: State, ctlfd: int) -> None:

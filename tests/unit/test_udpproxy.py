@@ -101,11 +101,13 @@ def test_merge_tcp_run_restores_the_stream(payload: bytes, mss: int, seq: int) -
     o, seg_len, count = segment_tcp(bytearray(big), 0, len(big), mss, wire)
     rx = bytearray(VNET_LEN) + wire[:o]
     out = bytearray(65536 + VNET_LEN)
-    n = merge_tcp_run(rx, VNET_LEN, VNET_LEN + o, seg_len, out)
+    n, stop, merged = merge_tcp_run(rx, VNET_LEN, VNET_LEN + o, seg_len, out)
     if count == 1:
-        # a lone packet is merged too (the caller only merges runs), and stays identical
-        assert n and bytes(out[VNET_LEN + 40:n]) == payload
+        # a lone packet is left to the caller, to be written as it is
+        assert (n, stop, merged) == (0, VNET_LEN + o, 1)
         return
+    # every piece but the last is a plain ACK, the last carries PSH: all of them merge
+    assert (stop, merged) == (VNET_LEN + o, count)
     assert n == VNET_LEN + 40 + len(payload)
     flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = VNET.unpack_from(out, 0)
     assert (flags, gso_type, hdr_len, gso_size, csum_start, csum_offset) == (NEEDS_CSUM, GSO_TCPV4, 40, mss, 20,
@@ -128,20 +130,36 @@ def _run(*packets: bytes) -> bytearray:
 def test_merge_refuses_what_is_not_one_flow_in_order() -> None:
     a = tcp_packet(b"a" * 100, 1000, 0x10)
     b = tcp_packet(b"b" * 100, 1100, 0x10)
+    size = len(a)
+    end = VNET_LEN + 2 * size
     out = bytearray(65536)
-    assert merge_tcp_run(_run(a, b), VNET_LEN, VNET_LEN + 2 * len(a), len(a), out) > 0
+    assert merge_tcp_run(_run(a, b), VNET_LEN, end, size, out)[1:] == (end, 2)
+    refused = (0, VNET_LEN + size, 1)
     gap = tcp_packet(b"b" * 100, 1200, 0x10)  # a missing segment in between
-    assert merge_tcp_run(_run(a, gap), VNET_LEN, VNET_LEN + 2 * len(a), len(a), out) == 0
-    psh_first = tcp_packet(b"a" * 100, 1000, 0x18)  # PSH before the end
-    assert merge_tcp_run(_run(psh_first, b), VNET_LEN, VNET_LEN + 2 * len(a), len(a), out) == 0
+    assert merge_tcp_run(_run(a, gap), VNET_LEN, end, size, out) == refused
+    psh_first = tcp_packet(b"a" * 100, 1000, 0x18)  # PSH ends a merge: nothing to merge it with
+    assert merge_tcp_run(_run(psh_first, b), VNET_LEN, end, size, out) == refused
     syn = tcp_packet(b"b" * 100, 1100, 0x12)
-    assert merge_tcp_run(_run(a, syn), VNET_LEN, VNET_LEN + 2 * len(a), len(a), out) == 0
+    assert merge_tcp_run(_run(a, syn), VNET_LEN, end, size, out) == refused
     other = bytearray(b)
     other[20:22] = struct.pack("!H", 40001)  # another connection (source port)
-    assert merge_tcp_run(_run(a, bytes(other)), VNET_LEN, VNET_LEN + 2 * len(a), len(a), out) == 0
+    assert merge_tcp_run(_run(a, bytes(other)), VNET_LEN, end, size, out) == refused
     udp = bytearray(a)
     udp[9] = 17
-    assert merge_tcp_run(_run(bytes(udp), b), VNET_LEN, VNET_LEN + 2 * len(a), len(a), out) == 0
+    assert merge_tcp_run(_run(bytes(udp), b), VNET_LEN, end, size, out) == refused
+
+
+def test_merge_stops_after_psh_and_goes_on_with_the_rest() -> None:
+    pieces = [tcp_packet(bytes([65 + i]) * 100, 1000 + 100 * i, 0x18 if i == 2 else 0x10) for i in range(6)]
+    run = _run(*pieces)
+    size = len(pieces[0])
+    out = bytearray(65536)
+    n, stop, count = merge_tcp_run(run, VNET_LEN, len(run), size, out)
+    assert (stop, count) == (VNET_LEN + 3 * size, 3)
+    assert out[VNET_LEN + 33] == 0x18 and bytes(out[VNET_LEN + 40:n]) == b"A" * 100 + b"B" * 100 + b"C" * 100
+    n, stop, count = merge_tcp_run(run, stop, len(run), size, out)
+    assert (stop, count) == (len(run), 3)
+    assert out[VNET_LEN + 33] == 0x10 and bytes(out[VNET_LEN + 40:n]) == b"D" * 100 + b"E" * 100 + b"F" * 100
 
 
 def test_icmp_net_unreachable_goes_back_into_the_tun() -> None:
