@@ -207,7 +207,8 @@ def test_switch_vni_and_backend_leaves_nothing(testbed: Any, bed_etcd: Any) -> N
                 assert agent.host.link(dev)["mtu"] == mtu
         assert_pings(agents)
         for agent in agents:
-            agent.stop()
+            assert agent.stop() == 0
+            assert not udp_workers(agent)  # a clean stop takes the udp workers along
 
 
 def test_etcd_outage_loses_no_packet(testbed: Any, bed_etcd: Any) -> None:
