@@ -330,14 +330,24 @@ def tx_loop_batch(state: State, tunfd: int, sock: socket.socket, vnet: bool) -> 
     seg = 0  # size of the run's packets
     cnt = 0  # packets staged
     dest = None  # the run's destination
+    iovs: Dict[int, List[Any]] = {}  # readv vectors per staging offset, made once
+    startswith = out.startswith
+    routes: Dict[int, Tuple[str, int]] = {}
+    last_dst = b"no route"  # never matches 4 bytes of a packet
+    last_addr: Any = None
     while True:
         if cnt and (cnt >= max_segs or o + seg > MAX_UDP_PAYLOAD):
             flush = True
             n = 0
         else:
             flush = False
+            iov = iovs.get(o)
+            if iov is None:
+                iov = [hdr, omv[o:o + BUF_SIZE]] if vnet else [omv[o:o + BUF_SIZE]]
+                if len(iovs) < 4096:
+                    iovs[o] = iov
             try:
-                n = readv(tunfd, [hdr, omv[o:o + BUF_SIZE]] if vnet else [omv[o:o + BUF_SIZE]])
+                n = readv(tunfd, iov)
             except BlockingIOError:
                 if not cnt:
                     wait()
@@ -351,11 +361,17 @@ def tx_loop_batch(state: State, tunfd: int, sock: socket.socket, vnet: bool) -> 
                 n -= VNET_LEN
             if n < 20 or out[o] >> 4 != 4:
                 continue
-            addr = state.routes.get(unpack(out, o + 16)[0] >> shift)
-            if addr is None:
-                c[5] += 1
-                icmp_unreachable(state, omv[o:], n, tunfd, ZERO_VNET if vnet else b"")
-                continue
+            if routes is state.routes and startswith(last_dst, o + 16):
+                addr = last_addr  # same destination as the packet before: no lookup
+            else:
+                routes = state.routes
+                addr = routes.get(unpack(out, o + 16)[0] >> shift)
+                if addr is None:
+                    c[5] += 1
+                    icmp_unreachable(state, omv[o:], n, tunfd, ZERO_VNET if vnet else b"")
+                    continue
+                last_dst = bytes(out[o + 16:o + 20])
+                last_addr = addr
             ttl = out[o + 8]
             if ttl <= 1:
                 c[6] += 1
