@@ -11,7 +11,8 @@ Layout (every name carries a random suffix, so concurrent runs never collide)::
 
 The test bed itself uses iproute2 (``ip``) to build the namespaces — it is scaffolding, and checking
 the agents' netlink work with an independent tool is a feature.  Everything is torn down by
-``destroy()``, which is safe to call after any failure and more than once.
+``destroy()``, which is safe to call after any failure and more than once (it also deletes the
+bed's log directory unless ``PFL_KEEP_LOGS=1`` is set).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import ipaddress
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import time
@@ -190,6 +192,8 @@ class TestBed:
                     pass
             sh("ip", "netns", "del", ns, check=False)
         self.namespaces = []
+        if not os.environ.get("PFL_KEEP_LOGS"):
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> TestBed:
         return self
@@ -372,9 +376,17 @@ class Agent:
 
 
 def etcdctl(bed: TestBed, server: Any, *args: str) -> str:
-    """etcdctl (v3 API) run in the etcd namespace."""
-    cmd = ["ip", "netns", "exec", bed.etcd_ns, "env", "ETCDCTL_API=3", "etcdctl", "--endpoints", server.url, *args]
-    return sh(*cmd).stdout
+    """etcdctl (v3 API) run in the etcd namespace; retried a few times (a loaded machine makes etcd slow)."""
+    cmd = ["ip", "netns", "exec", bed.etcd_ns, "env", "ETCDCTL_API=3", "etcdctl", "--endpoints", server.url,
+           "--dial-timeout", "5s", "--command-timeout", "15s", *args]
+    for attempt in range(3):
+        try:
+            return sh(*cmd, timeout=40).stdout
+        except (RuntimeError, subprocess.TimeoutExpired):
+            if attempt == 2:
+                raise
+            time.sleep(1)
+    raise AssertionError("unreachable")
 
 
 def put_config(bed: TestBed, server: Any, prefix: str, config: Dict[str, Any]) -> None:
