@@ -283,7 +283,7 @@ def read_leases(etcd_hosts: List[str], prefix: str) -> tuple:
     for api in ("v3", "v2"):
         try:
             store = etcdstore.connect(endpoints, api=api, timeout=3)
-            kvs = store.list(leases.subnets_dir(prefix))
+            kvs = store.list(leases.subnets_dir(prefix))[0]
         except etcdstore.StoreError:
             continue
         if not kvs:
@@ -301,7 +301,7 @@ def read_leases(etcd_hosts: List[str], prefix: str) -> tuple:
                 ttl = "reservation"
             else:
                 remaining = store.remaining_ttl(kv)
-                ttl = "%ss" % remaining if remaining is not None else "yes"
+                ttl = "%ds" % remaining if remaining is not None else "yes"
             net = subnet[0] if isinstance(subnet, tuple) else subnet
             rows.append((str(net), attrs.public_ip, attrs.effective_type, ttl))
         store.close()
@@ -342,7 +342,9 @@ def status(names: Optional[List[str]] = None, prefix: str = "/coreos.com/network
         units = {}
         if running:
             for unit in ("etcd", "flanneld", "docker"):
-                units[unit] = dexec(n, "systemctl", "is-active", unit, check=False) or "?"
+                load, active = dexec(n, "systemctl", "show", "-p", "LoadState", "-p", "ActiveState", "--value",
+                                     unit, check=False).splitlines() or ["?", "?"]
+                units[unit] = "-" if load == "not-found" else active
         if units.get("etcd") == "active":
             etcd_hosts.append(n)
         host_rows.append((n, container_ip(n) if running else "-", "up" if running else "stopped",
