@@ -194,6 +194,7 @@ class LeaseManager:
         self._kv: Optional[KV] = None
         self._renew_at = 0.0
         self.known: Dict[str, Lease] = {}  # key name -> lease of every other node, as last seen
+        self._primed: Optional[Tuple[List[Lease], int]] = None  # the acquire's list, for the first snapshot
         self.stats = {"renewals": 0, "renew_failures": 0, "etcd_errors": 0, "acquire_attempts": 0,
                       "lost_races": 0, "watch_relists": 0}
 
@@ -294,7 +295,8 @@ class LeaseManager:
                     log.info("acquired lease %s for %s", subnet, attrs.public_ip)
                     return self._own(kv, attrs, acquired=True)
                 continue
-            leases, _rev = self.list_leases()
+            leases, list_revision = self.list_leases()
+            self._primed = (leases, list_revision)
 
             # 1. a lease with our PublicIP
             mine = [lease for lease in leases if lease.attrs.public_ip == attrs.public_ip]
@@ -473,10 +475,18 @@ class LeaseManager:
         return self.lease.key_name if self.lease is not None else None
 
     def snapshot(self) -> LeaseEvent:
-        """List every lease, replace :attr:`known`, and describe the difference."""
-        leases, revision = self.list_leases()
+        """List every lease, replace :attr:`known`, and describe the difference.
+
+        Right after :meth:`acquire` the list made for acquiring serves as the first snapshot (the
+        watch then replays everything after its revision, our own create included), so a node that
+        starts lists once, not twice — this halves etcd's load when a whole cluster starts."""
+        primed, self._primed = self._primed, None
+        if primed is not None:
+            leases, revision = primed
+        else:
+            leases, revision = self.list_leases()
         own = self._own_key()
-        if own is not None and self.lease is not None:
+        if own is not None and self.lease is not None and primed is None:
             mine = [lease for lease in leases if lease.key_name == own]
             if not mine:
                 raise LeaseLost("our lease %s is gone from etcd (deleted or expired)" % self.lease.subnet)
