@@ -92,11 +92,12 @@ def worker(conn, url: str, api: str, indices: List[int], n_watch: int, concurren
         conn.send(("ready",))
         conn.recv()  # go
         t0 = time.monotonic()
+        acpu0 = _cpu()
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             leases = list(pool.map(lambda im: im[1].acquire(LeaseAttrs(node_ip(im[0]), "")),
                                    zip(indices, managers)))
         conn.send(("acquired", time.monotonic() - t0, [str(x.subnet) for x in leases],
-                   sum(m.stats["lost_races"] for m in managers)))
+                   sum(m.stats["lost_races"] for m in managers), _cpu() - acpu0))
         conn.recv()  # watch
         ws = [Watcher(m) for m in managers[:n_watch]]
         for w in ws:
@@ -105,13 +106,14 @@ def worker(conn, url: str, api: str, indices: List[int], n_watch: int, concurren
             w.ready.wait(300)
         errors = [repr(w.error) for w in ws if w.error is not None]
         conn.send(("watching", errors))
-        cpu0 = _cpu()
-        _, names = conn.recv()  # expect: the probe names
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and any(len(w.seen.keys() & names) < len(names) for w in ws):
-            time.sleep(0.02)
-        cpu = _cpu() - cpu0
-        conn.send(("seen", {name: [w.seen.get(name) for w in ws] for name in names}, cpu))
+        for _round in ("marker", "probes"):
+            cpu0 = _cpu()
+            _, names = conn.recv()  # expect: the names to wait for
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and any(len(w.seen.keys() & names) < len(names) for w in ws):
+                time.sleep(0.02)
+            cpu = _cpu() - cpu0
+            conn.send(("seen", {name: [w.seen.get(name) for w in ws] for name in names}, cpu))
         for w in ws:
             w.stop.set()
     except BaseException as err:
@@ -153,9 +155,12 @@ def run_api(api: str, nodes: int, watchers: int, probes: int, concurrency: int, 
         gather("ready")
         # 1. acquire: all nodes start at once
         t0 = time.monotonic()
+        etcd0 = _proc_cpu(server)
         broadcast(("go",))
         acquired = gather("acquired")
         acquire_s = time.monotonic() - t0
+        acquire_cpu_nodes = sum(msg[4] for msg in acquired)
+        acquire_cpu_etcd = _proc_cpu(server) - etcd0
         subnets = [s for msg in acquired for s in msg[2]]
         kvs, _ = admin.list(PREFIX + "/subnets/")
         if len(set(subnets)) != nodes or len(kvs) != nodes:
@@ -170,9 +175,14 @@ def run_api(api: str, nodes: int, watchers: int, probes: int, concurrency: int, 
         errors = [e for msg in watching for e in msg[1]]
         if errors:
             raise SystemExit("watcher failed: %s" % errors[0])
+        store = etcdstore.connect(server.url, api=api)
+        # a marker lease: once every watcher reported it, every watcher has caught up with history
+        marker = LeaseManager(store, PREFIX).acquire(LeaseAttrs(node_ip(nodes + probes), "")).key_name
+        broadcast(("expect", {marker}))
+        if any(t is None for msg in gather("seen") for t in msg[1][marker]):
+            raise SystemExit("some watchers never saw the marker lease")
         time.sleep(1.0)
         probe_start: Dict[str, float] = {}
-        store = etcdstore.connect(server.url, api=api)
         ecpu0, wall0 = _proc_cpu(server), time.monotonic()
         for i in range(probes):
             # one more node joins: the same acquire every node does (list + create)
@@ -205,6 +215,9 @@ def run_api(api: str, nodes: int, watchers: int, probes: int, concurrency: int, 
             "mean_all": statistics.mean(all_delays) if all_delays else float("nan"),
             "client_cpu": client_cpu / (wall1 - wall0), "etcd_cpu": (ecpu1 - ecpu0) / (wall1 - wall0),
             "load": load,
+            "acquire_cpu_nodes": acquire_cpu_nodes, "acquire_cpu_etcd": acquire_cpu_etcd,
+            "event_cpu_us": 1e6 * client_cpu / max(1, probes * watchers),
+            "event_etcd_us": 1e6 * (ecpu1 - ecpu0) / max(1, probes * watchers),
         }
     finally:
         for proc, _ in children:
@@ -228,8 +241,20 @@ def _proc_cpu(server: EtcdServer) -> float:
         return 0.0
 
 
+def costs(results: Dict[str, Dict[str, float]]) -> str:
+    """CPU spent, which (unlike wall time) hardly depends on what else runs on the machine."""
+    head = ("| API | CPU to acquire all: nodes / etcd (s) | per acquire: nodes / etcd (ms) | "
+            "CPU per event per watcher: node / etcd (µs) |")
+    rows = [head, "|---|---|---|---|"]
+    for api, r in results.items():
+        rows.append("| %s | %.1f / %.1f | %.1f / %.1f | %.0f / %.0f |" % (
+            api, r["acquire_cpu_nodes"], r["acquire_cpu_etcd"], 1000 * r["acquire_cpu_nodes"] / r["nodes"],
+            1000 * r["acquire_cpu_etcd"] / r["nodes"], r["event_cpu_us"], r["event_etcd_us"]))
+    return "\n".join(rows)
+
+
 def table(results: Dict[str, Dict[str, float]]) -> str:
-    head = ("| API | nodes | acquire all (s) | lost races | watchers | initial lists (s) | "
+    head = ("| API | nodes | acquire all (s) | lost races | watchers | watch start (s) | "
             "delay to all watchers p50 / p99 (ms) | per-watcher p50 / p99 (ms) | missed | "
             "CPU nodes / etcd | load before |")
     rows = [head, "|" + "---|" * 11]
@@ -287,7 +312,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("  during the probes the nodes used %.0f%% of a CPU, etcd %.0f%% (load average %.1f)"
               % (100 * results[api]["client_cpu"], 100 * results[api]["etcd_cpu"], results[api]["load"]),
               flush=True)
-    text = table(results)
+    text = table(results) + "\n\n" + costs(results)
     print()
     print(text)
     ok = all(r["acquire_s"] < 30 and r["all_p99"] < 100 and r["missing"] == 0 for r in results.values())

@@ -296,7 +296,9 @@ class LeaseManager:
                     return self._own(kv, attrs, acquired=True)
                 continue
             leases, list_revision = self.list_leases()
-            self._primed = (leases, list_revision)
+            # v3 replays the events since that list in one stream; v2 would need one request per
+            # event, so there the watch lists afresh instead.
+            self._primed = (leases, list_revision) if self.store.api == "v3" else None
 
             # 1. a lease with our PublicIP
             mine = [lease for lease in leases if lease.attrs.public_ip == attrs.public_ip]
@@ -477,9 +479,9 @@ class LeaseManager:
     def snapshot(self) -> LeaseEvent:
         """List every lease, replace :attr:`known`, and describe the difference.
 
-        Right after :meth:`acquire` the list made for acquiring serves as the first snapshot (the
-        watch then replays everything after its revision, our own create included), so a node that
-        starts lists once, not twice — this halves etcd's load when a whole cluster starts."""
+        On etcd v3, right after :meth:`acquire` the list made for acquiring serves as the first
+        snapshot (the watch then replays everything after its revision, our own create included), so
+        a node that starts lists once, not twice — this halves etcd's load when a cluster starts."""
         primed, self._primed = self._primed, None
         if primed is not None:
             leases, revision = primed
