@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Control-plane benchmark: N lease managers (no datapath) against one real etcd, for v2 and v3.
 
 For each API it starts its own etcd (Debian etcd-server, v2 enabled, on loopback), writes a network
@@ -88,7 +87,7 @@ def worker(conn, url: str, api: str, indices: List[int], n_watch: int, concurren
     logging.getLogger("pyflannel").setLevel(logging.CRITICAL)
     try:
         managers = [LeaseManager(etcdstore.connect(url, api=api, timeout=30.0), PREFIX, watch_idle=30.0)
-                    for _ in indices]
+                    for _index in indices]
         conn.send(("ready",))
         conn.recv()  # go
         t0 = time.monotonic()
@@ -108,7 +107,7 @@ def worker(conn, url: str, api: str, indices: List[int], n_watch: int, concurren
         conn.send(("watching", errors))
         for _round in ("marker", "probes"):
             cpu0 = _cpu()
-            _, names = conn.recv()  # expect: the names to wait for
+            _kind, names = conn.recv()  # expect: the names to wait for
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and any(len(w.seen.keys() & names) < len(names) for w in ws):
                 time.sleep(0.02)
@@ -140,7 +139,7 @@ def run_api(api: str, nodes: int, watchers: int, probes: int, concurrency: int, 
 
         def gather(kind: str) -> list:
             out = []
-            for _, conn in children:
+            for _proc, conn in children:
                 msg = conn.recv()
                 if msg[0] == "error":
                     raise SystemExit("a worker failed: %s" % msg[1])
@@ -149,7 +148,7 @@ def run_api(api: str, nodes: int, watchers: int, probes: int, concurrency: int, 
             return out
 
         def broadcast(msg: tuple) -> None:
-            for _, conn in children:
+            for _proc, conn in children:
                 conn.send(msg)
 
         gather("ready")
@@ -162,7 +161,7 @@ def run_api(api: str, nodes: int, watchers: int, probes: int, concurrency: int, 
         acquire_cpu_nodes = sum(msg[4] for msg in acquired)
         acquire_cpu_etcd = _proc_cpu(server) - etcd0
         subnets = [s for msg in acquired for s in msg[2]]
-        kvs, _ = admin.list(PREFIX + "/subnets/")
+        kvs, _revision = admin.list(PREFIX + "/subnets/")
         if len(set(subnets)) != nodes or len(kvs) != nodes:
             raise SystemExit("BUG: %d nodes hold %d distinct subnets (%d keys)" % (nodes, len(set(subnets)), len(kvs)))
         races = sum(msg[3] for msg in acquired)
@@ -220,7 +219,7 @@ def run_api(api: str, nodes: int, watchers: int, probes: int, concurrency: int, 
             "event_etcd_us": 1e6 * (ecpu1 - ecpu0) / max(1, probes * watchers),
         }
     finally:
-        for proc, _ in children:
+        for proc, _conn in children:
             if proc.is_alive():
                 proc.kill()
             proc.join(5)
@@ -286,7 +285,7 @@ def write_doc(text: str) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     ap.add_argument("--nodes", type=int, default=1000, help="lease managers (default 1000)")
     ap.add_argument("--watchers", type=int, default=None, help="how many of them watch (default: all)")
     ap.add_argument("--probes", type=int, default=50, help="leases created while everybody watches (default 50)")

@@ -186,8 +186,8 @@ def usage() -> str:
         if flag.kind == "bool":
             shown = "-%s" % flag.name
         else:
-            shown = "-%s %s" % (flag.name, {"int": "int", "list": "value", "choice": "|".join(flag.choices)}
-                                 .get(flag.kind, "string"))
+            kinds = {"int": "int", "list": "value", "choice": "|".join(flag.choices)}
+            shown = "-%s %s" % (flag.name, kinds.get(flag.kind, "string"))
         default = flag.default
         if isinstance(default, list):
             default = ""

@@ -159,9 +159,9 @@ def select(ifaces: Sequence[str] = (), regexes: Sequence[str] = (), can_reach: O
         if found is None and regexes:
             found = _by_regex(links, regexes)
             if found is None:
+                tried = ["--iface " + ",".join(ifaces)] * bool(ifaces) + ["--iface-regex " + r for r in regexes]
                 raise IfaceError("no interface matches %s; list interfaces with `ip -4 addr` and fix the "
-                                 "flags" % " or ".join(["--iface " + ",".join(ifaces)] * bool(ifaces)
-                                                        + ["--iface-regex " + r for r in regexes]))
+                                 "flags" % " or ".join(tried))
         if found is None and can_reach:
             found = _route_to(ipr, links, can_reach, "--iface-can-reach")
         if found is None:

@@ -283,7 +283,7 @@ class LeaseManager:
         value_ttl = self.ttl
         value = encode_lease(attrs, self.store.api)
         taken: Optional[_Taken] = None
-        for _ in range(RACE_TRIES):
+        for _attempt in range(RACE_TRIES):
             self.stats["acquire_attempts"] += 1
             if taken is not None:
                 # A lost race: the list is still good apart from what others created since; the

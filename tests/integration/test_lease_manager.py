@@ -98,7 +98,7 @@ def test_reuse_by_public_ip_after_restart(store, etcd_server, etcd_api, etcd_pre
     kv = store.get(again.key_of(lease.subnet))
     assert '"BackendType":"host-gw"' in kv.value
     assert key_ttl(store, kv.key) > 58  # fresh TTL
-    leases, _ = again.list_leases()
+    leases, _revision = again.list_leases()
     assert [x.subnet for x in leases if x.attrs.public_ip == "127.0.0.12"] == [first.subnet]
 
 
@@ -222,7 +222,7 @@ def test_own_lease_deleted_raises_lease_lost(store, etcd_server, etcd_api, etcd_
 def _relist_trigger(store, etcd_api, etcd_server, prefix):
     """Make etcd forget the history the watch would resume from."""
     if etcd_api == "v3":
-        _, revision = store.list(prefix + "/nothing/")
+        _kvs, revision = store.list(prefix + "/nothing/")
         subprocess.run(["etcdctl", "--endpoints", etcd_server.url, "compact", str(revision)], check=True,
                        capture_output=True, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
     else:
@@ -250,7 +250,7 @@ def test_watch_relists_when_history_is_gone(store, etcd_server, etcd_api, etcd_p
 
 def test_out_of_subnets_then_success_when_freed(store, etcd_server, etcd_api, etcd_prefix, caplog):
     store.put(etcd_prefix + "/config", SEED_000)
-    holders = [new_manager(etcd_server, etcd_api, etcd_prefix, ttl=60) for _ in range(3)]
+    holders = [new_manager(etcd_server, etcd_api, etcd_prefix, ttl=60) for _i in range(3)]
     got = sorted(str(m.acquire(attrs("127.0.0.%d" % (31 + i))).subnet) for i, m in enumerate(holders))
     assert got == ["10.100.0.0/25", "10.100.0.128/25", "10.100.1.0/25"]
     fourth = new_manager(etcd_server, etcd_api, etcd_prefix, ttl=60)
@@ -338,7 +338,7 @@ def test_200_concurrent_acquirers_get_distinct_subnets(store, etcd_server, etcd_
     assert not errors, errors[:3]
     subnets = [str(r.subnet) for r in results]
     assert len(set(subnets)) == 200
-    kvs, _ = store.list(etcd_prefix + "/subnets/")
+    kvs, _revision = store.list(etcd_prefix + "/subnets/")
     assert len(kvs) == 200
     owners = {}
     for kv in kvs:

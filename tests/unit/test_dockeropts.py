@@ -57,7 +57,7 @@ def test_no_ipmasq_option(files):
 
 
 def test_flannel_masquerades_so_docker_does_not(files):
-    src, _ = files
+    src, _dst = files
     src.write_bytes(ENV.replace(b"FLANNEL_IPMASQ=false", b"FLANNEL_IPMASQ=true"))
     assert b'DOCKER_OPT_IPMASQ="--ip-masq=false"\n' in run(files)
 

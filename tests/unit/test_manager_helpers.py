@@ -23,7 +23,7 @@ def test_taken_overlaps_same_and_other_lengths():
 
 def test_backoff_is_bounded():
     b = Backoff()
-    delays = [b.next() for _ in range(20)]
+    delays = [b.next() for _i in range(20)]
     assert max(delays) <= 10.0
     assert min(delays) > 0
     b.reset()
