@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -34,7 +35,36 @@ BACKENDS = ("host-gw", "vxlan", "udp")
 TARGETS = {"host-gw": 0.90, "vxlan": 0.85, "udp": 0.05}
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def pump_cpu(hosts: List[Host]) -> float:
+    """CPU seconds used so far by the udp packet pumps in the hosts' namespaces."""
+    total = 0.0
+    for host in hosts:
+        for pid in host.run("ip", "netns", "pids", host.ns).stdout.split():
+            try:
+                with open("/proc/%s/cmdline" % pid, "rb") as f:
+                    if b"pyflannel.udpproxy" not in f.read():
+                        continue
+                with open("/proc/%s/stat" % pid) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / TICK
+            except (OSError, IndexError, ValueError):
+                pass
+    return total
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def iperf(client: Host, server: Host, server_ip: str, client_ip: str, seconds: int) -> Dict[str, float]:
+    """One iperf3 TCP run; also the CPU it cost (iperf3 on both ends, with the kernel work done in
+    their context, plus the udp pumps), per GB received."""
+    hosts = [client, server]
+    cpu0 = children_cpu() + pump_cpu(hosts)
     srv = server.popen("iperf3", "-s", "-1", "-B", server_ip)
     try:
         time.sleep(0.5)
@@ -44,13 +74,18 @@ def iperf(client: Host, server: Host, server_ip: str, client_ip: str, seconds: i
         if "error" in data:
             raise RuntimeError("iperf3: %s" % data["error"])
         end = data["end"]
-        return {"gbps": end["sum_received"]["bits_per_second"] / 1e9,
-                "retransmits": float(end["sum_sent"].get("retransmits", 0))}
     finally:
         try:
             srv.wait(5)
         except subprocess.TimeoutExpired:
             srv.kill()
+            srv.wait(5)
+    time.sleep(0.6)  # the pumps publish their counters every half second; CPU times are immediate
+    cpu = children_cpu() + pump_cpu(hosts) - cpu0
+    total_gb = end["sum_received"]["bytes"] / 1e9 * (1 + 1.0 / seconds)  # + the omitted first second, roughly
+    return {"gbps": end["sum_received"]["bits_per_second"] / 1e9,
+            "retransmits": float(end["sum_sent"].get("retransmits", 0)),
+            "cpu_per_gb": cpu / total_gb if total_gb else 0.0}
 
 
 def run_backend(bed: TestBed, server: EtcdServer, btype: str, seconds: int, env: Dict[str, str],
@@ -73,6 +108,7 @@ def run_backend(bed: TestBed, server: EtcdServer, btype: str, seconds: int, env:
             raw = iperf(bed.hosts[0], bed.hosts[1], bed.hosts[1].address, bed.hosts[0].address, seconds)
             run = iperf(bed.hosts[0], bed.hosts[1], agents[1].bridge_ip, agents[0].bridge_ip, seconds)
             run["raw_gbps"] = raw["gbps"]
+            run["raw_cpu_per_gb"] = raw["cpu_per_gb"]
             runs.append(run)
         # the run with the median ratio
         runs.sort(key=lambda r: r["gbps"] / r["raw_gbps"])
@@ -124,14 +160,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         server.destroy()
         bed.destroy()
-    print("%-8s %10s %14s %8s %8s %12s" % ("path", "Gbit/s", "raw veth next", "ratio", "target", "retransmits"))
+    print("%-8s %8s %9s %7s %8s %8s %9s %9s" % ("path", "Gbit/s", "raw next", "ratio", "target", "retrans",
+                                                 "cpu-s/GB", "cpu ratio"))
     for name, r in results.items():
         raw = r.get("raw_gbps", r["gbps"])
+        raw_cpu = r.get("raw_cpu_per_gb", r["cpu_per_gb"])
         target = ">= %.2f" % TARGETS[name] if name in TARGETS else ""
-        print("%-8s %10.2f %14.2f %8.3f %8s %12d%s" % (name, r["gbps"], raw, r["gbps"] / raw, target,
-                                                     r["retransmits"],
-                                                     "   (ratios %s)" % r["ratios"] if len(r.get("ratios", [])) > 1
-                                                     else ""))
+        cpu_ratio = raw_cpu / r["cpu_per_gb"] if r["cpu_per_gb"] else 0.0
+        print("%-8s %8.2f %9.2f %7.3f %8s %8d %9.2f %9.3f%s" % (
+            name, r["gbps"], raw, r["gbps"] / raw, target, r["retransmits"], r["cpu_per_gb"], cpu_ratio,
+            "   (ratios %s)" % r["ratios"] if len(r.get("ratios", [])) > 1 else ""))
+    print("cpu-s/GB: CPU seconds of iperf3 (both ends, with the kernel work done in their context) and of the\n"
+          "udp pumps, per GB; cpu ratio = raw veth's cost / this path's cost: an efficiency figure that, unlike\n"
+          "Gbit/s, changes little when other processes load the machine")
     if "udp" in results:
         print("udp: %d packets tunnelled by the sender, %d dropped" % (results["udp"].get("udp_packets_out", 0),
                                                                       results["udp"].get("udp_drops", 0)))
