@@ -38,4 +38,14 @@ if [ ! -f "$CACHE" ] && ! curl -sf -m 10 -o /dev/null "https://ci-files.testing.
 fi
 
 cd "$DEST"
-exec env PATH="$VENV_BIN:$PATH" "$VENV_BIN/ansible-test" sanity --python "$PYTHON_VERSION" --color no "$@"
+env PATH="$VENV_BIN:$PATH" "$VENV_BIN/ansible-test" sanity --python "$PYTHON_VERSION" --color no "$@"
+
+# Modules run on the managed hosts' Python (3.8 and newer for this ansible-core): when other Python
+# versions are installed here (pyenv), check that everything compiles on each of them as well.
+EXTRA=""
+for dir in "$HOME"/.pyenv/versions/3.*/bin; do
+  [ -x "$dir/python3" ] && EXTRA="$EXTRA:$dir"
+done
+if [ -n "$EXTRA" ] && [ $# -eq 0 ]; then
+  env PATH="$VENV_BIN$EXTRA:$PATH" "$VENV_BIN/ansible-test" sanity --test compile --color no
+fi
