@@ -9,8 +9,9 @@ PyPI.  The wheelhouse holds:
   be an installed, read-only collection; symlinked files are copied as files);
 * with ``--deps``: wheels of pyflannel's runtime dependencies at the versions pinned in
   ``requirements/runtime.txt`` (and whatever they need), built or downloaded once and reused;
-* ``requirements.txt`` (what the node installs) and ``SHA256SUMS`` (what the node compares to decide
-  whether to reinstall).
+* ``requirements.txt`` (what the node installs) and ``SHA256SUMS``;
+* ``wheelhouse.tar`` (all of the above) and ``pyflannel.tar`` (only pyflannel's wheel), reproducible
+  tars the role copies to the nodes in one transfer and installs when their checksum changed.
 
 Wheels are built with a fixed SOURCE_DATE_EPOCH so an unchanged source gives a byte-identical wheel and
 the role reports no change.  Prints one JSON line: {"changed": bool, "wheelhouse": dir, "version": str}.
@@ -19,14 +20,17 @@ the role reports no change.  Prints one JSON line: {"changed": bool, "wheelhouse
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -86,6 +90,23 @@ def source_stamp(source: Path, extra: list[str]) -> str:
     return h.hexdigest()
 
 
+def write_tar(target: Path, members: list[Path]) -> None:
+    """A reproducible tar of ``members`` (flat, fixed owner/mode/mtime); rewritten only when it differs."""
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False) as tmp, \
+            tarfile.open(fileobj=tmp, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for member in sorted(members, key=lambda p: p.name):
+            info = tarfile.TarInfo(member.name)
+            data = member.read_bytes()
+            info.size, info.mtime, info.mode = len(data), 315532800, 0o644
+            tar.addfile(info, fileobj=io.BytesIO(data))
+    new = Path(tmp.name)
+    new.chmod(0o644)
+    if target.exists() and target.read_bytes() == new.read_bytes():
+        new.unlink()
+    else:
+        new.replace(target)
+
+
 def pip(python: str, args: list[str]) -> None:
     cmd = [python, "-m", "pip", "--disable-pip-version-check", "-q", *args]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -108,6 +129,9 @@ def main() -> None:
         sys.exit(f"build_wheelhouse: {source} holds no pyflannel source (pyproject.toml, pyflannel/); "
                  "set flannel_source_dir to the collection root")
     out.mkdir(parents=True, exist_ok=True)
+    # Several plays (or several ansible-playbook runs) may build into the same directory at once.
+    lock = open(out / ".lock", "w")  # held until the process exits
+    fcntl.flock(lock, fcntl.LOCK_EX)
     version, dep_names = project_metadata(source)
     pins = pinned(source / "requirements" / "runtime.txt", dep_names) if opts.deps else []
     stamp = source_stamp(source, [*pins, *opts.pip_arg, f"deps={opts.deps}"])
@@ -160,6 +184,12 @@ def main() -> None:
     old_sums = sums_file.read_text(encoding="utf-8") if sums_file.exists() else ""
     if sums != old_sums:
         sums_file.write_text(sums, encoding="utf-8")
+    # One file per install mode for the nodes (one transfer instead of one per wheel):
+    # wheelhouse.tar = everything, pyflannel.tar = only the agent's own wheel (distro mode).
+    listed = [out / name for name in after]
+    own = [p for p in listed if p.name.startswith("pyflannel-")]
+    write_tar(out / "wheelhouse.tar", [*listed, out / "requirements.txt", sums_file])
+    write_tar(out / "pyflannel.tar", [*own, out / "requirements.txt", sums_file])
     stamp_file.write_text(stamp, encoding="utf-8")
     print(json.dumps({"changed": before != after or sums != old_sums, "wheelhouse": str(out), "version": version}))
 
