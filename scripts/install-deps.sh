@@ -15,7 +15,8 @@ echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# The etcd-server package may start a default single-node etcd; tests run their own.
-if pgrep -x etcd >/dev/null 2>&1 && [ -f /etc/default/etcd ] && [ -z "${KEEP_DEFAULT_ETCD:-}" ]; then
-  pkill -x etcd || true
+# On a machine without systemd, the etcd-server package starts its default single-node etcd through
+# its init script; tests and the lab run their own etcd, so stop that one service (and only it).
+if [[ " ${missing[*]} " == *" etcd-server "* ]] && [ -x /etc/init.d/etcd ] && [ -z "${KEEP_DEFAULT_ETCD:-}" ]; then
+  /etc/init.d/etcd stop >/dev/null 2>&1 || true
 fi
