@@ -1,8 +1,8 @@
-"""Stand-in for the pip bootstrap script ansible-test downloads from ci-files.testing.ansible.com.
+"""Stand-in for the pip bootstrap script ansible-test downloads from its CI file host.
 
 ansible-test creates each sanity test's virtual environment without pip, then runs its cached
 ``get_pip_<version>.py`` inside it with pip's install arguments (``pip==24.2`` ...).  Machines that reach
-PyPI but not ci-files.testing.ansible.com cannot download that script; scripts/sanity.sh installs this
+PyPI but not that host cannot download that script; scripts/sanity.sh installs this
 file in its place.  It installs the pip that Python itself bundles (ensurepip), then lets that pip install
 the requested packages from the package index, which is what the real script achieves.
 """

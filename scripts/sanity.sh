@@ -23,8 +23,9 @@ rsync -a --delete --delete-excluded \
   --exclude '*.egg-info' --exclude '*.pyc' --exclude 'molecule/*/.cache' \
   ./ "$DEST/"
 
-# ansible-test bootstraps pip in its virtual environments with a script from ci-files.testing.ansible.com.
-# Where that host is unreachable, put our stand-in (scripts/ansible-test-pip-bootstrap.py) into its cache.
+# ansible-test bootstraps pip in its virtual environments with a script it downloads from its own CI file
+# host, which this kind of machine cannot reach (only the package registries are reachable): seed its cache
+# with our stand-in (scripts/ansible-test-pip-bootstrap.py) instead of letting it try.
 PIP_VERSION=$("$VENV_BIN/python" - <<'PY'
 import inspect, re
 from ansible_test._internal import python_requirements
@@ -32,7 +33,7 @@ print(re.search(r"pip='([0-9.]+)'", inspect.getsource(python_requirements.get_ve
 PY
 )
 CACHE=$HOME/.ansible/test/cache/get_pip_${PIP_VERSION//./_}.py
-if [ ! -f "$CACHE" ] && ! curl -sf -m 10 -o /dev/null "https://ci-files.testing.ansible.com/ansible-test/get-pip-$PIP_VERSION.py"; then
+if [ ! -f "$CACHE" ]; then
   mkdir -p "$(dirname "$CACHE")"
   cp scripts/ansible-test-pip-bootstrap.py "$CACHE"
 fi
