@@ -202,15 +202,8 @@ def write_inventory(names: List[str], backend: str, members: int) -> Path:
 
 
 def collections_dir() -> Path:
-    """A collections path whose netfabric.flannel is this checkout (a symlink), not an installed copy.
-
-    Kept outside the repository (no symlink loop for tools that walk it), one per checkout.
-    """
-    import hashlib
-
-    tag = hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    base = cache / "netfabric.flannel" / ("collections-" + tag)
+    """build/collections-link: the checkout as collection netfabric.flannel (as `make collections-link`)."""
+    base = ROOT / "build" / "collections-link"
     link = base / "ansible_collections" / "netfabric" / "flannel"
     if not (link.is_symlink() and link.resolve() == ROOT):
         link.parent.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,12 @@ case " ${runs[*]} " in
     "$here/build-images.sh" busybox ;;
 esac
 
+# The scenarios run with `prerun: false` (no copy of the collection installed by molecule); ansible.cfg
+# puts build/collections-link first, the checkout as netfabric.flannel (same as `make collections-link`).
+mkdir -p build/collections-link/ansible_collections/netfabric
+ln -sfn "$root" build/collections-link/ansible_collections/netfabric/flannel
+export ANSIBLE_COLLECTIONS_PATH=$root/build/collections-link
+
 results=()
 failed=0
 for run in "${runs[@]}"; do
