@@ -102,10 +102,15 @@ class UdpBackend(Backend):
             try:
                 return _open_queue(DEVICE, True, self.offload == "tso")
             except OSError as err:
+                try:
+                    fd = _open_queue(DEVICE, False)
+                except OSError:
+                    raise err from None  # the device itself is the problem, not the offload
                 log.info("%s: no virtio-net header support on the TUN here (%s); offload %s -> batch", DEVICE,
                          err, self.offload)
                 self.vnet = False
                 self.offload = "batch"
+                return fd
         return _open_queue(DEVICE, False)
 
     def _ensure_tun(self) -> None:

@@ -291,10 +291,11 @@ class Agent:
         self.healthz_port = 9900 + host.n
         self.proc: Optional[subprocess.Popen] = None
         self.starts = 0
+        self.started_at = 0.0
 
     def start(self, wait: bool = True, timeout: float = 30.0) -> Agent:
-        if os.path.exists(self.subnet_file) and wait:
-            os.unlink(self.subnet_file)
+        # subnet.env stays (the agent may reuse its subnet from it); readiness = a fresh write
+        self.started_at = time.time()
         with open(self.log, "a") as f:
             f.write("==== start %d: %s\n" % (self.starts, " ".join(self.args)))
         self.starts += 1
@@ -311,7 +312,11 @@ class Agent:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError("flanneld on %s exited with %s; log:\n%s"
                                      % (self.host.ns, self.proc.returncode, self.logtext()))
-            return os.path.exists(self.subnet_file) and read_env(self.subnet_file)
+            try:
+                fresh = os.stat(self.subnet_file).st_mtime >= self.started_at - 0.01
+            except FileNotFoundError:
+                return False
+            return fresh and read_env(self.subnet_file)
 
         env = wait_for(ready, timeout, what="subnet.env on %s" % self.host.ns)
         self.host.set_bridge_address(env["FLANNEL_SUBNET"])
