@@ -39,6 +39,12 @@ for run in "${runs[@]}"; do
   backend=""
   [ "$scenario" = "$run" ] || backend=${run#*:}
   label="$scenario${backend:+ ($backend)}"
+  # A snapshot of the agent's source and a wheelhouse of this run's own: the idempotence step must not
+  # see a new wheel because the working tree (or another run's wheelhouse) changed meanwhile.
+  work=$root/lab/.cache/molecule/$scenario${backend:+-$backend}
+  mkdir -p "$work/src"
+  rsync -a -L --delete --exclude __pycache__ pyproject.toml README.md requirements pyflannel "$work/src/"
+  export MOLECULE_FLANNEL_SOURCE=$work/src MOLECULE_FLANNEL_WHEELHOUSE=$work/wheelhouse
   echo "==> molecule test -s $label"
   t0=$SECONDS
   if MOLECULE_BACKEND=${backend:-vxlan} molecule test -s "$scenario"; then
