@@ -56,6 +56,8 @@ class ConfigError(ValueError):
 
 
 def _fail(field, value, rule):
+    if not field.isprintable():  # a key with a newline or a control character: keep it on one line
+        field = json.dumps(field)
     raise ConfigError("invalid network config: %s=%s: %s" % (field, json.dumps(value), rule))
 
 

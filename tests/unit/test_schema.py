@@ -54,6 +54,7 @@ def test_case_insensitive_keys():
     ({"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan", "VNI": -1}}, "between"),
     ({"Network": "10.0.0.0/16", "Backend": {"Type": "udp", "VNI": 2}}, "not an option of the udp backend"),
     ({"Network": "banana"}, "needs a prefix length"),
+    ({"Network": "10.0.0.0/16", "bad\nkey": 1}, "unknown key"),
     ("{not json", "not valid JSON"),
 ])
 def test_errors_are_one_line(config, words):
@@ -134,7 +135,7 @@ def _check(result):
     assert parse_config(result.to_json()) == result
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config=_configs, as_text=st.booleans(), data=st.data())
 def test_property_parse_or_one_line_error(config, as_text, data):
     config = _rename(config, data)
