@@ -248,28 +248,34 @@ def test_watch_relists_when_history_is_gone(store, etcd_server, etcd_api, etcd_p
     assert mgr.stats["watch_relists"] == 1
 
 
-def test_out_of_subnets_then_success_when_freed(store, etcd_server, etcd_api, etcd_prefix, caplog):
-    store.put(etcd_prefix + "/config", SEED_000)
-    holders = [new_manager(etcd_server, etcd_api, etcd_prefix, ttl=60) for _i in range(3)]
-    got = sorted(str(m.acquire(attrs("127.0.0.%d" % (31 + i))).subnet) for i, m in enumerate(holders))
-    assert got == ["10.100.0.0/25", "10.100.0.128/25", "10.100.1.0/25"]
+def _blocked_fourth(etcd_server, etcd_api, etcd_prefix, public_ip, caplog):
+    """Start a fourth node's acquire in a thread and wait (bounded) until it logs "out of subnets"."""
     fourth = new_manager(etcd_server, etcd_api, etcd_prefix, ttl=60)
     result = {}
     stop = threading.Event()
 
     def run():
         try:
-            result["lease"] = fourth.acquire(attrs("127.0.0.34"), stop)
+            result["lease"] = fourth.acquire(attrs(public_ip), stop)
         except Stopped:
             pass
 
     caplog.set_level(logging.INFO, logger="pyflannel.subnet")
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 10
+    while "out of subnets" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return result, stop, thread
+
+
+def test_out_of_subnets_then_success_when_freed(store, etcd_server, etcd_api, etcd_prefix, caplog):
+    store.put(etcd_prefix + "/config", SEED_000)
+    holders = [new_manager(etcd_server, etcd_api, etcd_prefix, ttl=60) for _i in range(3)]
+    got = sorted(str(m.acquire(attrs("127.0.0.%d" % (31 + i))).subnet) for i, m in enumerate(holders))
+    assert got == ["10.100.0.0/25", "10.100.0.128/25", "10.100.1.0/25"]
+    result, stop, thread = _blocked_fourth(etcd_server, etcd_api, etcd_prefix, "127.0.0.34", caplog)
     try:
-        deadline = time.monotonic() + 10
-        while "out of subnets" not in caplog.text and time.monotonic() < deadline:
-            time.sleep(0.1)
         assert "failed to acquire lease: out of subnets" in caplog.text
         assert "lease" not in result
         holders[1].release()
@@ -287,23 +293,8 @@ def test_out_of_subnets_rereads_config(store, etcd_server, etcd_api, etcd_prefix
     store.put(etcd_prefix + "/config", SEED_000)
     for i in range(3):
         new_manager(etcd_server, etcd_api, etcd_prefix, ttl=60).acquire(attrs("127.0.0.%d" % (41 + i)))
-    fourth = new_manager(etcd_server, etcd_api, etcd_prefix, ttl=60)
-    result = {}
-    stop = threading.Event()
-
-    def run():
-        try:
-            result["lease"] = fourth.acquire(attrs("127.0.0.44"), stop)
-        except Stopped:
-            pass
-
-    caplog.set_level(logging.INFO, logger="pyflannel.subnet")
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    result, stop, thread = _blocked_fourth(etcd_server, etcd_api, etcd_prefix, "127.0.0.44", caplog)
     try:
-        deadline = time.monotonic() + 10
-        while "out of subnets" not in caplog.text and time.monotonic() < deadline:
-            time.sleep(0.1)
         assert "out of subnets" in caplog.text
         store.put(etcd_prefix + "/config", SEED_000_RAISED)
         raised = time.monotonic()
