@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Datapath benchmark: iperf3 TCP between two namespace hosts over raw veth, host-gw, vxlan and udp,
 each printed as a ratio of raw veth, plus the TCP retransmits.  Needs root (network namespaces).
 
@@ -103,7 +102,7 @@ def run_backend(bed: TestBed, server: EtcdServer, btype: str, seconds: int, env:
             if time.monotonic() > deadline:
                 raise RuntimeError("%s: no connectivity; log:\n%s" % (btype, agents[0].logtext()))
         runs = []
-        for _ in range(repeat):
+        for _run in range(repeat):
             # raw veth right before the overlay run, so a change in the machine's load hits both alike
             raw = iperf(bed.hosts[0], bed.hosts[1], bed.hosts[1].address, bed.hosts[0].address, seconds)
             run = iperf(bed.hosts[0], bed.hosts[1], agents[1].bridge_ip, agents[0].bridge_ip, seconds)
@@ -125,7 +124,7 @@ def run_backend(bed: TestBed, server: EtcdServer, btype: str, seconds: int, env:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("-t", "--time", type=int, default=10, help="seconds per iperf3 run (default 10)")
     parser.add_argument("--only", default="raw," + ",".join(BACKENDS), help="comma list of raw,host-gw,vxlan,udp")
     parser.add_argument("--repeat", type=int, default=1, help="raw+overlay pairs per backend; the median ratio "
@@ -160,8 +159,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         server.destroy()
         bed.destroy()
-    print("%-8s %8s %9s %7s %8s %8s %9s %9s" % ("path", "Gbit/s", "raw next", "ratio", "target", "retrans",
-                                                 "cpu-s/GB", "cpu ratio"))
+    header = ("path", "Gbit/s", "raw next", "ratio", "target", "retrans", "cpu-s/GB", "cpu ratio")
+    print("%-8s %8s %9s %7s %8s %8s %9s %9s" % header)
     for name, r in results.items():
         raw = r.get("raw_gbps", r["gbps"])
         raw_cpu = r.get("raw_cpu_per_gb", r["cpu_per_gb"])
@@ -174,8 +173,9 @@ def main(argv: Optional[List[str]] = None) -> int:
           "udp pumps, per GB; cpu ratio = raw veth's cost / this path's cost: an efficiency figure that, unlike\n"
           "Gbit/s, changes little when other processes load the machine")
     if "udp" in results:
-        print("udp: %d packets tunnelled by the sender, %d dropped" % (results["udp"].get("udp_packets_out", 0),
-                                                                      results["udp"].get("udp_drops", 0)))
+        udp = results["udp"]
+        print("udp: %d packets tunnelled by the sender, %d dropped"
+              % (udp.get("udp_packets_out", 0), udp.get("udp_drops", 0)))
     with open("/proc/loadavg") as f:
         print("load average after: %s" % " ".join(f.read().split()[:3]))
     return 0

@@ -22,6 +22,7 @@ say() { echo "lab: $*" >&2; }
 die() { echo "lab: ERROR: $*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "building the box needs root (debootstrap, loop mount)"
+# shellcheck disable=SC2086  # HOST_DEBS is a list of package names
 "$here/../scripts/install-deps.sh" $HOST_DEBS || die "could not install $HOST_DEBS"
 
 start_libvirt() {
@@ -55,9 +56,9 @@ make_box() {
   : >"$rootfs/etc/machine-id"
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb
   local kernel initrd
-  kernel=$(cd "$rootfs/boot" && ls vmlinuz-* | head -n1)
-  initrd=$(cd "$rootfs/boot" && ls initrd.img-* | head -n1)
-  [ -n "$kernel" ] && [ -n "$initrd" ] || { echo "no kernel/initrd in the rootfs" >&2; return 1; }
+  kernel=$(find "$rootfs/boot" -maxdepth 1 -name 'vmlinuz-*' -printf '%f\n' | sort | head -n1)
+  initrd=$(find "$rootfs/boot" -maxdepth 1 -name 'initrd.img-*' -printf '%f\n' | sort | head -n1)
+  if [ -z "$kernel" ] || [ -z "$initrd" ]; then echo "no kernel/initrd in the rootfs" >&2; return 1; fi
   mkdir -p "$rootfs/boot/extlinux"
   printf 'DEFAULT linux\nTIMEOUT 1\nLABEL linux\n  LINUX /boot/%s\n  INITRD /boot/%s\n  APPEND root=/dev/vda1 rw console=ttyS0 net.ifnames=0\n' \
     "$kernel" "$initrd" >"$rootfs/boot/extlinux/extlinux.conf"

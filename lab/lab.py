@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The local multi-host lab: systemd containers on one docker network, site.yml run on them.
 
     lab.py up [--backend vxlan|host-gw|udp] [--etcd-members 1|3] [--hosts 3]
@@ -61,7 +60,8 @@ def say(msg: str) -> None:
 
 def run(cmd: Sequence[str], *, check: bool = True, capture: bool = True, input_bytes: Optional[bytes] = None,
         timeout: Optional[float] = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(cmd), input=input_bytes, capture_output=capture, timeout=timeout)
+    proc = subprocess.run(list(cmd), input=input_bytes, capture_output=capture, timeout=timeout,
+                          check=False)
     if check and proc.returncode != 0:
         err = (proc.stderr or b"").decode(errors="replace").strip().splitlines()
         raise StepFailed("%s exited %d: %s" % (" ".join(cmd[:4]), proc.returncode, err[-1] if err else "(no output)"))
@@ -223,7 +223,7 @@ def run_site(extra: List[str]) -> None:
                PATH="%s:%s" % (VENV_BIN, os.environ.get("PATH", "")))
     cmd = [str(playbook), "-i", str(INVENTORY_DIR), str(ROOT / "site.yml"), *extra]
     say("    " + " ".join(cmd))
-    rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+    rc = subprocess.run(cmd, cwd=ROOT, env=env, check=False).returncode
     if rc != 0:
         raise StepFailed("ansible-playbook exited %d (the failing task is shown above)" % rc)
 
@@ -324,7 +324,7 @@ def ping(src_host: str, dst_ip: str) -> str:
 
 
 def status(names: Optional[List[str]] = None, prefix: str = "/coreos.com/network") -> bool:
-    names = names or [n for n in lab_containers()]
+    names = names or list(lab_containers())
     if not names:
         say("no lab is running (make lab starts one)")
         return False
@@ -420,7 +420,7 @@ def down(quiet: bool = False) -> None:
 
 # ------------------------------------------------------------------------------------ main
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     up_p = sub.add_parser("up", help="start (or reuse) the lab and run site.yml on it")
     up_p.add_argument("--backend", default=os.environ.get("BACKEND") or "vxlan")

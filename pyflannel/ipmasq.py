@@ -42,7 +42,7 @@ class IPTablesError(Exception):
 
 def _run(cmd: List[str], data: Optional[str] = None) -> str:
     try:
-        proc = subprocess.run(cmd, input=data, capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(cmd, input=data, capture_output=True, text=True, timeout=30, check=False)
     except FileNotFoundError:
         raise IPTablesError("%s is not installed: install the iptables package" % cmd[0]) from None
     except subprocess.TimeoutExpired:
@@ -109,7 +109,7 @@ class IPTables:
         return exists and jumps == 1 and rules == wanted
 
     def _apply(self, table: str, chain: str, parent: str, jump: str, wanted: List[str], insert: bool) -> None:
-        _, _, jumps = self._current(table, chain, parent)
+        _exists, _rules, jumps = self._current(table, chain, parent)
         lines = ["*" + table, ":%s - [0:0]" % chain]
         spec = jump.split(" ", 2)[2]  # the jump rule without "-A PARENT"
         lines += ["-D %s %s" % (parent, spec)] * max(0, jumps - 1)
@@ -120,7 +120,7 @@ class IPTables:
         _run([self.restore, "--noflush", "-w", "5"], "\n".join(lines) + "\n")
 
     def _remove_table(self, table: str, chain: str, parent: str, jump: str) -> bool:
-        exists, _, jumps = self._current(table, chain, parent)
+        exists, _rules, jumps = self._current(table, chain, parent)
         if not exists and not jumps:
             return False
         spec = jump.split(" ", 2)[2]

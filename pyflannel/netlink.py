@@ -111,8 +111,8 @@ def ipv4_addresses(index: int) -> List[ipaddress.IPv4Interface]:
     for msg in msgs:
         if msg["index"] != index:
             continue
-        out.append(ipaddress.IPv4Interface("%s/%d" % (attr(msg, "IFA_ADDRESS") or attr(msg, "IFA_LOCAL"),
-                                                       msg["prefixlen"])))
+        address = attr(msg, "IFA_ADDRESS") or attr(msg, "IFA_LOCAL")
+        out.append(ipaddress.IPv4Interface("%s/%d" % (address, msg["prefixlen"])))
     return out
 
 
@@ -264,4 +264,3 @@ def on_link(index: int, ip: str) -> bool:
     """Whether ``ip`` lies in a subnet directly connected on the link (a usable next hop)."""
     addr = ipaddress.IPv4Address(ip)
     return any(addr in iface.network and iface.network.prefixlen < 32 for iface in ipv4_addresses(index))
-

@@ -31,6 +31,7 @@ byte drop by an order of magnitude; anything unusual falls back to one packet pe
 
 from __future__ import annotations
 
+import functools
 import json
 import mmap
 import os
@@ -602,9 +603,9 @@ def main(argv: List[str]) -> int:
     if offload == "tso":
         tx, rx = tx_loop_vnet, rx_loop_vnet
     elif offload == "gro":
-        tx, rx = (lambda st, fd, so: tx_loop_batch(st, fd, so, True)), rx_loop_vnet
+        tx, rx = functools.partial(tx_loop_batch, vnet=True), rx_loop_vnet
     elif offload == "batch":
-        tx, rx = (lambda st, fd, so: tx_loop_batch(st, fd, so, False)), rx_loop
+        tx, rx = functools.partial(tx_loop_batch, vnet=False), rx_loop
     else:
         tx, rx = tx_loop, rx_loop
     if mode == "tx":

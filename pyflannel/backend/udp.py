@@ -128,7 +128,7 @@ class UdpBackend(Backend):
                 netlink.delete_link(DEVICE)
                 fds.append(self._first_queue())
             fcntl.ioctl(fds[0], TUNSETPERSIST, 1)
-            for _ in range(self.queues - 1):
+            for _queue in range(self.queues - 1):
                 fds.append(_open_queue(DEVICE, self.vnet, self.offload == "tso"))
         except OSError as err:
             for fd in fds:
@@ -164,7 +164,7 @@ class UdpBackend(Backend):
                 time.sleep(0.1)
 
     def _open_sockets(self) -> None:
-        for _ in range(self.queues):
+        for _queue in range(self.queues):
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             if self.queues > 1:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

@@ -117,9 +117,9 @@ class VxlanBackend(Backend):
                 with netlink.lock():
                     netlink.ipr().link("add", **kwargs)
             except Exception as err:
-                raise BackendError("cannot create vxlan device %s (VNI %d, port %d) on %s: %s; is another device "
-                                   "using this VNI or UDP port?" % (self.dev, self.vni, self.port,
-                                                                     self.ext_iface.name, err)) from err
+                raise BackendError(
+                    "cannot create vxlan device %s (VNI %d, port %d) on %s: %s; is another device using this VNI "
+                    "or UDP port?" % (self.dev, self.vni, self.port, self.ext_iface.name, err)) from err
             msg = netlink.link_by_name(self.dev)
             if msg is None:
                 raise BackendError("vxlan device %s vanished right after it was created" % self.dev)
@@ -157,7 +157,7 @@ class VxlanBackend(Backend):
         if want[0] == "direct":
             netlink.replace_route(subnet, self.ext_iface.index, netlink.RTPROT_VXLAN, gateway=want[1])
             return
-        _, gw, mac, public_ip = want
+        _subnet, gw, mac, public_ip = want
         netlink.replace_neighbour(self.index, gw, mac)
         netlink.replace_fdb(self.index, mac, public_ip)
         netlink.replace_route(subnet, self.index, netlink.RTPROT_VXLAN, gateway=gw, onlink=True)
@@ -166,7 +166,7 @@ class VxlanBackend(Backend):
         if want[0] == "direct":
             netlink.delete_route(subnet, proto=netlink.RTPROT_VXLAN)
             return
-        _, gw, mac, public_ip = want
+        _subnet, gw, mac, public_ip = want
         netlink.delete_route(subnet, proto=netlink.RTPROT_VXLAN)
         if mac not in {w[2] for s, w in self._want.items() if w[0] == "vxlan" and s != subnet}:
             netlink.delete_fdb(self.index, mac, public_ip)

@@ -53,4 +53,3 @@ def bed_etcd() -> Any:
     yield make
     for server in servers:
         server.destroy()
-

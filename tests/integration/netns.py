@@ -32,7 +32,8 @@ ROUTER_ID = 254
 
 
 def sh(*cmd: str, check: bool = True, timeout: float = 30, **kwargs: Any) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kwargs)
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=False,
+                          **kwargs)
     if check and proc.returncode != 0:
         raise RuntimeError("%s failed (%d): %s" % (" ".join(cmd), proc.returncode, proc.stderr.strip()))
     return proc
@@ -340,7 +341,7 @@ class Agent:
         values = {}
         for line in out.splitlines():
             if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
+                name, _sep, value = line.rpartition(" ")
                 values[name] = float(value)
         return values
 
@@ -411,7 +412,7 @@ def ping_all(agents: List[Agent], count: int = 3) -> Dict[str, str]:
                           subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
     failed = {}
     for name, proc in procs:
-        out, _ = proc.communicate(timeout=30)
+        out, _err = proc.communicate(timeout=30)
         if proc.returncode != 0:
             failed[name] = out
     return failed

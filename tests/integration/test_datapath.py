@@ -34,8 +34,8 @@ def start_agents(bed: TestBed, server: Any, args: Any = None, hosts: Any = None)
 
 def assert_pings(agents: List[Agent]) -> None:
     failed = ping_all(agents)
-    assert not failed, "pings failed:\n" + "\n".join("%s:\n%s\n%s" % (k, v, a.logtext()[-3000:])
-                                                      for k, v in failed.items() for a in agents[:1])
+    assert not failed, "pings failed:\n" + "\n".join(
+        "%s:\n%s\n%s" % (k, v, a.logtext()[-3000:]) for k, v in failed.items() for a in agents[:1])
 
 
 def udp_workers(agent: Agent) -> List[int]:
@@ -81,8 +81,8 @@ def test_three_hosts(btype: str, testbed: Any, bed_etcd: Any) -> None:
             assert info["id"] == 1 and info["port"] == 8472 and info["local"] == agent.host.address
             assert not info.get("learning")
             neigh = {n["dst"]: n for n in agent.host.ip_json("neigh", "show", "dev", "flannel.1")}
-            fdb = {f["mac"]: f for f in json.loads(agent.host.run("bridge", "-j", "fdb", "show", "dev",
-                                                                       "flannel.1").stdout) if f.get("dst")}
+            fdb_out = agent.host.run("bridge", "-j", "fdb", "show", "dev", "flannel.1").stdout
+            fdb = {f["mac"]: f for f in json.loads(fdb_out) if f.get("dst")}
             for other in others:
                 osub = ipaddress.IPv4Network(other.subnet)
                 r = routes[str(osub)]
@@ -225,7 +225,7 @@ def test_etcd_outage_loses_no_packet(testbed: Any, bed_etcd: Any) -> None:
     time.sleep(60)
     restarted = time.time()
     server.start()
-    out, _ = ping.communicate(timeout=60)
+    out, _err = ping.communicate(timeout=60)
     assert b" 0% packet loss" in out and b"350 received" in out, out
     for agent in agents:
         assert agent.proc is not None and agent.proc.poll() is None, agent.logtext()
@@ -264,7 +264,7 @@ def test_sigkill_restart_keeps_subnet_without_route_flaps(btype: str, testbed: A
     for mon in monitors:
         mon.terminate()
     for mon, other in zip(monitors, agents[1:]):
-        out, _ = mon.communicate(timeout=10)
+        out, _err = mon.communicate(timeout=10)
         text = out.decode(errors="replace")
         assert subnet not in text, "route for %s changed on %s:\n%s" % (subnet, other.host.ns, text)
 
@@ -317,7 +317,7 @@ def test_udp_spoofed_datagrams_never_reach_the_tun(testbed: Any, bed_etcd: Any) 
         listener = a.host.popen(python, "-c", LISTEN_SCRIPT, a.bridge_ip, "3", stdout=subprocess.PIPE)
         time.sleep(0.5)
         sender.run(python, "-c", SEND_SCRIPT, inner_src, a.bridge_ip, a.host.address, "20")
-        out, _ = listener.communicate(timeout=15)
+        out, _err = listener.communicate(timeout=15)
         return int(out.strip() or b"0")
 
     wait_for(lambda: "flannel_udp_drops_unknown_source_total" in a.metrics(), 10, what="udp metrics")

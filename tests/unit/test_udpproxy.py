@@ -110,8 +110,8 @@ def test_merge_tcp_run_restores_the_stream(payload: bytes, mss: int, seq: int) -
     assert (stop, merged) == (VNET_LEN + o, count)
     assert n == VNET_LEN + 40 + len(payload)
     flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = VNET.unpack_from(out, 0)
-    assert (flags, gso_type, hdr_len, gso_size, csum_start, csum_offset) == (NEEDS_CSUM, GSO_TCPV4, 40, mss, 20,
-                                                                              16)
+    expected = (NEEDS_CSUM, GSO_TCPV4, 40, mss, 20, 16)
+    assert (flags, gso_type, hdr_len, gso_size, csum_start, csum_offset) == expected
     merged = bytes(out[VNET_LEN:n])
     assert ip_ok(merged)
     assert struct.unpack_from("!H", merged, 2)[0] == len(merged)

@@ -109,7 +109,7 @@ def write_tar(target: Path, members: list[Path]) -> None:
 
 def pip(python: str, args: list[str]) -> None:
     cmd = [python, "-m", "pip", "--disable-pip-version-check", "-q", *args]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
     if proc.returncode != 0:
         tail = " | ".join(proc.stdout.strip().splitlines()[-6:])
         sys.exit(f"build_wheelhouse: `{' '.join(cmd)}` failed: {tail}")
