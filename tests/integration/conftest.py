@@ -15,7 +15,7 @@ from tests.integration.netns import TestBed
 
 def _need_root() -> None:
     if os.geteuid() != 0:
-        pytest.skip("namespace tests need root (CI runs as root)")
+        pytest.fail("the namespace tests need root (network namespaces, netlink): run make test as root")
     for tool in ("ip", "ping", "etcd", "etcdctl", "iptables-restore"):
         if not shutil.which(tool):
             pytest.fail("%s is missing: run `make deps`" % tool)

@@ -67,7 +67,7 @@ def expected(c: str, p: str) -> list:
 
 def test_ipmasq_rules_in_a_namespace() -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root for a network namespace")
+        pytest.fail("this test needs root for a network namespace: run make test as root")
     ns = "pfl-ipt-%s" % secrets.token_hex(3)
     sh("ip", "netns", "add", ns)
     try:
