@@ -33,11 +33,12 @@ test-unit: venv ## unit tests only (no root needed)
 test-integration: deps venv ## integration tests: real etcd, namespaces, netlink (root)
 	$(PYTEST) tests/integration
 
-test: deps venv ## everything CI runs
+test: deps venv ## everything CI runs: ruff, pytest, lint/syntax/argspec, sanity, collection build, molecule
 	$(VENV)/bin/ruff check .
 	$(PYTEST) tests/unit tests/integration
 	$(MAKE) ansible-lint syntax-check argspec-check
 	$(MAKE) sanity collection-build
+	$(MAKE) molecule MOLECULE_RUNS="$(TEST_MOLECULE_RUNS)"
 
 # The checkout as the collection netfabric.flannel: ansible.cfg puts build/collections-link first on the
 # collections path, so `ansible-playbook site.yml` from the repository root uses these roles and modules.
@@ -73,7 +74,9 @@ lab-status: venv ## hosts, leases, docker0 and the container ping matrix of the 
 lab-down: ## remove the lab's containers, network and volumes (keeps the cached images)
 	python3 lab/lab.py down
 
-molecule: venv collections-link ## molecule scenarios on docker: default for vxlan, host-gw, udp, then tls (prints timings)
+# The molecule runs of `make test`: molecule/default per backend, molecule/tls, molecule/seed.
+TEST_MOLECULE_RUNS := default:vxlan default:host-gw default:udp tls seed
+molecule: venv collections-link ## molecule scenarios on docker (default per backend, tls, seed; MOLECULE_RUNS="tls default:udp" picks)
 	lab/run-molecule.sh $(MOLECULE_RUNS)
 
 VAGRANT_DRIVER ?= qemu
