@@ -172,6 +172,22 @@ def replace_route(dst: ipaddress.IPv4Network, oif: int, proto: int, gateway: Opt
         ipr().route("replace", **kwargs)
 
 
+# A delete of what is already gone (no such route/neighbour/fdb entry, or its link vanished) is fine.
+_GONE = (errno.ESRCH, errno.ENOENT, errno.ENODEV)
+
+
+def _delete(kind: str, kwargs: Dict[str, Any]) -> bool:
+    """``ipr().<kind>("del", **kwargs)``; False when there was nothing to delete."""
+    with _lock:
+        try:
+            getattr(ipr(), kind)("del", **kwargs)
+            return True
+        except NetlinkError as err:
+            if err.code in _GONE:
+                return False
+            raise
+
+
 def delete_route(dst: ipaddress.IPv4Network, oif: Optional[int] = None, proto: Optional[int] = None,
                  gateway: Optional[str] = None) -> bool:
     kwargs: Dict[str, Any] = {"dst": str(dst.network_address), "dst_len": dst.prefixlen, "table": RT_TABLE_MAIN}
@@ -181,14 +197,7 @@ def delete_route(dst: ipaddress.IPv4Network, oif: Optional[int] = None, proto: O
         kwargs["proto"] = proto
     if gateway:
         kwargs["gateway"] = gateway
-    with _lock:
-        try:
-            ipr().route("del", **kwargs)
-            return True
-        except NetlinkError as err:
-            if err.code in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
-                return False
-            raise
+    return _delete("route", kwargs)
 
 
 def delete_routes(proto: int) -> int:
@@ -220,12 +229,7 @@ def delete_neighbour(index: int, ip: str, mac: Optional[str] = None) -> None:
     kwargs: Dict[str, Any] = {"ifindex": index, "dst": ip, "family": socket.AF_INET}
     if mac:
         kwargs["lladdr"] = mac
-    with _lock:
-        try:
-            ipr().neigh("del", **kwargs)
-        except NetlinkError as err:
-            if err.code not in (errno.ENOENT, errno.ESRCH):
-                raise
+    _delete("neigh", kwargs)
 
 
 def fdb_entries(index: int) -> Dict[str, str]:
@@ -252,12 +256,7 @@ def delete_fdb(index: int, mac: str, dst: Optional[str] = None) -> None:
     kwargs: Dict[str, Any] = {"ifindex": index, "lladdr": mac, "flags": NTF_SELF}
     if dst:
         kwargs["dst"] = dst
-    with _lock:
-        try:
-            ipr().fdb("del", **kwargs)
-        except NetlinkError as err:
-            if err.code not in (errno.ENOENT, errno.ESRCH):
-                raise
+    _delete("fdb", kwargs)
 
 
 def on_link(index: int, ip: str) -> bool:
