@@ -39,7 +39,9 @@ make_box() {
     "$SUITE" "$rootfs" "$MIRROR" >"$CACHE/debootstrap-box.log" 2>&1 || return 1
   echo "/dev/vda1 / ext4 errors=remount-ro 0 1" >"$rootfs/etc/fstab"
   echo "lab-vm" >"$rootfs/etc/hostname"
-  printf '[Match]\nName=e*\n\n[Network]\nDHCP=yes\n' >"$rootfs/etc/systemd/network/50-dhcp.network"
+  # The DHCP client id follows the MAC: VMs from one box must never share a lease.
+  printf '[Match]\nName=e*\n\n[Network]\nDHCP=yes\n\n[DHCPv4]\nClientIdentifier=mac\n' \
+    >"$rootfs/etc/systemd/network/50-dhcp.network"
   chroot "$rootfs" systemctl enable systemd-networkd ssh >/dev/null 2>&1
   chroot "$rootfs" useradd -m -s /bin/bash vagrant
   echo 'vagrant ALL=(ALL) NOPASSWD:ALL' >"$rootfs/etc/sudoers.d/vagrant"
@@ -53,7 +55,10 @@ make_box() {
   printf '[Unit]\nBefore=ssh.service\nConditionPathExists=!/etc/ssh/ssh_host_ed25519_key\n[Service]\nType=oneshot\nExecStart=/usr/bin/ssh-keygen -A\n[Install]\nWantedBy=multi-user.target\n' \
     >"$rootfs/etc/systemd/system/ssh-hostkeys.service"
   chroot "$rootfs" systemctl enable ssh-hostkeys >/dev/null 2>&1
+  # Every VM gets its own machine-id at first boot. dbus's copy goes too: systemd would take an empty
+  # /etc/machine-id's value from it, and all VMs would share one id (and one DHCP DUID).
   : >"$rootfs/etc/machine-id"
+  rm -f "$rootfs/var/lib/dbus/machine-id"
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb
   local kernel initrd
   kernel=$(find "$rootfs/boot" -maxdepth 1 -name 'vmlinuz-*' -printf '%f\n' | sort | head -n1)
