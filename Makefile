@@ -38,7 +38,7 @@ test: deps venv ## everything CI runs: ruff, pytest, lint/syntax/argspec, sanity
 	$(PYTEST) tests/unit tests/integration
 	$(MAKE) ansible-lint syntax-check argspec-check
 	$(MAKE) sanity collection-build
-	$(MAKE) molecule MOLECULE_RUNS="$(TEST_MOLECULE_RUNS)"
+	$(MAKE) molecule
 
 # The checkout as the collection netfabric.flannel: ansible.cfg puts build/collections-link first on the
 # collections path, so `ansible-playbook site.yml` from the repository root uses these roles and modules.
@@ -74,8 +74,7 @@ lab-status: venv ## hosts, leases, docker0 and the container ping matrix of the 
 lab-down: ## remove the lab's containers, network and volumes (keeps the cached images)
 	python3 lab/lab.py down
 
-# The molecule runs of `make test`: molecule/default per backend, molecule/tls, molecule/seed.
-TEST_MOLECULE_RUNS := default:vxlan default:host-gw default:udp tls seed
+# With no MOLECULE_RUNS, lab/run-molecule.sh runs its default set (the one `make test` runs).
 molecule: venv collections-link ## molecule scenarios on docker (default per backend, tls, seed; MOLECULE_RUNS="tls default:udp" picks)
 	lab/run-molecule.sh $(MOLECULE_RUNS)
 
