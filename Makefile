@@ -48,7 +48,7 @@ collections-link: ## build/collections-link/: the checkout as collection netfabr
 	@ln -sfn $(CURDIR) $(COLLECTIONS_LINK)
 
 ansible-lint: venv collections-link ## ansible-lint, production profile, over the roles and playbooks
-	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/collections-link $(VENV)/bin/ansible-lint --profile production roles playbooks site.yml tests/argspec
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/collections-link $(VENV)/bin/ansible-lint --profile production roles playbooks site.yml tests/argspec molecule
 
 syntax-check: venv collections-link ## ansible-playbook --syntax-check of site.yml, playbooks/site.yml, netfabric.flannel.site
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/collections-link $(VENV)/bin/ansible-playbook --syntax-check -i inventory/example.yml site.yml
