@@ -255,16 +255,17 @@ class Agent:
         self.stats["lease_events"] += 1
         try:
             if event.kind == "snapshot":
-                self.leases = {lease.key_name: lease for lease in event.leases}
                 for lease in event.added:
                     log.info("lease %s of %s is present", lease.subnet, lease.attrs.public_ip)
                 for lease in event.removed:
                     log.info("lease %s of %s is gone", lease.subnet, lease.attrs.public_ip)
                 backend.sync(list(event.leases))
+                # counted once the datapath has them: flannel_remote_leases tells "peers reachable"
+                self.leases = {lease.key_name: lease for lease in event.leases}
             elif event.kind == "added" and event.lease is not None:
-                self.leases[event.lease.key_name] = event.lease
                 log.info("lease added: %s of %s", event.lease.subnet, event.lease.attrs.public_ip)
                 backend.lease_added(event.lease)
+                self.leases[event.lease.key_name] = event.lease
             elif event.kind == "removed" and event.lease is not None:
                 self.leases.pop(event.lease.key_name, None)
                 log.info("lease removed: %s of %s", event.lease.subnet, event.lease.attrs.public_ip)
@@ -314,7 +315,7 @@ class Agent:
              "Unix time when our lease expires (+Inf for a reservation)",
              float("inf") if lease is not None and lease.reservation else float(lease.expiration or 0) if lease
              else 0.0),
-            ("flannel_remote_leases", "gauge", "number of other nodes' leases known", float(len(self.leases))),
+            ("flannel_remote_leases", "gauge", "other nodes' leases handed to the datapath", float(len(self.leases))),
             ("flannel_lease_renewals_total", "counter", "successful lease renewals", stats.get("renewals", 0)),
             ("flannel_lease_renew_failures_total", "counter", "failed lease renewals", stats.get("renew_failures", 0)),
             ("flannel_etcd_errors_total", "counter", "failed etcd requests", stats.get("etcd_errors", 0)),

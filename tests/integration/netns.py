@@ -399,9 +399,20 @@ def put_config(bed: TestBed, server: Any, prefix: str, config: Dict[str, Any]) -
     etcdctl(bed, server, "put", prefix + "/config", json.dumps(config))
 
 
+def wait_peers(agents: List[Agent], timeout: float = 20.0) -> None:
+    """Wait until every agent has handed all the other agents' leases to its datapath: an agent is
+    ready once its own lease is written, and its peers' leases arrive through the watch just after."""
+    def known() -> bool:
+        return all(a.metrics().get("flannel_remote_leases", -1) >= len(agents) - 1 for a in agents)
+
+    wait_for(known, timeout, what="every agent knowing its %d peers' leases" % (len(agents) - 1))
+
+
 def ping_all(agents: List[Agent], count: int = 3) -> Dict[str, str]:
     """Every agent's host pings every other host's bridge address from its own bridge address, in
-    parallel; returns {"hA->hB": output} of the pairs that lost packets."""
+    parallel, once each agent knows the others' leases; returns {"hA->hB": output} of the pairs that
+    lost packets."""
+    wait_peers(agents)
     procs = []
     for a in agents:
         for b in agents:

@@ -12,7 +12,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from tests.integration.netns import Agent, TestBed, etcdctl, ping_all, put_config, wait_for
+from tests.integration.netns import Agent, TestBed, etcdctl, ping_all, put_config, wait_for, wait_peers
 
 pytestmark = [pytest.mark.integration]
 
@@ -29,6 +29,7 @@ def start_agents(bed: TestBed, server: Any, args: Any = None, hosts: Any = None)
         agents.append(agent)
     for agent in agents:
         agent.wait_ready()
+    wait_peers(agents)
     return agents
 
 
