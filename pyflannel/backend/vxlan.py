@@ -37,9 +37,14 @@ def _is_flannel_vxlan(msg: Any) -> bool:
     return name.startswith("flannel.") and name[len("flannel."):].isdigit() and netlink.link_kind(msg) == "vxlan"
 
 
-def _mac_from_prefix(prefix: str) -> str:
+def vtep_mac(prefix: str = "") -> str:
+    """A random locally administered unicast MAC, starting with ``prefix`` (Backend.MacPrefix) if given.
+
+    The device is always created with it: a device the kernel gives a random address is renamed in
+    address by udev on systemd hosts (99-default.link: MACAddressPolicy=persistent) a moment after it
+    appears, behind the back of the VtepMAC already written into our lease."""
     parts = [p for p in prefix.replace("-", ":").split(":") if p]
-    if not 1 <= len(parts) <= 5 or not all(len(p) == 2 for p in parts):
+    if prefix and (not 1 <= len(parts) <= 5 or not all(len(p) == 2 for p in parts)):
         raise BackendError("vxlan MacPrefix %r is not like \"0E-2A\"; fix Backend.MacPrefix in the network config"
                            % prefix)
     try:
@@ -110,9 +115,7 @@ class VxlanBackend(Backend):
             }
             if self.gbp:
                 kwargs["vxlan_gbp"] = True
-            prefix = self.config.option("MacPrefix")
-            if prefix:
-                kwargs["address"] = _mac_from_prefix(prefix)
+            kwargs["address"] = vtep_mac(self.config.option("MacPrefix") or "")
             try:
                 with netlink.lock():
                     netlink.ipr().link("add", **kwargs)
@@ -216,6 +219,12 @@ class VxlanBackend(Backend):
                 log.warning("%s disappeared: recreating it", self.dev)
                 self._ensure_device()
                 self.configure(self.lease)
+            elif (msg.get_attr("IFLA_ADDRESS") or "").lower() != self.mac:
+                # our lease tells every peer this VtepMAC; a changed address would black-hole their traffic
+                log.warning("%s's MAC was changed to %s behind our back: restoring %s, the lease's VtepMAC",
+                            self.dev, msg.get_attr("IFLA_ADDRESS"), self.mac)
+                netlink.set_link(self.index, address=self.mac)
+                self.repairs += 1
             self.repairs += self._reconcile()
 
     def _describe(self, want: Want) -> str:

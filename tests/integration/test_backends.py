@@ -86,6 +86,34 @@ def test_vxlan_ignores_foreign_leases_and_repairs(testbed: Any) -> None:
                 if f.get("dst")]
 
 
+def test_vxlan_mac_is_ours_and_stays(testbed: Any) -> None:
+    """udev on systemd hosts gives a device created with a kernel-random MAC a new one a moment later
+    (MACAddressPolicy=persistent), after the VtepMAC went into the lease. The device is created with
+    an address of ours (assign type "set", which udev leaves alone), and tick() restores it if changed."""
+    bed = testbed(["A", "A"])
+    h1, h2 = bed.hosts
+    d2 = up(h2, {"Type": "vxlan"}, "10.100.2.0/24", [])
+    d1 = up(h1, {"Type": "vxlan"}, "10.100.1.0/24", [{"subnet": "10.100.2.0/24", "value": d2.lease_value}])
+    assert d2.call("sync", leases=[{"subnet": "10.100.1.0/24", "value": d1.lease_value}])["ok"]
+    mac = json.loads(d2.lease_value)["BackendData"]["VtepMAC"]
+    assert h2.link("flannel.1")["address"] == mac
+    # NET_ADDR_SET (3), not NET_ADDR_RANDOM (1): what udev's MACAddressPolicy=persistent skips
+    assert h2.run("cat", "/sys/class/net/flannel.1/addr_assign_type").stdout.strip() == "3"
+    assert h1.ping("10.100.2.1", "10.100.1.1", count=2).returncode == 0
+    h2.run("ip", "link", "set", "flannel.1", "address", "02:11:22:33:44:55")
+    assert h1.ping("10.100.2.1", "10.100.1.1", count=1, deadline=2).returncode != 0  # what udev did in VMs
+    assert d2.call("tick")["ok"]
+    assert h2.link("flannel.1")["address"] == mac
+    # the MAC, plus whatever the kernel flushed with the address change (the device's neighbours)
+    assert d2.call("status")["metrics"]["datapath_repairs_total"] >= 1
+    assert {n["dst"] for n in h2.ip_json("neigh", "show", "dev", "flannel.1")} == {"10.100.1.0"}
+    assert h1.ping("10.100.2.1", "10.100.1.1", count=2).returncode == 0
+    # a MacPrefix is kept in front of the random part
+    d1.close()
+    d1 = up(h1, {"Type": "vxlan", "MacPrefix": "0E-2A", "VNI": 7}, "10.100.1.0/24", [])
+    assert h1.link("flannel.7")["address"].startswith("0e:2a:")
+
+
 def test_hostgw_repairs_missing_routes(testbed: Any) -> None:
     bed = testbed(["A", "A"])
     h1, h2 = bed.hosts
