@@ -40,9 +40,9 @@ def _is_flannel_vxlan(msg: Any) -> bool:
 def vtep_mac(prefix: str = "") -> str:
     """A random locally administered unicast MAC, starting with ``prefix`` (Backend.MacPrefix) if given.
 
-    The device is always created with it: a device the kernel gives a random address is renamed in
-    address by udev on systemd hosts (99-default.link: MACAddressPolicy=persistent) a moment after it
-    appears, behind the back of the VtepMAC already written into our lease."""
+    The device is always created with a MAC of ours. If the kernel picked a random one instead, udev on
+    systemd hosts (99-default.link: MACAddressPolicy=persistent) would replace it a moment after the
+    device appears, after that first MAC already went into our lease as the VtepMAC."""
     parts = [p for p in prefix.replace("-", ":").split(":") if p]
     if prefix and (not 1 <= len(parts) <= 5 or not all(len(p) == 2 for p in parts)):
         raise BackendError("vxlan MacPrefix %r is not like \"0E-2A\"; fix Backend.MacPrefix in the network config"
@@ -115,7 +115,8 @@ class VxlanBackend(Backend):
             }
             if self.gbp:
                 kwargs["vxlan_gbp"] = True
-            kwargs["address"] = vtep_mac(self.config.option("MacPrefix") or "")
+            # a device recreated by tick() keeps the VtepMAC our lease already tells every peer
+            kwargs["address"] = self.mac or vtep_mac(self.config.option("MacPrefix") or "")
             try:
                 with netlink.lock():
                     netlink.ipr().link("add", **kwargs)

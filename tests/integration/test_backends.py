@@ -108,6 +108,11 @@ def test_vxlan_mac_is_ours_and_stays(testbed: Any) -> None:
     assert d2.call("status")["metrics"]["datapath_repairs_total"] >= 1
     assert {n["dst"] for n in h2.ip_json("neigh", "show", "dev", "flannel.1")} == {"10.100.1.0"}
     assert h1.ping("10.100.2.1", "10.100.1.1", count=2).returncode == 0
+    # a device deleted behind our back comes back with the lease's VtepMAC, not a new one
+    h2.run("ip", "link", "del", "flannel.1")
+    assert d2.call("tick")["ok"]
+    assert h2.link("flannel.1")["address"] == mac
+    assert h1.ping("10.100.2.1", "10.100.1.1", count=2).returncode == 0
     # a MacPrefix is kept in front of the random part
     d1.close()
     d1 = up(h1, {"Type": "vxlan", "MacPrefix": "0E-2A", "VNI": 7}, "10.100.1.0/24", [])
