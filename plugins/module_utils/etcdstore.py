@@ -49,19 +49,26 @@ class WatchExpired(StoreError):
     """The revision to watch from is no longer in etcd's history: list again."""
 
 
+class StateLost(WatchExpired):
+    """etcd's revision is behind one already seen: its data was wiped or restored from a backup."""
+
+
 class KV:
     """One key as read from etcd.
 
     ``has_ttl``: the key expires (v2 TTL, v3 attached lease).  ``expiration``: Unix time when known
     (v2 always; v3 only after :meth:`EtcdStore.remaining_ttl`).  ``lease_id``: the v3 lease, 0 if none.
+    ``revision``: the key's last modification; ``created``: its creation (v2 createdIndex, v3
+    create_revision; 0 when the answer did not say).
     """
 
-    __slots__ = ("key", "value", "revision", "has_ttl", "expiration", "lease_id", "ttl")
+    __slots__ = ("key", "value", "revision", "has_ttl", "expiration", "lease_id", "ttl", "created")
 
-    def __init__(self, key, value, revision, has_ttl=False, expiration=None, lease_id=0, ttl=None):
+    def __init__(self, key, value, revision, has_ttl=False, expiration=None, lease_id=0, ttl=None, created=0):
         self.key = key
         self.value = value
         self.revision = revision
+        self.created = created or 0
         self.has_ttl = has_ttl
         self.expiration = expiration
         self.lease_id = lease_id
@@ -74,14 +81,15 @@ class KV:
 class Event:
     """A change under a watched prefix: ``kind`` is "put" or "delete"; ``value`` is None on delete."""
 
-    __slots__ = ("kind", "key", "value", "revision", "has_ttl")
+    __slots__ = ("kind", "key", "value", "revision", "has_ttl", "created")
 
-    def __init__(self, kind, key, value, revision, has_ttl=False):
+    def __init__(self, kind, key, value, revision, has_ttl=False, created=0):
         self.kind = kind
         self.key = key
         self.value = value
         self.revision = revision
         self.has_ttl = has_ttl
+        self.created = created or 0
 
     def __repr__(self):
         return "Event(%s %r @%s)" % (self.kind, self.key, self.revision)
@@ -179,6 +187,10 @@ class EtcdStore:
 
     # -- the operations (implemented per API) -----------------------------------------------------
     def get(self, key):
+        raise NotImplementedError
+
+    def head(self, key):
+        """``key`` (a KV, or None when absent) and etcd's current revision/index, in one request."""
         raise NotImplementedError
 
     def list(self, prefix, serializable=False):
@@ -281,19 +293,24 @@ class V2Store(EtcdStore):
                 raise _ConnectionProblem(text)
         return self._attempt(op, what)
 
-    def _kv(self, node_key, value, modified, ttl, expiration):
+    def _kv(self, node_key, value, modified, ttl, expiration, created=0):
         exp = None
         if ttl:
             exp = time.time() + int(ttl)
-        return KV(node_key, value, modified or 0, has_ttl=bool(ttl), expiration=exp, ttl=ttl)
+        return KV(node_key, value, modified or 0, has_ttl=bool(ttl), expiration=exp, ttl=ttl, created=created)
 
     def get(self, key):
+        return self.head(key)[0]
+
+    def head(self, key):
         etcd = self._etcd
         try:
             res = self._call("reading %s" % key, lambda c: c.read(key))
-        except etcd.EtcdKeyNotFound:
-            return None
-        return self._kv(res.key, res.value, res.modifiedIndex, res.ttl, res.expiration)
+        except etcd.EtcdKeyNotFound as err:
+            index = (getattr(err, "payload", None) or {}).get("index", 0)
+            return None, int(index or 0)
+        kv = self._kv(res.key, res.value, res.modifiedIndex, res.ttl, res.expiration, res.createdIndex)
+        return kv, int(res.etcd_index or 0)
 
     def list(self, prefix, serializable=False):
         etcd = self._etcd
@@ -306,7 +323,8 @@ class V2Store(EtcdStore):
         for node in res.leaves:
             if node.dir or node.key is None or node.value is None:
                 continue
-            out.append(self._kv(node.key, node.value, node.modifiedIndex, node.ttl, node.expiration))
+            out.append(self._kv(node.key, node.value, node.modifiedIndex, node.ttl, node.expiration,
+                                node.createdIndex))
         return out, int(res.etcd_index or 0)
 
     def put(self, key, value):
@@ -319,7 +337,7 @@ class V2Store(EtcdStore):
             res = self._call("creating %s" % key, lambda c: c.write(key, value, ttl=ttl, prevExist=False))
         except etcd.EtcdAlreadyExist:
             return None
-        return self._kv(res.key, res.value, res.modifiedIndex, ttl, None)
+        return self._kv(res.key, res.value, res.modifiedIndex, ttl, None, res.createdIndex)
 
     def update(self, kv, value, ttl=None):
         etcd = self._etcd
@@ -328,7 +346,7 @@ class V2Store(EtcdStore):
                              lambda c: c.write(kv.key, value, ttl=ttl, prevExist=True))
         except etcd.EtcdKeyNotFound:
             return None
-        return self._kv(res.key, res.value, res.modifiedIndex, ttl, None)
+        return self._kv(res.key, res.value, res.modifiedIndex, ttl, None, res.createdIndex)
 
     def delete(self, key):
         etcd = self._etcd
@@ -367,7 +385,8 @@ class V2Store(EtcdStore):
             if res.action in ("delete", "expire", "compareAndDelete"):
                 yield [Event("delete", res.key, None, int(res.modifiedIndex))]
             else:
-                yield [Event("put", res.key, res.value, int(res.modifiedIndex), has_ttl=bool(res.ttl))]
+                yield [Event("put", res.key, res.value, int(res.modifiedIndex), has_ttl=bool(res.ttl),
+                             created=int(res.createdIndex or 0))]
 
 
 # ================================================================================================
@@ -464,12 +483,16 @@ class V3Store(EtcdStore):
     def _kv_from(item):
         lease = int(item.get("lease", 0) or 0)
         return KV(_unb64(item.get("key")), _unb64(item.get("value")), int(item.get("mod_revision", 0) or 0),
-                  has_ttl=lease != 0, lease_id=lease)
+                  has_ttl=lease != 0, lease_id=lease, created=int(item.get("create_revision", 0) or 0))
 
     def get(self, key):
+        return self.head(key)[0]
+
+    def head(self, key):
         resp = self._post("/kv/range", {"key": _b64(key)}, "reading %s" % key)
         kvs = resp.get("kvs") or []
-        return self._kv_from(kvs[0]) if kvs else None
+        revision = int(resp.get("header", {}).get("revision", 0) or 0)
+        return (self._kv_from(kvs[0]) if kvs else None), revision
 
     def list(self, prefix, serializable=False):
         request = {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))}
@@ -519,7 +542,8 @@ class V3Store(EtcdStore):
                 self._revoke_quietly(lease_id)
             return None
         exp = time.time() + ttl if ttl else None
-        return KV(key, value, revision, has_ttl=bool(ttl), expiration=exp, lease_id=lease_id, ttl=ttl)
+        return KV(key, value, revision, has_ttl=bool(ttl), expiration=exp, lease_id=lease_id, ttl=ttl,
+                  created=revision)
 
     def _revoke_quietly(self, lease_id):
         try:
@@ -545,7 +569,7 @@ class V3Store(EtcdStore):
                 if not ok:
                     return None
                 return KV(kv.key, value, revision, has_ttl=True, expiration=time.time() + ttl,
-                          lease_id=old_lease, ttl=ttl)
+                          lease_id=old_lease, ttl=ttl, created=kv.created)
             # The key's etcd lease was granted a shorter TTL (an earlier run with another TTL):
             # move the key to a new lease below, which revokes the old one.
         new_lease = self._grant(ttl, "granting a lease for %s" % kv.key) if ttl else 0
@@ -562,7 +586,8 @@ class V3Store(EtcdStore):
         if old_lease:
             self._revoke_quietly(old_lease)  # the key moved off it (became a reservation)
         exp = time.time() + ttl if ttl else None
-        return KV(kv.key, value, revision, has_ttl=bool(ttl), expiration=exp, lease_id=new_lease, ttl=ttl)
+        return KV(kv.key, value, revision, has_ttl=bool(ttl), expiration=exp, lease_id=new_lease, ttl=ttl,
+                  created=kv.created)
 
     def delete(self, key):
         resp = self._post("/kv/deleterange", {"key": _b64(key)}, "deleting %s" % key)
@@ -610,6 +635,11 @@ class V3Store(EtcdStore):
                     if "error" in msg and "result" not in msg:
                         raise StoreError("etcd watch failed: %s" % json.dumps(msg["error"])[:200])
                     result = msg.get("result", {})
+                    if result.get("created"):
+                        current = int(result.get("header", {}).get("revision", 0) or 0)
+                        if 0 < current < revision:
+                            raise StateLost("etcd is at revision %d, behind revision %d already seen: its data was "
+                                            "wiped or restored" % (current, revision))
                     if int(result.get("compact_revision", 0) or 0) > 0:
                         raise WatchExpired("etcd v3 history was compacted up to revision %s"
                                            % result["compact_revision"])
@@ -624,7 +654,8 @@ class V3Store(EtcdStore):
                             events.append(Event("delete", _unb64(kv.get("key")), None, rev))
                         else:
                             events.append(Event("put", _unb64(kv.get("key")), _unb64(kv.get("value")), rev,
-                                                has_ttl=bool(int(kv.get("lease", 0) or 0))))
+                                                has_ttl=bool(int(kv.get("lease", 0) or 0)),
+                                                created=int(kv.get("create_revision", 0) or 0)))
                         revision = max(revision, rev)
                     if events:
                         yield events

@@ -19,6 +19,7 @@ import re
 
 DEFAULT_PREFIX = "/coreos.com/network"
 LEASE_TTL = 86400  # seconds: 24 h, as Go flanneld
+MAX_VALUE_BYTES = 64 * 1024  # a lease value is a few hundred bytes; anything above this is refused
 
 # Backends whose lease carries no BackendType (Go's udp and alloc never set one).
 UNTYPED_BACKENDS = ("udp", "alloc", "")
@@ -147,6 +148,13 @@ def encode_lease(attrs, api):
     return json.dumps(out, separators=(",", ":"))
 
 
+def check_value_size(text):
+    """Refuse a lease value above :data:`MAX_VALUE_BYTES` before anything parses or caches it."""
+    if text is not None and len(text) > MAX_VALUE_BYTES:
+        raise LeaseFormatError("lease value is %d bytes, more than the %d a lease may hold"
+                               % (len(text), MAX_VALUE_BYTES))
+
+
 def _ci_get(obj, name):
     for key, value in obj.items():
         if key.lower() == name.lower():
@@ -156,6 +164,7 @@ def _ci_get(obj, name):
 
 def decode_lease(text):
     """Read a lease value of any shape Go flanneld has written. Raises LeaseFormatError."""
+    check_value_size(text)
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     try:
@@ -196,7 +205,8 @@ class Lease:
     """
 
     def __init__(self, subnet, attrs, expiration=None, reservation=False, revision=0, lease_id=0,
-                 ipv6_subnet=None, raw=None):
+                 ipv6_subnet=None, raw=None, created=0):
+        self.created = created or 0  # etcd create revision / index: the older lease wins a conflict
         self.subnet = subnet
         self.ipv6_subnet = ipv6_subnet
         self.attrs = attrs
@@ -223,3 +233,234 @@ class Lease:
             "expiration": self.expiration,
             "reservation": self.reservation,
         }
+
+
+# ------------------------------------------------------------------------------------------------
+# The lease validator: what etcd holds is input.  Every lease is judged here before it reaches a
+# datapath (the agent) or a module's answer (flannel_lease_info's ``skipped``).
+# ------------------------------------------------------------------------------------------------
+def _unicast_problem(address):
+    ip = ipaddress.ip_address(address)
+    if ip.is_unspecified:
+        return "is the unspecified address"
+    if ip.is_multicast:
+        return "is a multicast address"
+    if ip.version == 4 and (ip == ipaddress.IPv4Address("255.255.255.255") or ip in _CLASS_E):
+        return "is a broadcast or reserved (240.0.0.0/4) address"
+    return None
+
+
+_CLASS_E = ipaddress.IPv4Network("240.0.0.0/4")
+
+
+def lease_problem(lease, network, subnet_len):
+    """Why ``lease`` must not be used on its own merits (None when it may): its subnet must be a
+    ``/subnet_len`` inside ``network``, its PublicIP unicast, a vxlan VtepMAC a unicast MAC.
+    Conflicts between leases (overlaps, shared VtepMAC) are judged by :class:`LeaseBook`."""
+    subnet = lease.subnet
+    if network is not None and not subnet.subnet_of(network):
+        return "its subnet %s lies outside the network %s" % (subnet, network)
+    if subnet_len is not None and subnet.prefixlen != subnet_len:
+        return "its subnet %s is not a /%d (the configured SubnetLen)" % (subnet, subnet_len)
+    why = _unicast_problem(lease.attrs.public_ip)
+    if why:
+        return "its PublicIP %s %s" % (lease.attrs.public_ip, why)
+    mac = lease.attrs.vtep_mac
+    if lease.attrs.backend_type == "vxlan" and mac is not None:
+        first = int(mac[:2], 16)
+        if first & 1:
+            return "its VtepMAC %s is a multicast MAC" % mac
+        if mac.replace(":", "").strip("0") == "":
+            return "its VtepMAC %s is all zeros" % mac
+    return None
+
+
+def _age(lease):
+    """Older first: etcd's create revision/index, then the key (a stable tie-break)."""
+    return (lease.created or 0, lease.key_name)
+
+
+class LeaseBook:
+    """The other nodes' leases and the verdict on each: which a datapath may use.
+
+    Incremental, so a watch event costs O(1) and not a pass over thousands of leases.  ``own`` is
+    this node's lease (if any): a lease overlapping it or sharing its VtepMAC is refused.  Of two
+    leases that overlap or share a VtepMAC the older one (etcd create revision/index) wins.
+
+    ``put``, ``remove`` and ``replace_all`` return a :class:`Change`: the leases the datapath must
+    add (new, changed or no longer outvoted) and remove, and the leases newly refused with why.
+    """
+
+    def __init__(self, network=None, subnet_len=None, own=None):
+        self.network = network
+        self.subnet_len = subnet_len
+        self.own = own
+        self.leases = {}  # key name -> Lease: every parsed lease of another node
+        self.accepted = {}  # key name -> Lease
+        self.rejected = {}  # key name -> reason (parsed leases and keys/values that do not parse)
+        self._by_subnet = {}  # IPv4Network -> key name of the accepted lease holding it
+        self._by_mac = {}  # VtepMAC -> key name of the accepted lease using it
+        self._outvoted = set()  # rejected for a conflict: looked at again when the winner leaves
+
+    # -- queries ----------------------------------------------------------------------------------
+    def usable(self):
+        return list(self.accepted.values())
+
+    # -- changes ----------------------------------------------------------------------------------
+    def set_own(self, own):
+        """Our own lease changed: judge everything again against it."""
+        self.own = own
+        return self.replace_all(list(self.leases.values()), dict(
+            (name, why) for name, why in self.rejected.items() if name not in self.leases))
+
+    def reject_unparsed(self, name, reason):
+        """A key or value that does not parse; returns a Change (the lease it replaces goes)."""
+        change = self._drop(name)
+        if self.rejected.get(name) != reason:
+            change.rejected.append((name, reason))
+        self.rejected[name] = reason
+        return change
+
+    def put(self, lease):
+        change = self._drop(lease.key_name, keep_reason=True)
+        old_reason = self.rejected.pop(lease.key_name, None)
+        self.leases[lease.key_name] = lease
+        self._judge(lease, change, old_reason)
+        self._reconsider(change)
+        # a lease that stays usable is replaced in place (an "added" over the old one), not removed first
+        kept = set(added.key_name for added in change.added)
+        change.removed = [gone for gone in change.removed if gone.key_name not in kept]
+        return change
+
+    def remove(self, name):
+        change = self._drop(name)
+        self._reconsider(change)
+        return change
+
+    def replace_all(self, leases, unparsed=None):
+        """A full list (snapshot): judge every lease afresh, oldest first."""
+        before_accepted = self.accepted
+        before_rejected = self.rejected
+        self.leases, self.accepted, self.rejected = {}, {}, {}
+        self._by_subnet, self._by_mac, self._outvoted = {}, {}, set()
+        scratch = Change()
+        for lease in sorted(leases, key=_age):
+            self.leases[lease.key_name] = lease
+            self._judge(lease, scratch, None)
+        self.rejected.update(unparsed or {})
+        change = Change()
+        for name, lease in self.accepted.items():
+            old = before_accepted.get(name)
+            if old is None or old.attrs != lease.attrs:
+                change.added.append(lease)
+        change.removed = [lease for name, lease in before_accepted.items() if name not in self.accepted]
+        for name, why in self.rejected.items():
+            if before_rejected.get(name) != why:
+                change.rejected.append((name, why))
+        return change
+
+    # -- internals --------------------------------------------------------------------------------
+    def _drop(self, name, keep_reason=False):
+        change = Change()
+        self.leases.pop(name, None)
+        if not keep_reason:
+            self.rejected.pop(name, None)
+        self._outvoted.discard(name)
+        lease = self.accepted.pop(name, None)
+        if lease is not None:
+            self._unindex(lease)
+            change.removed.append(lease)
+        return change
+
+    def _unindex(self, lease):
+        if self._by_subnet.get(lease.subnet) == lease.key_name:
+            del self._by_subnet[lease.subnet]
+        mac = self._mac(lease)
+        if mac is not None and self._by_mac.get(mac) == lease.key_name:
+            del self._by_mac[mac]
+
+    @staticmethod
+    def _mac(lease):
+        return lease.attrs.vtep_mac if lease.attrs.backend_type == "vxlan" else None
+
+    def _judge(self, lease, change, old_reason):
+        name = lease.key_name
+        why = lease_problem(lease, self.network, self.subnet_len)
+        own = self.own
+        mac = self._mac(lease)
+        if why is None and own is not None:
+            if lease.subnet.overlaps(own.subnet):
+                why = "its subnet %s overlaps this node's own lease %s" % (lease.subnet, own.subnet)
+            elif mac is not None and mac == own.attrs.vtep_mac:
+                why = "its VtepMAC %s is this node's own" % mac
+        if why is not None:
+            self._refuse(name, why, change, old_reason)
+            return
+        rivals = []
+        holder = self._by_subnet.get(lease.subnet)
+        if holder is not None and holder != name:
+            rivals.append((self.accepted[holder], "overlaps"))
+        holder = self._by_mac.get(mac) if mac is not None else None
+        if holder is not None and holder != name and all(r[0].key_name != holder for r in rivals):
+            rivals.append((self.accepted[holder], "shares its VtepMAC %s with" % mac))
+        older = [(r, how) for r, how in rivals if _age(r) < _age(lease)]
+        if older:
+            rival, how = older[0]
+            self._outvoted.add(name)
+            self._refuse(name, "it %s the older lease %s of %s" % (how, rival.subnet, rival.attrs.public_ip),
+                         change, old_reason)
+            return
+        for rival, how in rivals:  # younger rivals give way
+            self.accepted.pop(rival.key_name)
+            self._unindex(rival)
+            change.removed.append(rival)
+            self._outvoted.add(rival.key_name)
+            reason = "it %s the older lease %s of %s" % (how, lease.subnet, lease.attrs.public_ip)
+            self.rejected[rival.key_name] = reason
+            change.rejected.append((rival.key_name, reason))
+        self.accepted[name] = lease
+        self._by_subnet[lease.subnet] = name
+        if mac is not None:
+            self._by_mac[mac] = name
+        change.added.append(lease)
+
+    def _refuse(self, name, why, change, old_reason):
+        self.rejected[name] = why
+        if why != old_reason:
+            change.rejected.append((name, why))
+
+    def _reconsider(self, change):
+        """Leases outvoted by a lease that has gone may be usable now (oldest first)."""
+        if not change.removed or not self._outvoted:
+            return
+        for name in sorted(self._outvoted, key=lambda n: _age(self.leases[n]) if n in self.leases else (0, n)):
+            lease = self.leases.get(name)
+            self._outvoted.discard(name)
+            if lease is None or name in self.accepted:
+                continue
+            old_reason = self.rejected.pop(name, None)
+            self._judge(lease, change, old_reason)
+
+
+class Change:
+    """What a :class:`LeaseBook` update means for a datapath."""
+
+    __slots__ = ("added", "removed", "rejected")
+
+    def __init__(self):
+        self.added = []  # Lease: program (new, changed, or no longer outvoted)
+        self.removed = []  # Lease: unprogram
+        self.rejected = []  # (key name, reason): refused now (log once)
+
+    def extend(self, other):
+        self.added.extend(other.added)
+        self.removed.extend(other.removed)
+        self.rejected.extend(other.rejected)
+        return self
+
+
+def judge_leases(leases, network=None, subnet_len=None):
+    """Batch verdicts (for modules): (accepted leases, {key name: reason} for the refused ones)."""
+    book = LeaseBook(network, subnet_len)
+    book.replace_all(leases)
+    return book.usable(), dict(book.rejected)

@@ -26,12 +26,15 @@ import time
 from typing import Dict, Iterator, List, Optional, Tuple
 
 from pyflannel import etcdstore
-from pyflannel.etcdstore import KV, EtcdStore, StoreError, Unreachable, WatchExpired
+from pyflannel.etcdstore import KV, EtcdStore, StateLost, StoreError, Unreachable, WatchExpired
 from pyflannel.leases import (
     LEASE_TTL,
+    Change,
     Lease,
     LeaseAttrs,
+    LeaseBook,
     LeaseFormatError,
+    check_value_size,
     config_key,
     decode_lease,
     encode_lease,
@@ -48,6 +51,7 @@ MAX_CANDIDATES = 100  # Go flanneld picks at random among the first 100 free sub
 RACE_TRIES = 10  # create attempts per acquire round before backing off
 DEFAULT_RENEW_MARGIN = 3600.0  # seconds (--subnet-lease-renew-margin 60 minutes)
 MAX_BACKOFF = 10.0  # seconds, upper bound of the back-off while etcd is unreachable
+WATCH_BACKOFF = 4.0  # seconds, the watch's bound: a restored etcd is noticed within seconds
 
 
 class SubnetError(Exception):
@@ -108,9 +112,10 @@ _decode_value = functools.lru_cache(maxsize=65536)(decode_lease)
 def lease_from_kv(kv: KV) -> Lease:
     """Turn a stored key into a :class:`Lease`; raises LeaseFormatError for foreign keys/values."""
     subnet, subnet6 = _parse_key(kv.key.rsplit("/", 1)[-1])
+    check_value_size(kv.value)  # before the cache: an oversized value is never parsed or kept
     attrs = _decode_value(kv.value)
     return Lease(subnet, attrs, expiration=kv.expiration, reservation=not kv.has_ttl, revision=kv.revision,
-                 lease_id=kv.lease_id, ipv6_subnet=subnet6, raw=kv.value)
+                 lease_id=kv.lease_id, ipv6_subnet=subnet6, raw=kv.value, created=kv.created)
 
 
 def read_subnet_file(path: Optional[str]) -> Optional[ipaddress.IPv4Network]:
@@ -193,10 +198,19 @@ class LeaseManager:
         self.lease: Optional[Lease] = None
         self._kv: Optional[KV] = None
         self._renew_at = 0.0
-        self.known: Dict[str, Lease] = {}  # key name -> lease of every other node, as last seen
+        # Every other node's lease as last seen, and the validator's verdict on each (book.accepted
+        # is what the datapath gets; book.rejected says why the others are not used).
+        self.book = LeaseBook()
+        self._unparsed: Dict[str, str] = {}  # key name -> why it does not parse (from the last list)
         self._primed: Optional[Tuple[List[Lease], int]] = None  # the acquire's list, for the first snapshot
         self.stats = {"renewals": 0, "renew_failures": 0, "etcd_errors": 0, "acquire_attempts": 0,
-                      "lost_races": 0, "watch_relists": 0}
+                      "lost_races": 0, "watch_relists": 0, "leases_rejected": 0, "lease_restores": 0,
+                      "etcd_state_losses": 0}
+
+    @property
+    def known(self) -> Dict[str, Lease]:
+        """key name -> lease of every other node, as last seen (valid or not)."""
+        return self.book.leases
 
     # -- paths ------------------------------------------------------------------------------------
     @property
@@ -260,17 +274,21 @@ class LeaseManager:
             self._error(err)
             raise
         leases = []
+        unparsed = {}
         for kv in kvs:
-            lease = self._parse(kv)
+            lease = self._parse(kv, unparsed)
             if lease is not None:
                 leases.append(lease)
+        self._unparsed = unparsed
         return leases, revision
 
-    def _parse(self, kv: KV) -> Optional[Lease]:
+    def _parse(self, kv: KV, unparsed: Optional[Dict[str, str]] = None) -> Optional[Lease]:
         try:
             lease = lease_from_kv(kv)
         except LeaseFormatError as err:
-            log.debug("ignoring %s: %s", kv.key, err)
+            name = kv.key[len(self.subnets_dir):] if kv.key.startswith(self.subnets_dir) else kv.key
+            if unparsed is not None and "/" not in name:
+                unparsed[name] = str(err)
             return None
         lease._kv = kv  # type: ignore[attr-defined]  # kept for update/delete
         return lease
@@ -401,11 +419,14 @@ class LeaseManager:
         if lease.expiration is None and not lease.reservation:
             lease.expiration = time.time() + self.ttl
         self.attrs = attrs
+        previous = self.lease
         self.lease = lease
         self._kv = kv
         self._schedule(lease)
-        if acquired:
-            self.known.pop(lease.key_name, None)
+        if acquired or previous is None or previous.key_name != lease.key_name:
+            config = self.config
+            self.book = LeaseBook(config.network if config is not None else None,
+                                  config.subnet_len if config is not None else None, own=lease)
         return lease
 
     def _delete_quietly(self, lease: Lease) -> None:
@@ -457,13 +478,49 @@ class LeaseManager:
             self._renew_at = time.time() + self.retry_interval()
             raise
         if kv is None:
-            raise LeaseLost("our lease %s (%s) is gone from etcd (deleted or expired)"
-                            % (self.lease.subnet, self.key_of(self.lease.subnet)))
+            return self.restore("our lease %s was gone from etcd when we renewed it" % self.lease.subnet)
         self.stats["renewals"] += 1
         lease = self._own(kv, self.attrs)
         log.info("renewed lease %s, expires %s", lease.subnet,
                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lease.expiration or 0)))
         return lease
+
+    def restore(self, why: str) -> Lease:
+        """Write our lease back with the same subnet after etcd lost it (wiped, restored, deleted
+        behind our back).  Raises LeaseLost when another node holds the subnet by now, StoreError
+        when etcd fails (the caller retries)."""
+        if self.lease is None or self.attrs is None:
+            raise SubnetError("no lease to restore")
+        lease, attrs = self.lease, self.attrs
+        key = self.subnets_dir + lease.key_name
+        value = encode_lease(attrs, self.store.api)
+        for _attempt in range(3):
+            try:
+                current, _revision = self.store.head(key)
+                if current is None:
+                    kv = self.store.create(key, value, self.ttl)
+                else:
+                    holder = self._holder(current)
+                    if holder != attrs.public_ip:
+                        raise LeaseLost("our lease %s now belongs to %s"
+                                        % (lease.subnet, holder or "an unreadable value"))
+                    kv = self.store.update(current, value, self.ttl if current.has_ttl else None)
+            except StoreError as err:
+                self._error(err)
+                raise
+            if kv is not None:
+                self.stats["lease_restores"] += 1
+                log.warning("%s; wrote it back to etcd with the same subnet", why)
+                return self._own(kv, attrs)
+        raise StoreError("our lease %s kept changing while it was being written back" % lease.subnet)
+
+    @staticmethod
+    def _holder(kv: KV) -> Optional[str]:
+        try:
+            check_value_size(kv.value)
+            return _decode_value(kv.value).public_ip
+        except LeaseFormatError:
+            return None
 
     def release(self) -> None:
         """Delete our lease (not done on a normal stop: a restart reuses it)."""
@@ -477,8 +534,10 @@ class LeaseManager:
         return self.lease.key_name if self.lease is not None else None
 
     def snapshot(self) -> LeaseEvent:
-        """List every lease, replace :attr:`known`, and describe the difference.
+        """List every lease, judge them all again, and describe the difference to the datapath.
 
+        Our own lease missing from the list (etcd wiped or restored, or the key deleted behind our
+        back) is written back with the same subnet; held by another node, it is lost (LeaseLost).
         On etcd v3, right after :meth:`acquire` the list made for acquiring serves as the first
         snapshot (the watch then replays everything after its revision, our own create included), so
         a node that starts lists once, not twice — this halves etcd's load when a cluster starts."""
@@ -491,42 +550,85 @@ class LeaseManager:
         if own is not None and self.lease is not None and primed is None:
             mine = [lease for lease in leases if lease.key_name == own]
             if not mine:
-                raise LeaseLost("our lease %s is gone from etcd (deleted or expired)" % self.lease.subnet)
-            if mine[0].attrs.public_ip != self.lease.attrs.public_ip:
+                self.restore("our lease %s was missing from etcd" % self.lease.subnet)
+                leases, revision = self.list_leases()
+            elif mine[0].attrs.public_ip != self.lease.attrs.public_ip:
                 raise LeaseLost("our lease %s now belongs to %s" % (self.lease.subnet, mine[0].attrs.public_ip))
-        others = {lease.key_name: lease for lease in leases if lease.key_name != own}
-        added = [lease for name, lease in others.items()
-                 if name not in self.known or self.known[name].attrs != lease.attrs]
-        removed = [lease for name, lease in self.known.items() if name not in others]
-        self.known = others
-        return LeaseEvent("snapshot", leases=list(others.values()), added=added, removed=removed, revision=revision)
+        others = [lease for lease in leases if lease.key_name != own]
+        change = self.book.replace_all(others, self._unparsed)
+        self._log_rejected(change)
+        return LeaseEvent("snapshot", leases=self.book.usable(), added=change.added, removed=change.removed,
+                          revision=revision)
+
+    def _log_rejected(self, change: Change) -> None:
+        for name, why in change.rejected:
+            self.stats["leases_rejected"] += 1
+            log.warning("ignoring the lease %s%s in etcd: %s", self.subnets_dir, name, why)
+
+    def _events(self, change: Change, revision: int) -> List[LeaseEvent]:
+        self._log_rejected(change)
+        out = [LeaseEvent("removed", lease=lease, revision=revision) for lease in change.removed]
+        out.extend(LeaseEvent("added", lease=lease, revision=revision) for lease in change.added)
+        return out
+
+    def _probe(self, revision: int) -> bool:
+        """One cheap read of our own key: False (list again) when etcd lost it or went back in time."""
+        if self.lease is None:
+            return True
+        try:
+            kv, current = self.store.head(self.subnets_dir + self.lease.key_name)
+        except StoreError as err:
+            self._error(err)
+            raise
+        if 0 < current < revision:
+            self.stats["etcd_state_losses"] += 1
+            log.warning("etcd is at revision %d, behind revision %d already seen: its data was wiped or "
+                        "restored; listing the leases again", current, revision)
+            return False
+        if kv is None:
+            self.stats["etcd_state_losses"] += 1
+            log.warning("our lease %s is missing from etcd; listing the leases again", self.lease.subnet)
+            return False
+        return True
 
     def watch(self, stop: Optional[threading.Event] = None) -> Iterator[LeaseEvent]:
-        """Yield a snapshot, then added/removed events for every other node's lease, forever.
+        """Yield a snapshot, then added/removed events for every other node's usable lease, forever.
 
         Lists, then watches from the list's revision; when etcd's history no longer holds that
-        revision (v2 index cleared, v3 compaction) lists again and yields a new snapshot.  Raises
-        LeaseLost when our own lease is deleted, expires or is overwritten by another node, and
-        returns when ``stop`` is set.  etcd outages are waited out with a bounded back-off."""
-        backoff = Backoff()
+        revision (v2 index cleared, v3 compaction) lists again and yields a new snapshot.  A watch
+        that stays idle, and the first request after an outage, read our own key: when etcd lost
+        it or went back in time (data wiped or restored), the lease is written back and the leases
+        listed again.  Raises LeaseLost when another node took our subnet, and returns when
+        ``stop`` is set.  etcd outages are waited out with a bounded back-off."""
+        backoff = Backoff(high=WATCH_BACKOFF)
         throttle = _Throttle()
         revision = None
+        probe_at = 0.0  # monotonic time of the next probe of our own key; 0: now
         while stop is None or not stop.is_set():
             try:
+                if revision is not None and time.monotonic() >= probe_at:
+                    probe_at = time.monotonic() + self.watch_idle
+                    if not self._probe(revision):
+                        revision = None
                 if revision is None:
                     event = self.snapshot()
                     revision = event.revision
+                    probe_at = time.monotonic() + self.watch_idle
                     yield event
                     backoff.reset()
                 for batch in self.store.watch(self.subnets_dir, revision, idle=self.watch_idle):
                     if stop is not None and stop.is_set():
                         return
+                    if not batch and time.monotonic() >= probe_at:
+                        break  # idle: probe our own key, then watch on
                     for ev in batch:
                         revision = max(revision, ev.revision)
-                        out = self._apply(ev)
-                        if out is not None:
-                            yield out
+                        yield from self._apply(ev)
                     backoff.reset()
+            except StateLost as err:
+                self.stats["etcd_state_losses"] += 1
+                log.warning("%s; listing the leases again", err)
+                revision = None
             except WatchExpired as err:
                 self.stats["watch_relists"] += 1
                 log.info("%s; listing the leases again", err)
@@ -534,6 +636,7 @@ class LeaseManager:
             except (Unreachable, StoreError) as err:
                 self._error(err)
                 delay = backoff.next()
+                probe_at = 0.0
                 throttle(logging.ERROR, "watching leases failed: %s (retrying in up to %.0f s)" % (err, backoff.high))
                 if stop is not None:
                     if stop.wait(delay):
@@ -541,45 +644,43 @@ class LeaseManager:
                 else:
                     time.sleep(delay)
 
-    def _apply(self, ev: etcdstore.Event) -> Optional[LeaseEvent]:
+    def _apply(self, ev: etcdstore.Event) -> List[LeaseEvent]:
         name = ev.key.rsplit("/", 1)[-1]
         if len(ev.key) != len(self.subnets_dir) + len(name) or not ev.key.startswith(self.subnets_dir):
-            return None
-        try:
-            subnet, subnet6 = _parse_key(name)
-        except LeaseFormatError:
-            return None
+            return []
         own = self._own_key()
         if name == own and self.lease is not None:
             if ev.kind == "delete":
-                raise LeaseLost("our lease %s was deleted or expired in etcd (%s)" % (self.lease.subnet, ev.key))
+                self.restore("our lease %s was deleted or expired in etcd (%s)" % (self.lease.subnet, ev.key))
+                return []
             try:
+                check_value_size(ev.value)
                 attrs = _decode_value(ev.value)
             except LeaseFormatError:
-                return None
-            if attrs.public_ip != self.lease.attrs.public_ip:
-                raise LeaseLost("our lease %s was taken over by %s" % (self.lease.subnet, attrs.public_ip))
+                attrs = None
+            if attrs is None or attrs.public_ip != self.lease.attrs.public_ip:
+                raise LeaseLost("our lease %s was overwritten by %s" % (
+                    self.lease.subnet, attrs.public_ip if attrs is not None else "an unreadable value"))
             if self._kv is not None:
                 self._kv.revision = ev.revision
-            return None
+            return []
         if ev.kind == "delete":
-            old = self.known.pop(name, None)
-            if old is None:
-                return None
-            return LeaseEvent("removed", lease=old, revision=ev.revision)
+            self._unparsed.pop(name, None)
+            return self._events(self.book.remove(name), ev.revision)
         try:
+            subnet, subnet6 = _parse_key(name)
+            check_value_size(ev.value)
             attrs = _decode_value(ev.value)
         except LeaseFormatError as err:
-            log.debug("ignoring %s: %s", ev.key, err)
-            return None
-        old = self.known.get(name)
+            self._unparsed[name] = str(err)
+            return self._events(self.book.reject_unparsed(name, str(err)), ev.revision)
+        old = self.book.leases.get(name)
         if old is not None and (old.raw == ev.value or old.attrs == attrs):
             old.reservation = not ev.has_ttl
-            return None  # a renewal: nothing changed for the datapath
+            return []  # a renewal: nothing changed for the datapath
         lease = Lease(subnet, attrs, reservation=not ev.has_ttl, revision=ev.revision, ipv6_subnet=subnet6,
-                      raw=ev.value)
-        self.known[name] = lease
-        return LeaseEvent("added", lease=lease, revision=ev.revision)
+                      raw=ev.value, created=ev.created or (old.created if old is not None else ev.revision))
+        return self._events(self.book.put(lease), ev.revision)
 
 
 class _Taken:

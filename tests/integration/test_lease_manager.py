@@ -201,20 +201,47 @@ def test_watch_reports_others_never_our_own(store, etcd_server, etcd_api, etcd_p
         watch.close()
 
 
-def test_own_lease_deleted_raises_lease_lost(store, etcd_server, etcd_api, etcd_prefix):
+def test_own_lease_deleted_behind_our_back_is_written_back(store, etcd_server, etcd_api, etcd_prefix):
     store.put(etcd_prefix + "/config", BIG)
     mgr = new_manager(etcd_server, etcd_api, etcd_prefix, ttl=30)
     own = mgr.acquire(attrs("127.0.0.22"))
+    key = mgr.key_of(own.subnet)
     watch = Collector(mgr)
     try:
         watch.wait_for(lambda e: e.kind == "snapshot")
-        store.delete(mgr.key_of(own.subnet))
+        store.delete(key)
+        deadline = time.monotonic() + 10
+        while store.get(key) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        back = store.get(key)
+        assert back is not None, "the lease was not written back"
+        assert '"PublicIP":"127.0.0.22"' in back.value
+        assert back.has_ttl
+        assert watch.error is None
+        assert mgr.stats["lease_restores"] == 1
+        # renewing a lease that vanished writes it back too (same subnet, fresh TTL)
+        store.delete(key)
+        assert mgr.renew().subnet == own.subnet
+        assert store.get(key) is not None
+    finally:
+        watch.close()
+
+
+def test_own_subnet_taken_by_another_node_raises_lease_lost(store, etcd_server, etcd_api, etcd_prefix):
+    store.put(etcd_prefix + "/config", BIG)
+    mgr = new_manager(etcd_server, etcd_api, etcd_prefix, ttl=30)
+    own = mgr.acquire(attrs("127.0.0.23"))
+    watch = Collector(mgr)
+    try:
+        watch.wait_for(lambda e: e.kind == "snapshot")
+        store.put(mgr.key_of(own.subnet), encode_lease(attrs("127.0.0.99"), etcd_api))
         deadline = time.monotonic() + 10
         while watch.error is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert isinstance(watch.error, LeaseLost)
+        assert "127.0.0.99" in str(watch.error)
         with pytest.raises(LeaseLost):
-            mgr.renew()
+            mgr.restore("test")
     finally:
         watch.close()
 
