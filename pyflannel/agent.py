@@ -327,6 +327,14 @@ class Agent:
              self.stats["lease_events"]),
             ("flannel_iptables_repairs_total", "counter", "times missing iptables rules were restored",
              self.stats["iptables_repairs"]),
+            ("flannel_leases_rejected", "gauge", "leases in etcd the validator refuses now (each logged once)",
+             float(len(mgr.book.rejected)) if mgr is not None else 0.0),
+            ("flannel_leases_rejected_total", "counter", "lease verdicts of refusal (new or changed reasons)",
+             stats.get("leases_rejected", 0)),
+            ("flannel_lease_restores_total", "counter", "times our lease was written back after etcd lost it",
+             stats.get("lease_restores", 0)),
+            ("flannel_etcd_state_losses_total", "counter", "times etcd was found wiped or restored (revision "
+             "went back, our lease missing)", stats.get("etcd_state_losses", 0)),
         ]
         if self.backend is not None:
             try:

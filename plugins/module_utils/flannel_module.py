@@ -146,7 +146,7 @@ def read_leases(module, store, with_ttl: bool = False):
             continue
         lease = Lease(subnet, attrs, expiration=kv.expiration if kv.has_ttl else None,
                       reservation=not kv.has_ttl, revision=kv.revision, lease_id=kv.lease_id,
-                      ipv6_subnet=subnet6, raw=kv.value)
+                      ipv6_subnet=subnet6, raw=kv.value, created=kv.created)
         if with_ttl:
             fill_expiration(module, store, kv, lease)
         leases.append((kv, lease))

@@ -315,8 +315,9 @@ class LeaseBook:
 
     def reject_unparsed(self, name, reason):
         """A key or value that does not parse; returns a Change (the lease it replaces goes)."""
+        old_reason = self.rejected.get(name)
         change = self._drop(name)
-        if self.rejected.get(name) != reason:
+        if old_reason != reason:
             change.rejected.append((name, reason))
         self.rejected[name] = reason
         return change

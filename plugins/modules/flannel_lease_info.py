@@ -103,7 +103,13 @@ leases:
       type: str
       sample: '{"PublicIP":"192.0.2.1","BackendType":"host-gw"}'
 skipped:
-  description: Keys under the subnets directory that are not valid leases, with the reason.
+  description:
+    - Keys under the subnets directory that agents do not use, with the reason, judged by the same validator
+      as the agent's.
+    - A key or value that does not parse, a value over 64 KiB, a subnet outside C(Network) or not of the
+      configured C(SubnetLen), a PublicIP that is not unicast, a vxlan C(VtepMAC) that is not a unicast MAC,
+      and the younger of two leases that overlap or share a C(VtepMAC) (the older one, by etcd create
+      revision, stays in RV(leases)).
   returned: always
   type: list
   elements: dict
@@ -140,6 +146,7 @@ from ansible_collections.netfabric.flannel.plugins.module_utils.flannel_module i
     read_config,
     read_leases,
 )
+from ansible_collections.netfabric.flannel.plugins.module_utils.leases import judge_leases, subnets_dir
 
 
 def main() -> None:
@@ -168,6 +175,11 @@ def main() -> None:
     store = connect_store(module)
     _kv, config, config_error = read_config(module, store)
     leases, skipped = read_leases(module, store)
+    if config is not None:
+        _usable, refused = judge_leases([lease for _kv, lease in leases], config.network, config.subnet_len)
+        leases = [(kv, lease) for kv, lease in leases if lease.key_name not in refused]
+        base = subnets_dir(module.params["prefix"])
+        skipped.extend({"key": base + name, "reason": why} for name, why in sorted(refused.items()))
     now = time.time()
     out = []
     for kv, lease in leases:

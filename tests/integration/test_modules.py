@@ -188,6 +188,11 @@ def test_leases_reserve_release_info(play, store, etcd_prefix, etcd_api):
     assert store.create(key8, value8, ttl=600) is not None
     junk_key = etcd_prefix + "/subnets/10.5.9.300-24"
     store.put(junk_key, '{"PublicIP":"192.0.2.9"}')
+    # judged by the agent's validator: outside Network, and a younger lease reusing 10.5.7.0's VtepMAC
+    outside_key = etcd_prefix + "/subnets/10.6.1.0-24"
+    store.put(outside_key, encode_lease(LeaseAttrs("192.0.2.11", "host-gw"), etcd_api))
+    twin_key = subnet_key(etcd_prefix, ipaddress.IPv4Network("10.5.10.0/24"))
+    store.put(twin_key, encode_lease(LeaseAttrs("192.0.2.10", "vxlan", {"VtepMAC": "7a:fd:a9:52:84:87"}), etcd_api))
     started = time.time()
 
     # The refusals and the filters are decided on the listing, whichever API produced it: run them on v3.
@@ -231,7 +236,10 @@ def test_leases_reserve_release_info(play, store, etcd_prefix, etcd_api):
     assert first["key"] == key7 and first["value"] == value7
     assert 0 < first["ttl"] <= 600
     assert started + 500 < first["expiration"] <= time.time() + 601
-    assert [s["key"] for s in r["info_all"]["skipped"]] == [junk_key]
+    skipped = {s["key"]: s["reason"] for s in r["info_all"]["skipped"]}
+    assert sorted(skipped) == sorted([junk_key, outside_key, twin_key])
+    assert "outside the network 10.5.0.0/16" in skipped[outside_key]
+    assert "shares its VtepMAC 7a:fd:a9:52:84:87 with the older lease 10.5.7.0/24" in skipped[twin_key]
     assert r["info_all"]["config"]["Network"] == "10.5.0.0/16"
     if logic:
         assert [item["subnet"] for item in r["info_ip"]["leases"]] == ["10.5.8.0/24"]
