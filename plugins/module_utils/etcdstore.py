@@ -397,6 +397,7 @@ class V3Store(EtcdStore):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self._cluster_id = None  # from the watch's first answer: a change means another cluster
         try:
             import etcd3gw
             import etcd3gw.exceptions
@@ -636,7 +637,13 @@ class V3Store(EtcdStore):
                         raise StoreError("etcd watch failed: %s" % json.dumps(msg["error"])[:200])
                     result = msg.get("result", {})
                     if result.get("created"):
-                        current = int(result.get("header", {}).get("revision", 0) or 0)
+                        header = result.get("header", {})
+                        current = int(header.get("revision", 0) or 0)
+                        cluster = header.get("cluster_id")
+                        known, self._cluster_id = self._cluster_id, cluster or self._cluster_id
+                        if known and cluster and cluster != known:
+                            raise StateLost("etcd's cluster id changed from %s to %s: it was replaced or "
+                                            "restored" % (known, cluster))
                         if 0 < current < revision:
                             raise StateLost("etcd is at revision %d, behind revision %d already seen: its data was "
                                             "wiped or restored" % (current, revision))
