@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from pyflannel import etcdstore
+from pyflannel.leases import LeaseAttrs, encode_lease
 from pyflannel.subnet import read_subnet_file
 from tests.etcdserver import EtcdServer, free_port
 
@@ -187,7 +188,7 @@ def test_restart_reuses_lease_healthz_and_failover(agents, store, etcd_server, e
     assert node.stop() == 0
 
 
-def test_lease_deleted_exits_non_zero_and_peers_see_it(agents, store, etcd_server, etcd_api, etcd_prefix):
+def test_lease_deleted_is_written_back_taken_exits_non_zero(agents, store, etcd_server, etcd_api, etcd_prefix):
     store.put(etcd_prefix + "/config", BIG)
     a = agents("a", etcd_server.url, etcd_api, etcd_prefix, "127.0.0.121")
     b = agents("b", etcd_server.url, etcd_api, etcd_prefix, "127.0.0.122")
@@ -195,10 +196,18 @@ def test_lease_deleted_exits_non_zero_and_peers_see_it(agents, store, etcd_serve
     a.wait_log("%s of 127.0.0.122" % sb)  # "lease added: ..." or, if b was first, "... is present"
     b.wait_log("%s of 127.0.0.121" % sa)
     assert "%s of 127.0.0.121" % sa not in a.log().split("running with lease", 1)[1]  # never our own
-    store.delete(etcd_prefix + "/subnets/%s-%d" % (sb.network_address, sb.prefixlen))
-    assert b.wait_exit(15) == 1  # Go exits 0 here; Restart=on-failure needs non-zero
-    assert "deleted or expired" in b.log()
-    a.wait_log("lease removed: %s of 127.0.0.122" % sb)
+    key_b = etcd_prefix + "/subnets/%s-%d" % (sb.network_address, sb.prefixlen)
+    # deleted behind b's back: b writes it back with the same subnet and keeps running
+    store.delete(key_b)
+    b.wait_log("wrote it back to etcd with the same subnet")
+    kv = store.get(key_b)
+    assert kv is not None and '"PublicIP":"127.0.0.122"' in kv.value
+    assert b.proc.poll() is None
+    # taken over by another node: b's lease is lost, exit 1 (Go exits 0; Restart=on-failure needs non-zero)
+    store.put(key_b, encode_lease(LeaseAttrs("127.0.0.99", ""), etcd_api))
+    assert b.wait_exit(15) == 1
+    assert "was overwritten by 127.0.0.99" in b.log()
+    a.wait_log("lease added: %s of 127.0.0.99" % sb)
     assert a.proc.poll() is None
     assert a.stop() == 0
 
