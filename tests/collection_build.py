@@ -2,7 +2,8 @@
 
 1. `ansible-galaxy collection build` into build/dist/ (galaxy.yml build_ignore keeps .venv, caches ... out);
 2. the tarball must not carry development leftovers, and must carry the modules, roles and pyflannel;
-3. `ansible-galaxy collection install` of the tarball into a fresh directory (offline: no dependencies);
+3. `ansible-galaxy collection install --no-deps` of the tarball into a fresh directory (offline: Galaxy is not
+   asked for community.crypto);
 4. from that installed copy only, flannel_network writes a config and flannel_lease_info reads it back,
    against a real etcd (tests/etcdserver.py) on loopback; etcd's content is checked directly.
 
@@ -85,7 +86,9 @@ def check_contents(tarball: Path) -> None:
 
 def install(tarball: Path, dest: Path, env: dict) -> Path:
     # --force: a netfabric.flannel elsewhere on the collections path must not make this a no-op
-    run([VENV_BIN / "ansible-galaxy", "collection", "install", "--offline", "--force", "-p", dest, tarball], env=env)
+    # --no-deps: galaxy.yml's community.crypto would send the resolver to Galaxy (unreachable offline)
+    run([VENV_BIN / "ansible-galaxy", "collection", "install", "--offline", "--no-deps", "--force", "-p", dest,
+         tarball], env=env)
     root = dest / "ansible_collections" / "netfabric" / "flannel"
     manifest = json.loads((root / "MANIFEST.json").read_text())
     version = manifest["collection_info"]["version"]
