@@ -47,8 +47,10 @@ collections-link: ## build/collections-link/: the checkout as collection netfabr
 	@mkdir -p $(dir $(COLLECTIONS_LINK))
 	@ln -sfn $(CURDIR) $(COLLECTIONS_LINK)
 
-ansible-lint: venv collections-link ## ansible-lint, production profile, over the roles and playbooks
-	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/collections-link $(VENV)/bin/ansible-lint --profile production roles playbooks site.yml tests/argspec molecule
+# No path list: from the repository root ansible-lint lints the whole collection, galaxy.yml and changelogs/ included
+# (galaxy[no-changelog], galaxy[no-repository], ... only fire then). .ansible-lint holds the excludes.
+ansible-lint: venv collections-link ## ansible-lint, production profile, over the whole collection (galaxy.yml included)
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/collections-link $(VENV)/bin/ansible-lint --profile production
 
 syntax-check: venv collections-link ## ansible-playbook --syntax-check of site.yml, playbooks/site.yml, netfabric.flannel.site
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/collections-link $(VENV)/bin/ansible-playbook --syntax-check -i inventory/example.yml site.yml
