@@ -1,6 +1,7 @@
 """``mk-docker-opts``: turn the flannel subnet file into docker daemon options.
 
-Same flags and byte-identical output as Go flanneld's mk-docker-opts.sh::
+Same flags and byte-identical output as Go flanneld's mk-docker-opts.sh, partial subnet files included
+(an option whose FLANNEL_* variable is missing is left out, and the exit status is still 0)::
 
     DOCKER_OPT_BIP="--bip=10.1.74.1/24"
     DOCKER_OPT_IPMASQ="--ip-masq=true"
@@ -39,16 +40,17 @@ def render(env: Dict[str, str], individual: bool = True, combined: bool = True, 
     """The docker env file's text for the variables of a flannel subnet file."""
     if not individual and not combined:
         individual = combined = True
+    # Like mk-docker-opts.sh on a partial file: each option only when its FLANNEL_* variable is set
+    # (no FLANNEL_SUBNET: no --bip; no FLANNEL_IPMASQ: no --ip-masq), and what there is gets written.
+    opts: Dict[str, str] = {}
     subnet = env.get("FLANNEL_SUBNET", "")
-    if not subnet:
-        raise OptsError("FLANNEL_SUBNET is not set in the flannel env file; start flanneld first (it writes "
-                        "/run/flannel/subnet.env) or point -f at its subnet file")
-    opts = {"DOCKER_OPT_BIP": "--bip=" + subnet}
-    if ipmasq_opt:
-        flannel_masq = env.get("FLANNEL_IPMASQ", "")
+    if subnet:
+        opts["DOCKER_OPT_BIP"] = "--bip=" + subnet
+    flannel_masq = env.get("FLANNEL_IPMASQ", "")
+    if ipmasq_opt and flannel_masq:
         if flannel_masq == "true":
             docker_masq = "false"  # flannel masquerades already
-        elif flannel_masq in ("false", ""):
+        elif flannel_masq == "false":
             docker_masq = "true"
         else:
             raise OptsError("Invalid value of FLANNEL_IPMASQ: %s (must be true or false)" % flannel_masq)

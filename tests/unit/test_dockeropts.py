@@ -62,6 +62,29 @@ def test_flannel_masquerades_so_docker_does_not(files):
     assert b'DOCKER_OPT_IPMASQ="--ip-masq=false"\n' in run(files)
 
 
+def test_without_flannel_ipmasq_the_option_is_left_out(files):
+    # mk-docker-opts.sh sets DOCKER_OPT_IPMASQ only when FLANNEL_IPMASQ is set
+    src, _dst = files
+    src.write_bytes(ENV.replace(b"FLANNEL_IPMASQ=false\n", b""))
+    assert run(files) == (b'DOCKER_OPT_BIP="--bip=10.1.74.1/24"\nDOCKER_OPT_MTU="--mtu=1472"\n'
+                          b'DOCKER_OPTS=" --bip=10.1.74.1/24 --mtu=1472"\n')
+
+
+def test_without_flannel_subnet_exit_0_with_what_there_is(files):
+    # mk-docker-opts.sh leaves --bip out and still exits 0
+    src, _dst = files
+    src.write_bytes(ENV.replace(b"FLANNEL_SUBNET=10.1.74.1/24\n", b""))
+    assert run(files) == (b'DOCKER_OPT_IPMASQ="--ip-masq=true"\nDOCKER_OPT_MTU="--mtu=1472"\n'
+                          b'DOCKER_OPTS=" --ip-masq=true --mtu=1472"\n')
+
+
+def test_nothing_known_in_the_file_writes_an_empty_combined_option(files):
+    src, _dst = files
+    src.write_bytes(b"FLANNEL_NETWORK=10.1.0.0/16\n")
+    assert run(files) == b'DOCKER_OPTS=""\n'
+    assert run(files, "-i") == b""
+
+
 def test_missing_env_file_is_one_line(tmp_path, capsys):
     assert main(["-f", str(tmp_path / "nope"), "-d", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
