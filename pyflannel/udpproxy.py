@@ -8,12 +8,14 @@ STATS_FD SLOT SUBNET_LEN [vnet]`` with the descriptors passed down:
   (one dict lookup), decrement the TTL once (the tunnel is one hop), send it as the whole payload of
   a UDP datagram to ``PublicIP:port`` (Go flanneld's wire format).  No lease for the destination ->
   ICMP net-unreachable back into the TUN.
-* ``rx`` mode: receive a datagram; drop (and count) it unless its source address holds a lease;
-  write the payload into the TUN queue.
+* ``rx`` mode: receive a datagram; drop (and count) it unless its source address holds a lease and
+  the inner packet passes :func:`check_ingress` (IPv4 header, total length = datagram length, inner
+  source in the sender's subnet, inner destination in ours); write the payload into the TUN queue.
 * ``both``: the two loops as two threads of one process.
 
 The control descriptor carries newline-delimited JSON snapshots from the agent
-(``{"routes": {"<subnet int>": "<public ip>"}, "port": 8285}``); end of
+(``{"routes": {"<subnet int>": "<public ip>"}, "own": <subnet int>, "port": 8285}``, subnets as
+their address shifted right by ``32 - SUBNET_LEN``); end of
 file on it (the agent went away) ends the worker.  Counters are written every half second into the
 shared stats region (eight little-endian uint64 per slot, see ``STATS``).
 
@@ -41,10 +43,17 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
 
 STATS = ("packets_out", "bytes_out", "packets_in", "bytes_in", "drops_unknown_source", "drops_no_route",
-         "drops_ttl", "errors", "segmented_out", "merged_in")
+         "drops_ttl", "errors", "segmented_out", "merged_in", "rx_dropped_bad_header", "rx_dropped_bad_length",
+         "rx_dropped_foreign_source", "rx_dropped_foreign_destination")
+# check_ingress's answers: the STATS index of the drop reason (0 = the packet may enter the TUN)
+BAD_HEADER = STATS.index("rx_dropped_bad_header")
+BAD_LENGTH = STATS.index("rx_dropped_bad_length")
+FOREIGN_SOURCE = STATS.index("rx_dropped_foreign_source")
+FOREIGN_DESTINATION = STATS.index("rx_dropped_foreign_destination")
+UNKNOWN_SENDER = STATS.index("drops_unknown_source")
 SLOT_SIZE = 8 * len(STATS)
 MAX_VIEW = 2048  # pre-sliced memoryviews for packets up to this size
 BUF_SIZE = 65536
@@ -54,14 +63,43 @@ class State:
     def __init__(self, subnet_len: int) -> None:
         self.shift = 32 - subnet_len
         self.routes: Dict[int, Tuple[str, int]] = {}
-        self.allowed: Dict[str, bool] = {}
+        # PublicIP -> the subnets (shifted, as in ``routes``) that sender may use as inner sources
+        self.allowed: Dict[str, FrozenSet[int]] = {}
+        self.own = -1  # our subnet, shifted; -1 (no lease yet) matches no packet
         self.counters: List[int] = [0] * len(STATS)
 
     def load(self, snapshot: dict) -> None:
         port = int(snapshot.get("port", 8285))
         routes = {int(k): (ip, port) for k, ip in snapshot.get("routes", {}).items()}
-        self.allowed = {ip: True for ip in set(snapshot.get("routes", {}).values())}
+        by_ip: Dict[str, Set[int]] = {}
+        for key, (ip, _port) in routes.items():
+            by_ip.setdefault(ip, set()).add(key)
+        own = snapshot.get("own")
+        self.own = -1 if own is None else int(own)
+        self.allowed = {ip: frozenset(keys) for ip, keys in by_ip.items()}
         self.routes = routes
+
+
+_ADDRS = struct.Struct("!II")
+
+
+def check_ingress(buf: Any, p: int, n: int, sources: FrozenSet[int], own: int, shift: int) -> int:
+    """Judge the inner packet ``buf[p:p + n]`` of a datagram from a peer whose subnets are ``sources``:
+    0 when it may be written to the TUN, else the STATS index of the drop reason (IPv4 with IHL >= 5
+    and IHL * 4 <= n; total length == n; source in ``sources``; destination in ``own``)."""
+    if n < 20:
+        return BAD_HEADER
+    b = buf[p]
+    if b >> 4 != 4 or b & 0x0F < 5 or (b & 0x0F) << 2 > n:
+        return BAD_HEADER
+    if (buf[p + 2] << 8) | buf[p + 3] != n:
+        return BAD_LENGTH
+    src, dst = _ADDRS.unpack_from(buf, p + 12)
+    if src >> shift not in sources:
+        return FOREIGN_SOURCE
+    if dst >> shift != own:
+        return FOREIGN_DESTINATION
+    return 0
 
 
 def checksum(data: bytes) -> int:
@@ -150,17 +188,21 @@ def rx_loop(state: State, tunfd: int, sock: socket.socket) -> None:
     views = [mv[:i] for i in range(MAX_VIEW + 1)]
     recvfrom_into = sock.recvfrom_into
     write = os.write
+    check = check_ingress
     c = state.counters
+    shift = state.shift
     while True:
         try:
             n, addr = recvfrom_into(buf)
         except InterruptedError:
             continue
-        if addr[0] not in state.allowed:
-            c[4] += 1
+        sources = state.allowed.get(addr[0])
+        if sources is None:
+            c[UNKNOWN_SENDER] += 1
             continue
-        if n < 20 or buf[0] >> 4 != 4:
-            c[7] += 1
+        bad = check(buf, 0, n, sources, state.own, shift)
+        if bad:
+            c[bad] += 1
             continue
         try:
             write(tunfd, views[n] if n <= MAX_VIEW else mv[:n])
@@ -505,7 +547,9 @@ def rx_loop_vnet(state: State, tunfd: int, sock: socket.socket) -> None:
     write = os.write
     writev = os.writev
     anc_size = socket.CMSG_SPACE(4)
+    check = check_ingress
     c = state.counters
+    shift = state.shift
     p = VNET_LEN
     while True:
         try:
@@ -517,12 +561,15 @@ def rx_loop_vnet(state: State, tunfd: int, sock: socket.socket) -> None:
             if level == SOL_UDP and kind == UDP_GRO:
                 gso = int.from_bytes(value[:4], sys.byteorder)
         segs = -(-n // gso) if gso and n > gso else 1
-        if addr[0] not in state.allowed:
-            c[4] += segs
+        sources = state.allowed.get(addr[0])
+        if sources is None:
+            c[UNKNOWN_SENDER] += segs
             continue
+        own = state.own
         if segs == 1:
-            if n < 20 or buf[p] >> 4 != 4:
-                c[7] += 1
+            bad = check(buf, p, n, sources, own, shift)
+            if bad:
+                c[bad] += 1
                 continue
             buf[0:VNET_LEN] = ZERO_VNET
             try:
@@ -536,17 +583,21 @@ def rx_loop_vnet(state: State, tunfd: int, sock: socket.socket) -> None:
         end = p + n
         off = p
         while off < end:
+            # The packet at ``off`` is checked here; merge_tcp_run only adds the ones after it that
+            # have IHL 5, a total length equal to their datagram and the same addresses as this one.
+            size = end - off if end - off < gso else gso
+            bad = check(buf, off, size, sources, own, shift)
+            if bad:
+                c[bad] += 1
+                off += size
+                continue
             o, stop, count = merge_tcp_run(buf, off, end, gso, out)
             try:
                 if o:
                     write(tunfd, omv[:o])
                     c[9] += 1
-                elif buf[off] >> 4 == 4:
-                    writev(tunfd, [ZERO_VNET, mv[off:stop]])
                 else:
-                    c[7] += 1
-                    off = stop
-                    continue
+                    writev(tunfd, [ZERO_VNET, mv[off:stop]])
             except OSError:
                 c[7] += count
             else:

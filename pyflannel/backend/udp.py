@@ -9,7 +9,9 @@
   sharing that queue's socket.  ``PYFLANNEL_UDP_QUEUES`` (default 1) sets the number of queues,
   ``PYFLANNEL_UDP_MODE=both`` runs both directions as threads of one process per queue.
 * Datagrams from an address that holds no lease are dropped and counted
-  (``udp_drops_unknown_source_total``).
+  (``udp_drops_unknown_source_total``, also exported as ``udp_rx_dropped_unknown_sender_total``); so
+  are datagrams whose inner packet is malformed or not from the sender's subnet to ours
+  (``udp_rx_dropped_{bad_header,bad_length,foreign_source,foreign_destination}_total``).
 """
 
 from __future__ import annotations
@@ -193,7 +195,10 @@ class UdpBackend(Backend):
     def _snapshot(self) -> bytes:
         shift = 32 - self.config.subnet_len
         routes = {str(int(s.network_address) >> shift): ip for s, ip in self._routes.items()}
-        return (json.dumps({"routes": routes, "port": self.port}) + "\n").encode()
+        snap: Dict[str, Any] = {"routes": routes, "port": self.port}
+        if self.lease is not None:
+            snap["own"] = int(self.lease.subnet.network_address) >> shift
+        return (json.dumps(snap) + "\n").encode()
 
     def _spawn(self, mode: str, queue: int, slot: int) -> Dict[str, Any]:
         rfd, wfd = os.pipe()
@@ -357,6 +362,7 @@ class UdpBackend(Backend):
 
     def metrics(self) -> Dict[str, float]:
         out = {"udp_%s_total" % k: float(v) for k, v in self.counters().items()}
+        out["udp_rx_dropped_unknown_sender_total"] = out["udp_drops_unknown_source_total"]
         out["datapath_remote_leases"] = float(len(self._routes))
         out["udp_worker_restarts_total"] = float(self.restarts)
         return out

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import threading
+import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -209,3 +211,126 @@ def test_state_load_builds_the_lookup_table() -> None:
     key = struct.unpack("!I", socket.inet_aton(DST))[0] >> state.shift
     assert state.routes[key] == ("192.0.2.2", 8285)
     assert "192.0.2.2" in state.allowed and "192.0.2.3" not in state.allowed
+
+
+# -- ingress checks ---------------------------------------------------------------------------------
+PEER_IP, OTHER_PEER_IP = "192.0.2.1", "192.0.2.3"
+
+
+def _key(address: str) -> int:
+    return int.from_bytes(socket.inet_aton(address), "big") >> 8
+
+
+def _ingress_state() -> State:
+    """We hold 10.100.2.0/24; 192.0.2.1 holds 10.100.1.0/24, 192.0.2.3 holds 10.100.3.0/24."""
+    state = State(24)
+    state.load({"routes": {str(_key("10.100.1.0")): PEER_IP, str(_key("10.100.3.0")): OTHER_PEER_IP},
+                "own": _key("10.100.2.0"), "port": 8285})
+    return state
+
+
+def _verdict(packet: bytes, sender: str = PEER_IP, at: int = 0) -> int:
+    state = _ingress_state()
+    buf = bytearray(at) + packet
+    return udpproxy.check_ingress(buf, at, len(packet), state.allowed[sender], state.own, state.shift)
+
+
+def test_ingress_accepts_a_packet_from_the_senders_subnet_to_ours() -> None:
+    packet = tcp_packet(b"x" * 100, 1)
+    assert _verdict(packet) == 0
+    assert _verdict(packet, at=VNET_LEN) == 0  # behind a virtio-net header, as rx_loop_vnet sees it
+
+
+def test_ingress_drops_bad_header() -> None:
+    good = tcp_packet(b"x" * 40, 1)
+    for first in (0x65, 0x44, 0x40, 0x4F):  # IPv6 version, IHL 4, IHL 0, IHL 15 (60 bytes > packet)
+        assert _verdict(bytes([first]) + good[1:21]) == udpproxy.BAD_HEADER, hex(first)
+    assert _verdict(good[:19]) == udpproxy.BAD_HEADER  # truncated inside the header
+    assert _verdict(b"") == udpproxy.BAD_HEADER
+
+
+def test_ingress_drops_bad_length() -> None:
+    good = tcp_packet(b"x" * 40, 1)
+    assert _verdict(good[:-1]) == udpproxy.BAD_LENGTH  # truncated: total length says more
+    assert _verdict(good + b"\0") == udpproxy.BAD_LENGTH  # trailing bytes after the packet
+    longer = bytearray(good)
+    struct.pack_into("!H", longer, 2, len(good) + 100)
+    assert _verdict(bytes(longer)) == udpproxy.BAD_LENGTH
+
+
+def test_ingress_drops_foreign_source() -> None:
+    packet = tcp_packet(b"x" * 40, 1)  # source 10.100.1.5: 192.0.2.1's subnet, not 192.0.2.3's
+    assert _verdict(packet, sender=OTHER_PEER_IP) == udpproxy.FOREIGN_SOURCE
+    spoofed = bytearray(packet)
+    spoofed[12:16] = socket.inet_aton("10.100.9.9")  # nobody's subnet
+    assert _verdict(bytes(spoofed)) == udpproxy.FOREIGN_SOURCE
+
+
+def test_ingress_drops_foreign_destination() -> None:
+    packet = bytearray(tcp_packet(b"x" * 40, 1))
+    packet[16:20] = socket.inet_aton("10.100.3.7")  # the other peer's subnet: we are no transit
+    assert _verdict(bytes(packet)) == udpproxy.FOREIGN_DESTINATION
+    packet[16:20] = socket.inet_aton("172.30.1.2")  # outside the network
+    assert _verdict(bytes(packet)) == udpproxy.FOREIGN_DESTINATION
+
+
+def test_ingress_unknown_sender_and_no_own_lease() -> None:
+    state = _ingress_state()
+    assert state.allowed.get("192.0.2.99") is None  # the rx loops count it as UNKNOWN_SENDER
+    assert udpproxy.STATS[udpproxy.UNKNOWN_SENDER] == "drops_unknown_source"
+    bare = State(24)
+    bare.load({"routes": {str(_key("10.100.1.0")): PEER_IP}})
+    packet = tcp_packet(b"x", 1)
+    assert udpproxy.check_ingress(packet, 0, len(packet), bare.allowed[PEER_IP], bare.own,
+                                  bare.shift) == udpproxy.FOREIGN_DESTINATION
+
+
+def test_state_load_builds_the_reverse_map() -> None:
+    state = State(24)
+    state.load({"routes": {str(_key("10.100.1.0")): PEER_IP, str(_key("10.100.4.0")): PEER_IP,
+                           str(_key("10.100.3.0")): OTHER_PEER_IP}, "own": _key("10.100.2.0")})
+    assert state.allowed == {PEER_IP: frozenset({_key("10.100.1.0"), _key("10.100.4.0")}),
+                             OTHER_PEER_IP: frozenset({_key("10.100.3.0")})}
+    assert state.own == _key("10.100.2.0")
+
+
+def _rx_once(loop: str, datagrams: list) -> tuple:
+    """Run one rx loop over real sockets: send ``datagrams`` from 127.0.0.2 to 127.0.0.1, return (what
+    reached the fake TUN, the counters)."""
+    state = State(24)
+    state.load({"routes": {str(_key("10.100.1.0")): "127.0.0.2"}, "own": _key("10.100.2.0")})
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.bind(("127.0.0.2", 0))
+    tun_r, tun_w = os.pipe()
+    os.set_blocking(tun_r, False)
+    target = udpproxy.rx_loop if loop == "plain" else udpproxy.rx_loop_vnet
+    threading.Thread(target=target, args=(state, tun_w, rx), daemon=True).start()
+    for d in datagrams:
+        tx.sendto(d, rx.getsockname())
+    deadline = time.monotonic() + 5
+    while sum(state.counters[i] for i in (2, 4, 7, 10, 11, 12, 13)) < len(datagrams) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        got = os.read(tun_r, 1 << 20)
+    except BlockingIOError:
+        got = b""
+    tx.close()
+    return got, list(state.counters)
+
+
+def test_rx_loops_count_each_reason_and_pass_the_good() -> None:
+    good = tcp_packet(b"g" * 30, 1)
+    bad_ihl = bytes([0x44]) + good[1:]
+    short = good[:-3]
+    foreign_src = bytearray(good)
+    foreign_src[12:16] = socket.inet_aton("10.100.7.1")
+    foreign_dst = bytearray(good)
+    foreign_dst[16:20] = socket.inet_aton("10.100.7.1")
+    datagrams = [bad_ihl, short, bytes(foreign_src), bytes(foreign_dst), good]
+    for loop in ("plain", "vnet"):
+        got, c = _rx_once(loop, datagrams)
+        assert (c[udpproxy.BAD_HEADER], c[udpproxy.BAD_LENGTH], c[udpproxy.FOREIGN_SOURCE],
+                c[udpproxy.FOREIGN_DESTINATION], c[2]) == (1, 1, 1, 1, 1), (loop, c)
+        assert got.endswith(good) and len(got) == len(good) + (VNET_LEN if loop == "vnet" else 0)
