@@ -261,5 +261,16 @@ def delete_fdb(index: int, mac: str, dst: Optional[str] = None) -> None:
 
 def on_link(index: int, ip: str) -> bool:
     """Whether ``ip`` lies in a subnet directly connected on the link (a usable next hop)."""
+    return on_link_in(connected_networks(index), ip)
+
+
+def connected_networks(index: int) -> List[ipaddress.IPv4Network]:
+    """The subnets directly connected on the link (one address dump; /32 addresses excluded)."""
+    return [iface.network for iface in ipv4_addresses(index) if iface.network.prefixlen < 32]
+
+
+def on_link_in(networks: List[ipaddress.IPv4Network], ip: str) -> bool:
+    """``on_link`` against networks from :func:`connected_networks`: pure Python, no netlink call,
+    so a caller judging thousands of next hops needs one address dump, not one per hop."""
     addr = ipaddress.IPv4Address(ip)
-    return any(addr in iface.network and iface.network.prefixlen < 32 for iface in ipv4_addresses(index))
+    return any(addr in net for net in networks)
