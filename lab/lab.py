@@ -38,7 +38,7 @@ HOST_IMAGE = os.environ.get("LAB_IMAGE", "netfabric-flannel-lab") + ":latest"
 BUSYBOX_IMAGE = os.environ.get("LAB_BUSYBOX", "netfabric-flannel-busybox") + ":latest"
 WORKLOAD = "lab-bb"
 BACKENDS = ("vxlan", "host-gw", "udp")
-# Every capability but SYS_RESOURCE: --privileged fails on this kind of VM (see TESTBED_NOTES.md).
+# Every capability but SYS_RESOURCE: --privileged fails on some VMs (the capability bounding set lacks it).
 RUN_FLAGS = [
     "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
     "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
