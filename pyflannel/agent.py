@@ -8,6 +8,7 @@ does not disturb traffic), exit 0.  Our own lease lost: exit 1, so ``Restart=on-
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 import queue
@@ -23,11 +24,14 @@ from pyflannel.etcdstore import StoreError, Unreachable
 from pyflannel.health import HealthServer, Metric
 from pyflannel.iface import IfaceError, select
 from pyflannel.leases import Lease
+from pyflannel.netconfig import ConfigError, parse_config
 from pyflannel.subnet import Backoff, LeaseEvent, LeaseLost, LeaseManager, Stopped
 
 log = logging.getLogger("pyflannel.agent")
 
 TICK = 5.0  # seconds between backend.tick() calls
+# seconds between re-reads of <prefix>/config while running (PYFLANNEL_CONFIG_POLL: tests only)
+CONFIG_POLL = float(os.environ.get("PYFLANNEL_CONFIG_POLL") or 10.0)
 
 
 def sd_notify(state: str) -> bool:
@@ -61,6 +65,8 @@ class Agent:
         self.events: queue.Queue = queue.Queue()
         self.leases: Dict[str, Lease] = {}
         self.stats = {"lease_events": 0, "iptables_repairs": 0}
+        self.config: Any = None  # the network config the agent started with (and keeps)
+        self._config_note: Optional[str] = None  # the last runtime-config message logged
 
     # -- entry point ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -130,6 +136,10 @@ class Agent:
 
     def _run(self) -> int:
         opts = self.opts
+        try:  # before etcd, a lease, a device: a subnet file that cannot be written stops us here
+            subnetenv.check_writable(opts.subnet_file)
+        except OSError as err:
+            raise _Fatal(str(err)) from None
         self.store = self._connect()
         self.manager = mgr = LeaseManager(self.store, opts.etcd_prefix, subnet_file=opts.subnet_file,
                                           ttl=opts.subnet_lease_ttl,
@@ -161,6 +171,7 @@ class Agent:
         self._setup_iptables(config.network, lease.subnet)
         subnetenv.write(opts.subnet_file, config.network, lease.subnet, backend.mtu(), opts.ip_masq)
         log.info("wrote %s (subnet %s, MTU %d)", opts.subnet_file, lease.subnet, backend.mtu())
+        self.config = config
         self.ready = True
         if sd_notify("READY=1"):
             log.info("notified systemd: READY=1")
@@ -207,6 +218,7 @@ class Agent:
         threading.Thread(target=self._watch, name="watch", daemon=True).start()
         next_tick = time.monotonic() + TICK
         next_iptables = time.monotonic() + self.opts.iptables_resync
+        next_config = time.monotonic() + CONFIG_POLL
         while not self.stop.is_set():
             now = time.monotonic()
             wait = min(next_tick, next_iptables, now + 1.0) - now
@@ -228,9 +240,10 @@ class Agent:
                     self.lease = mgr.renew()
                 except LeaseLost as err:
                     return self._lost(err)
-                except StoreError as err:
-                    log.error("failed to renew lease %s: %s; retrying in %.0f s", self.lease.subnet if self.lease
-                              else "?", err, mgr.retry_interval())
+                except StoreError as err:  # during an outage the etcd facade has said it once already
+                    log.log(logging.DEBUG if isinstance(err, Unreachable) else logging.ERROR,
+                            "failed to renew lease %s: %s; retrying in %.0f s", self.lease.subnet if self.lease
+                            else "?", err, mgr.retry_interval())
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + TICK
@@ -241,6 +254,9 @@ class Agent:
             if now >= next_iptables:
                 next_iptables = now + self.opts.iptables_resync
                 self._check_iptables()
+            if now >= next_config:
+                next_config = now + CONFIG_POLL
+                self._check_config()
         log.info("stopped; lease %s is kept for the next start", self.lease.subnet if self.lease else "-")
         return 0
 
@@ -274,6 +290,60 @@ class Agent:
             log.error("%s", err)
         except Exception as err:
             log.error("backend %s failed on %s: %s: %s", backend.name, event, type(err).__name__, err)
+
+    def _check_config(self) -> None:
+        """Re-read ``<prefix>/config``; log once per change what changed and what the agent does.
+
+        The agent keeps the config it started with (its lease, device and rules were made for it);
+        restarting flanneld applies a new one, and re-checks the lease against it."""
+        mgr = self.manager
+        running = self.config
+        if mgr is None or running is None:
+            return
+        try:
+            kv = mgr.store.get(mgr.config_key)
+        except StoreError:
+            return  # an outage: the etcd facade reports it
+        if kv is None:
+            self._note("the network config %s was deleted from etcd; the agent keeps running with the config it "
+                       "started with (%s); restore the config before restarting flanneld, or it waits for one"
+                       % (mgr.config_key, running.network))
+            return
+        try:
+            new = parse_config(kv.value)
+        except ConfigError as err:
+            self._note("the network config in %s is not valid: %s; the agent keeps running with the config it "
+                       "started with (%s); fix the config in etcd" % (mgr.config_key, err, running.network))
+            return
+        changes = []
+        for label, old, now in (("Network", running.network, new.network),
+                                ("SubnetLen", running.subnet_len, new.subnet_len),
+                                ("Backend", running.to_dict().get("Backend"), new.to_dict().get("Backend"))):
+            if old != now:
+                changes.append("%s %s -> %s" % (label, _show(old), _show(now)))
+        if changes:
+            self._note("the network config in %s changed (%s); the agent keeps running with the config it started "
+                       "with; restart flanneld to apply it (the lease is re-checked against the new config at start)"
+                       % (mgr.config_key, ", ".join(changes)))
+            return
+        limits = []
+        for label, old, now in (("SubnetMin", running.subnet_min, new.subnet_min),
+                                ("SubnetMax", running.subnet_max, new.subnet_max)):
+            if old != now:
+                limits.append("%s %s -> %s" % (label, old, now))
+        if limits:
+            self._note("the network config in %s changed (%s); this only matters for new leases, the agent keeps "
+                       "its lease %s" % (mgr.config_key, ", ".join(limits),
+                                         self.lease.subnet if self.lease else "-"), level=logging.INFO)
+            return
+        if self._config_note is not None:
+            log.info("the network config in %s matches the running config again", mgr.config_key)
+            self._config_note = None
+
+    def _note(self, msg: str, level: int = logging.WARNING) -> None:
+        if msg != self._config_note:
+            log.log(level, "%s", msg)
+            self._config_note = msg
 
     def _check_iptables(self) -> None:
         if self.iptables is None:
@@ -348,6 +418,10 @@ class Agent:
 
 class _Fatal(Exception):
     """Start-up cannot continue; the message is one line for a person."""
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value)
 
 
 def _clock(when: float) -> str:

@@ -177,7 +177,19 @@ def parse_args(argv: Sequence[str], environ: Optional[Mapping[str, str]] = None)
             continue
         _set(opts, flag, _convert(flag, raw, flag.env))
     opts.set_on_command_line = given
+    _check_endpoints(opts, "--etcd-endpoints" if "etcd-endpoints" in given else _BY_NAME["etcd-endpoints"].env)
     return opts
+
+
+def _check_endpoints(opts: Options, origin: str) -> None:
+    """Endpoints are judged by the etcd facade when parsed: a bad one is a usage error (exit 2)."""
+    from pyflannel.etcdstore import BadEndpoint, parse_endpoints
+
+    try:
+        parse_endpoints(opts.etcd_endpoints)
+    except BadEndpoint as err:
+        reason = str(err).replace("(fix --etcd-endpoints)", "").rstrip("; ")
+        raise UsageError("invalid value %r for %s: %s" % (opts.etcd_endpoints, origin, reason)) from None
 
 
 def usage() -> str:
@@ -224,8 +236,10 @@ def setup_logging(verbosity: int = 0, stream=None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbosity >= 1 else logging.INFO)
-    for noisy in ("urllib3", "requests", "etcd", "etcd.client", "pyroute2"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if verbosity < 5 else logging.DEBUG)
+    # the client libraries' own retry/connection chatter never reaches the log (the etcd facade reports
+    # an outage in two lines); -v=5 shows it for debugging
+    for noisy in ("urllib3", "requests", "etcd", "etcd.client", "etcd3gw", "pyroute2"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL if verbosity < 5 else logging.DEBUG)
     threading.excepthook = _thread_excepthook
 
 

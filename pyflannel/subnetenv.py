@@ -56,6 +56,33 @@ def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
         os.close(dfd)
 
 
+def check_writable(path: str) -> None:
+    """Raise OSError with one line naming ``path`` unless :func:`write` can create the file.
+
+    The directory is created like :func:`write` would (``os.makedirs``), then a temporary file is
+    created and removed in it, so a read-only file system or missing permission shows at start-up,
+    before anything is set up."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise OSError("--subnet-file %s is a directory; give a file path such as %s" % (path, DEFAULT_PATH))
+    try:
+        parent = directory
+        while parent and not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if parent and not os.path.isdir(parent):
+            raise NotADirectoryError(20, "%s is not a directory" % parent)
+        os.makedirs(directory, exist_ok=True)
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PermissionError("not writable")
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise OSError("--subnet-file %s cannot be written: directory %s: %s; create the directory or make it "
+                      "writable, or pass another --subnet-file" % (path, directory, reason)) from None
+
+
 def write(path: str, network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, mtu: int,
           ipmasq: bool) -> None:
     write_atomic(path, render(network, subnet, mtu, ipmasq))

@@ -25,6 +25,7 @@ Endpoints are tried in order; a connection failure moves on to the next one (fai
 import base64
 import binascii
 import json
+import logging
 import socket
 import threading
 import time
@@ -35,6 +36,8 @@ except ImportError:  # pragma: no cover
     from urlparse import urlsplit
 
 DEFAULT_ENDPOINTS = ("http://127.0.0.1:4001", "http://127.0.0.1:2379")
+
+_log = logging.getLogger("pyflannel.etcdstore")
 
 
 class StoreError(Exception):
@@ -95,17 +98,46 @@ class Event:
         return "Event(%s %r @%s)" % (self.kind, self.key, self.revision)
 
 
+class BadEndpoint(StoreError, ValueError):
+    """An etcd endpoint that is not a URL like http://10.0.0.1:2379; ``str()`` is one line."""
+
+
 class Endpoint:
+    """One etcd endpoint: ``scheme`` (http/https), ``host`` (IPv6 without brackets), ``port``, ``url``.
+
+    Raises :class:`BadEndpoint` for anything else: no scheme, another scheme, no host, a bad or
+    out-of-range port, a path, an unclosed ``[``."""
+
     def __init__(self, url):
-        parts = urlsplit(url.strip() if "://" in url else "http://" + url.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise StoreError("etcd endpoint %r is not a URL like http://10.0.0.1:2379; fix --etcd-endpoints" % url)
-        self.scheme = parts.scheme
-        self.host = parts.hostname
+        raw = url.strip()
+        hint = "; use a URL like http://10.0.0.1:2379 or https://[fd00::1]:2379 (fix --etcd-endpoints)"
+        if "://" not in raw:
+            raise BadEndpoint("etcd endpoint %r is not a URL: it lacks http:// or https://%s" % (url, hint))
         try:
-            self.port = parts.port or 2379
-        except ValueError:
-            raise StoreError("etcd endpoint %r has a bad port; fix --etcd-endpoints" % url)
+            parts = urlsplit(raw)
+            host = parts.hostname
+        except ValueError as err:
+            raise BadEndpoint("etcd endpoint %r is not a URL (%s)%s" % (url, err, hint))
+        if parts.scheme not in ("http", "https"):
+            raise BadEndpoint("etcd endpoint %r has scheme %r, not http or https%s" % (url, parts.scheme, hint))
+        netloc = parts.netloc.rpartition("@")[2]
+        if not host or netloc.startswith("[") != ("]" in netloc):
+            raise BadEndpoint("etcd endpoint %r has no valid host%s" % (url, hint))
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise BadEndpoint("etcd endpoint %r has a path; give only scheme, host and port%s" % (url, hint))
+        port_text = netloc.rpartition("]")[2] if netloc.startswith("[") else netloc
+        port_text = port_text.rpartition(":")[2] if ":" in port_text else ""
+        if port_text or netloc.endswith(":"):
+            if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+                raise BadEndpoint("etcd endpoint %r has a bad port %r (must be 1..65535)%s" % (url, port_text, hint))
+            port = int(port_text)
+        else:
+            port = 2379
+        if ":" in host and not netloc.startswith("["):
+            raise BadEndpoint("etcd endpoint %r: an IPv6 host must be in brackets%s" % (url, hint))
+        self.scheme = parts.scheme
+        self.host = host
+        self.port = port
         self.url = "%s://%s:%d" % (self.scheme, self.host if ":" not in self.host else "[%s]" % self.host, self.port)
 
     def __repr__(self):
@@ -113,14 +145,14 @@ class Endpoint:
 
 
 def parse_endpoints(endpoints):
-    """A comma-separated string or a list of URLs -> list of :class:`Endpoint`."""
+    """A comma-separated string or a list of URLs -> list of :class:`Endpoint` (BadEndpoint if one is bad)."""
     if endpoints is None:
         endpoints = DEFAULT_ENDPOINTS
     if isinstance(endpoints, str):
         endpoints = endpoints.split(",")
     out = [Endpoint(e) for e in endpoints if e and e.strip()]
     if not out:
-        raise StoreError("no etcd endpoint given; pass --etcd-endpoints http://HOST:2379")
+        raise BadEndpoint("no etcd endpoint given; pass --etcd-endpoints http://HOST:2379")
     return out
 
 
@@ -161,6 +193,9 @@ class EtcdStore:
         self.timeout = float(timeout)
         self._current = 0
         self._lock = threading.Lock()
+        # outage tracking: one error line when etcd stops answering, one info line when it is back
+        self.report_outages = True
+        self.outage_since = None  # time.monotonic() of the first failure of the current outage
 
     # -- failover --------------------------------------------------------------------------------
     def _attempt(self, op, what):
@@ -177,9 +212,32 @@ class EtcdStore:
                 continue
             if index != self._current:
                 self._current = index
+            if self.outage_since is not None:
+                self._outage_ended(index)
             return result
-        raise Unreachable("etcd is unreachable (%s failed on %s); check that etcd runs and that "
+        err = Unreachable("etcd is unreachable (%s failed on %s); check that etcd runs and that "
                           "--etcd-endpoints is right" % (what, "; ".join(errors)))
+        self._outage_began(err)
+        raise err
+
+    def _outage_began(self, err):
+        with self._lock:
+            if self.outage_since is not None:
+                return
+            self.outage_since = time.monotonic()
+        if self.report_outages:
+            _log.error("etcd outage began: etcd is unreachable, no endpoint answers (%s); retrying in the "
+                       "background, check that etcd runs and that --etcd-endpoints is right",
+                       ", ".join(e.url for e in self.endpoints))
+            _log.debug("%s", err)
+
+    def _outage_ended(self, index):
+        with self._lock:
+            since = self.outage_since
+            self.outage_since = None
+        if since is not None and self.report_outages:
+            _log.info("etcd outage ended: etcd is reachable again at %s; the outage lasted %.0f s",
+                      self.endpoints[index].url, time.monotonic() - since)
 
     @property
     def endpoint(self):
@@ -472,7 +530,7 @@ class V3Store(EtcdStore):
                 if resp.status_code == 404:
                     raise StoreError("etcd at %s does not serve the v3 gateway (%s); use etcd 3.4 or newer or "
                                      "the v2 API" % (self.endpoints[index].url, text[:100]))
-                if resp.status_code >= 500 and "leader" in text.lower():
+                if (resp.status_code >= 500 and "leader" in text.lower()) or _going_away(resp.status_code, text):
                     raise _ConnectionProblem(text[:200])
                 raise StoreError("etcd failed %s: HTTP %d %s" % (what, resp.status_code, text[:200]))
             return None
@@ -619,6 +677,8 @@ class V3Store(EtcdStore):
                 if resp.status_code != 200:
                     text = resp.text.strip()
                     resp.close()
+                    if _going_away(resp.status_code, text):
+                        raise _ConnectionProblem(text[:200])
                     if resp.status_code in (401, 403) and self.username:
                         self._authenticate(index, client)
                         raise _ConnectionProblem("token expired")
@@ -634,6 +694,8 @@ class V3Store(EtcdStore):
                         continue
                     msg = json.loads(line.decode("utf-8"))
                     if "error" in msg and "result" not in msg:
+                        if (msg["error"] or {}).get("grpc_code") == 14:  # UNAVAILABLE: etcd is going away
+                            raise requests.exceptions.ConnectionError("etcd closed the watch stream")
                         raise StoreError("etcd watch failed: %s" % json.dumps(msg["error"])[:200])
                     result = msg.get("result", {})
                     if result.get("created"):
@@ -674,6 +736,11 @@ class V3Store(EtcdStore):
                 resp.close()
 
 
+def _going_away(status, text):
+    """An answer of an etcd that is shutting down or restarting: count it as not answering."""
+    return status in (408, 503) and ("closing" in text.lower() or "unavailable" in text.lower())
+
+
 def _short(err):
     text = str(err).replace("\n", " ").strip()
     return text[:300] if text else err.__class__.__name__
@@ -693,8 +760,10 @@ def connect(endpoints=None, api="auto", ca_cert=None, client_cert=None, client_k
     if api not in (None, "", "auto"):
         raise StoreError("etcd API %r is not one of v2, v3, auto" % (api,))
     v3 = V3Store(endpoints, **kwargs)
+    v3.report_outages = False  # the caller reports a failed connect; outages count from here on
     try:
         v3.list("/coreos.com/network/__probe__/")
+        v3.report_outages = True
         return v3
     except StoreError as err:
         if isinstance(err, Unreachable):

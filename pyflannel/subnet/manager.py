@@ -260,7 +260,8 @@ class LeaseManager:
                 _wait(stop, 1.0)
             except StoreError as err:
                 delay = backoff.next()
-                throttle(logging.ERROR, "%s (retrying in up to %.0f s)" % (err, backoff.high))
+                throttle(logging.DEBUG if isinstance(err, Unreachable) else logging.ERROR,
+                         "%s (retrying in up to %.0f s)" % (err, backoff.high))
                 _wait(stop, delay)
 
     # -- listing ----------------------------------------------------------------------------------
@@ -408,7 +409,8 @@ class LeaseManager:
                 _wait(stop, 1.0)
             except StoreError as err:
                 delay = backoff.next()
-                throttle(logging.ERROR, "failed to acquire lease: %s" % err)
+                throttle(logging.DEBUG if isinstance(err, Unreachable) else logging.ERROR,
+                         "failed to acquire lease: %s" % err)
                 _wait(stop, delay)
             except SubnetError as err:
                 log.warning("%s", err)
@@ -637,7 +639,8 @@ class LeaseManager:
                 self._error(err)
                 delay = backoff.next()
                 probe_at = 0.0
-                throttle(logging.ERROR, "watching leases failed: %s (retrying in up to %.0f s)" % (err, backoff.high))
+                throttle(logging.DEBUG if isinstance(err, Unreachable) else logging.ERROR,
+                         "watching leases failed: %s (retrying in up to %.0f s)" % (err, backoff.high))
                 if stop is not None:
                     if stop.wait(delay):
                         return
