@@ -83,7 +83,9 @@ class HostGwBackend(Backend):
         """One error line for all leases that just became unroutable (not one per lease, not per tick)."""
         off = [(s, h) for s, h, err in fresh if not err]
         failed = [(s, h, err) for s, h, err in fresh if err]
-        where = ", ".join(str(n) for n in nets) or "no address"
+        if not fresh:
+            return
+        where = ", ".join(str(a) for a in netlink.ipv4_addresses(self.ext_iface.index)) or "no address"
         advice = ("host-gw needs every node on one L2 segment: put the nodes on the same segment, choose the "
                   "interface that shares one with --iface, or use the vxlan backend")
         if len(off) == 1:
