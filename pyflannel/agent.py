@@ -271,10 +271,8 @@ class Agent:
         self.stats["lease_events"] += 1
         try:
             if event.kind == "snapshot":
-                for lease in event.added:
-                    log.info("lease %s of %s is present", lease.subnet, lease.attrs.public_ip)
-                for lease in event.removed:
-                    log.info("lease %s of %s is gone", lease.subnet, lease.attrs.public_ip)
+                _log_some(event.added, "is present")
+                _log_some(event.removed, "is gone")
                 backend.sync(list(event.leases))
                 # counted once the datapath has them: flannel_remote_leases tells "peers reachable"
                 self.leases = {lease.key_name: lease for lease in event.leases}
@@ -414,6 +412,17 @@ class Agent:
             except Exception as err:
                 log.debug("backend metrics failed: %s", err)
         return out
+
+
+SNAPSHOT_LOG_LINES = 10  # leases named one by one in a snapshot's log; the rest are counted
+
+
+def _log_some(leases: List[Lease], what: str) -> None:
+    """One line per lease for the first few, then one line with the count (thousands of peers)."""
+    for lease in leases[:SNAPSHOT_LOG_LINES]:
+        log.info("lease %s of %s %s", lease.subnet, lease.attrs.public_ip, what)
+    if len(leases) > SNAPSHOT_LOG_LINES:
+        log.info("... and %d more leases %s", len(leases) - SNAPSHOT_LOG_LINES, what)
 
 
 class _Fatal(Exception):
