@@ -137,7 +137,7 @@ def run_case(case: str, count: int, idle: float, tree: str) -> Dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("-n", "--leases", type=int, default=5000)
     parser.add_argument("--idle", type=float, default=30.0, help="seconds of idle CPU measurement")
     parser.add_argument("--only", default="on-link,off-link")
@@ -146,13 +146,13 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
-    print("%-9s %6s %8s %9s %8s %10s %8s %10s" % ("case", "leases", "ready s", "routes s", "routes", "idle CPU",
-                                                 "RSS MiB", "log lines"))
+    header = ("case", "leases", "ready s", "routes s", "routes", "idle CPU", "RSS MiB", "log lines")
+    print("%-9s %6s %8s %9s %8s %10s %8s %10s" % header)
     for case in args.only.split(","):
         r = run_case(case, args.leases, args.idle, args.tree)
-        print("%-9s %6d %8.2f %9.2f %8d %9.2f%% %8.1f %10d" % (r["case"], r["leases"], r["ready_s"],
-                                                            r["all_routes_s"], r["routes"], r["idle_cpu_pct"],
-                                                            r["rss_mib"], r["not_on_link_lines"]))
+        row = (r["case"], r["leases"], r["ready_s"], r["all_routes_s"], r["routes"], r["idle_cpu_pct"],
+               r["rss_mib"], r["not_on_link_lines"])
+        print("%-9s %6d %8.2f %9.2f %8d %9.2f%% %8.1f %10d" % row)
         print(json.dumps(r), flush=True)
     return 0
 

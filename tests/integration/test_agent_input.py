@@ -38,7 +38,8 @@ def agents(tmp_path):
 
 @pytest.mark.parametrize("value", ["not-a-url", "http://[::1", "http://127.0.0.1:99999", "ftp://127.0.0.1:2379"])
 def test_bad_endpoints_exit_2(value):
-    res = subprocess.run([FLANNELD, "--etcd-endpoints", value], capture_output=True, text=True, timeout=20)
+    res = subprocess.run([FLANNELD, "--etcd-endpoints", value], capture_output=True, text=True, timeout=20,
+                         check=False)
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "--etcd-endpoints" in lines[0] and value in lines[0], res.stderr
@@ -59,7 +60,7 @@ def test_unwritable_subnet_file_exit_1_before_a_lease(agents, tmp_path, etcd_ser
     errors = [line for line in agent.log().splitlines() if line.startswith("E")]
     assert len(errors) == 1 and "--subnet-file" in errors[0] and bad in errors[0], agent.log()
     assert "not a directory" in errors[0]
-    leases, _ = store.list(etcd_prefix + "/subnets/")
+    leases, _revision = store.list(etcd_prefix + "/subnets/")
     assert leases == []
     store.close()
 

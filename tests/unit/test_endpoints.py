@@ -69,7 +69,7 @@ def test_outage_logged_once_each_way(caplog):
         return "ok"
 
     caplog.set_level("DEBUG", logger="pyflannel.etcdstore")
-    for _ in range(3):
+    for _attempt in range(3):
         with pytest.raises(Unreachable):
             store._attempt(op, "reading /x")
     down[0] = False
