@@ -23,51 +23,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from tests.etcdserver import EtcdServer  # noqa: E402
-from tests.integration.netns import Agent, TestBed, put_config  # noqa: E402
+from tests.integration.netns import Agent, TestBed, hostgw_leases, put_config, write_leases  # noqa: E402
 
 PREFIX = "/coreos.com/network"
 PYTHON = os.path.join(ROOT, ".venv", "bin", "python")
 CLK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-
-WRITER = r"""
-import json, sys
-from concurrent.futures import ThreadPoolExecutor
-sys.path.insert(0, %(repo)r)
-from pyflannel import etcdstore
-store = etcdstore.connect([%(url)r], api="v3")
-pairs = [line.split() for line in sys.stdin.read().splitlines() if line.strip()]
-def put(pair):
-    store.put(pair[0], json.dumps({"PublicIP": pair[1], "BackendType": "host-gw"}))
-with ThreadPoolExecutor(16) as pool:
-    list(pool.map(put, pairs))
-"""
-
-
-def leases(count: int, on_link: bool) -> List[Tuple[str, str]]:
-    out = []
-    for i in range(count):
-        n = 256 + i
-        h = 2 + i
-        hop = ("192.168.%d.%d" if on_link else "198.18.%d.%d") % (h // 256, h % 256)
-        out.append(("10.%d.%d.0/24" % (n // 256, n % 256), hop))
-    return out
-
-
-def write_leases(bed: TestBed, server: EtcdServer, pairs: List[Tuple[str, str]]) -> None:
-    lines = "".join("%s/subnets/%s %s\n" % (PREFIX, s.replace("/", "-"), h) for s, h in pairs)
-    subprocess.run(["ip", "netns", "exec", bed.etcd_ns, PYTHON, "-c", WRITER % {"repo": ROOT, "url": server.url}],
-                   input=lines, text=True, check=True, timeout=300)
-
 
 def agent_pid(agent: Agent) -> int:
     """The flanneld python process (the Popen is ``ip netns exec``, which execs it: same pid)."""
@@ -102,7 +71,7 @@ def run_case(case: str, count: int, idle: float, tree: str) -> Dict[str, Any]:
         host.run("ip", "addr", "add", "192.168.0.1/18", "dev", "eth0")
         put_config(bed, server, PREFIX, {"Network": "10.0.0.0/8", "SubnetLen": 24, "Backend": {"Type": "host-gw"}})
         t0 = time.monotonic()
-        write_leases(bed, server, leases(count, on_link))
+        write_leases(bed, server, PREFIX, hostgw_leases(count, on_link))
         written = time.monotonic() - t0
         env = {"PYTHONPATH": tree} if tree else {}
         agent = Agent(host, server.url, PREFIX, args=["--iface", "eth0"], env=env)

@@ -53,3 +53,21 @@ def bed_etcd() -> Any:
     yield make
     for server in servers:
         server.destroy()
+
+
+@pytest.fixture
+def agents(tmp_path: Any) -> Any:
+    """A factory of root-namespace flanneld processes (tests/integration/test_agent.py's Flanneld);
+    every one started is killed at the end of the test."""
+    from tests.integration.test_agent import Flanneld
+
+    started: List[Any] = []
+
+    def start(*args: Any, **kwargs: Any) -> Any:
+        agent = Flanneld(tmp_path, *args, **kwargs)
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.kill()

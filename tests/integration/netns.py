@@ -25,7 +25,7 @@ import shutil
 import signal
 import subprocess
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 SEGMENTS = {"A": "172.30.1", "B": "172.30.2", "C": "172.30.3"}
 ROUTER_ID = 254
@@ -427,3 +427,39 @@ def ping_all(agents: List[Agent], count: int = 3) -> Dict[str, str]:
         if proc.returncode != 0:
             failed[name] = out
     return failed
+
+
+LEASE_WRITER = r"""
+import json, sys
+from concurrent.futures import ThreadPoolExecutor
+sys.path.insert(0, %(repo)r)
+from pyflannel import etcdstore
+store = etcdstore.connect([%(url)r], api="v3")
+pairs = [line.split() for line in sys.stdin.read().splitlines() if line.strip()]
+def put(pair):
+    store.put(pair[0], json.dumps({"PublicIP": pair[1], "BackendType": "host-gw"}))
+with ThreadPoolExecutor(16) as pool:
+    list(pool.map(put, pairs))
+"""
+
+
+def hostgw_leases(count: int, on_link: bool) -> List[Tuple[str, str]]:
+    """``count`` (subnet, next hop) pairs: subnets 10.<i>.0/24 from 10.1.0.0; next hops in
+    192.168.0.0/18 (on-link once the host has that prefix) or in 198.18.0.0/15 (never on-link)."""
+    out = []
+    for i in range(count):
+        n = 256 + i  # skip 10.0.x.0
+        subnet = "10.%d.%d.0/24" % (n // 256, n % 256)
+        h = 2 + i
+        hop = ("192.168.%d.%d" if on_link else "198.18.%d.%d") % (h // 256, h % 256)
+        out.append((subnet, hop))
+    return out
+
+
+def write_leases(bed: TestBed, server: Any, prefix: str, pairs: List[Tuple[str, str]]) -> None:
+    """host-gw leases (subnet, PublicIP) written through the project's etcd facade (v3), run inside the
+    etcd namespace."""
+    lines = "".join("%s/subnets/%s %s\n" % (prefix, s.replace("/", "-"), h) for s, h in pairs)
+    python = os.path.join(REPO, ".venv", "bin", "python")
+    subprocess.run(["ip", "netns", "exec", bed.etcd_ns, python, "-c", LEASE_WRITER % {"repo": REPO, "url": server.url}],
+                   input=lines, text=True, check=True, timeout=300)

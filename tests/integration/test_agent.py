@@ -97,20 +97,6 @@ class Flanneld:
 
 
 @pytest.fixture
-def agents(tmp_path):
-    started = []
-
-    def start(*args, **kwargs):
-        agent = Flanneld(tmp_path, *args, **kwargs)
-        started.append(agent)
-        return agent
-
-    yield start
-    for agent in started:
-        agent.kill()
-
-
-@pytest.fixture
 def store(etcd_server, etcd_api):
     s = etcdstore.connect(etcd_server.url, api=etcd_api)
     yield s

@@ -17,23 +17,9 @@ import pytest
 
 from pyflannel import etcdstore
 from tests.etcdserver import EtcdServer
-from tests.integration.test_agent import BIG, FLANNELD, Flanneld
+from tests.integration.test_agent import BIG, FLANNELD
 
 LIBRARY_TEXT = re.compile(r"urllib3|Retrying|Connection pool|HTTPConnectionPool|Max retries|Traceback")
-
-
-@pytest.fixture
-def agents(tmp_path):
-    started = []
-
-    def start(*args, **kwargs):
-        agent = Flanneld(tmp_path, *args, **kwargs)
-        started.append(agent)
-        return agent
-
-    yield start
-    for agent in started:
-        agent.kill()
 
 
 @pytest.mark.parametrize("value", ["not-a-url", "http://[::1", "http://127.0.0.1:99999", "ftp://127.0.0.1:2379"])
