@@ -1,4 +1,4 @@
-"""Thousands of peers: 5000 host-gw leases in a real etcd, one real agent (issue 10, item 4).
+"""Thousands of peers: 5000 host-gw leases in a real etcd, one real agent.
 
 The agent must become ready, program every on-link route, and report 5000 off-link next hops in one
 summary line instead of one line per lease.  CPU is measured by bench/peers.py, not asserted here."""
