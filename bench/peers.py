@@ -34,9 +34,9 @@ from tests.etcdserver import EtcdServer  # noqa: E402
 from tests.integration.netns import Agent, TestBed, hostgw_leases, put_config, write_leases  # noqa: E402
 
 PREFIX = "/coreos.com/network"
-PYTHON = os.path.join(ROOT, ".venv", "bin", "python")
 CLK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
+
 
 def agent_pid(agent: Agent) -> int:
     """The flanneld python process (the Popen is ``ip netns exec``, which execs it: same pid)."""

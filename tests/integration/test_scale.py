@@ -18,6 +18,7 @@ PREFIX = "/coreos.com/network"
 NETWORK = "10.0.0.0/8"
 COUNT = 5000
 
+
 def hostgw_routes(agent: Agent) -> int:
     out = agent.host.run("ip", "-4", "route", "show", "proto", "108", timeout=30).stdout
     return len(out.splitlines())
