@@ -24,8 +24,8 @@ from pyflannel.etcdstore import StoreError, Unreachable
 from pyflannel.health import HealthServer, Metric
 from pyflannel.iface import IfaceError, select
 from pyflannel.leases import Lease
-from pyflannel.netconfig import ConfigError, parse_config
-from pyflannel.subnet import Backoff, LeaseEvent, LeaseLost, LeaseManager, Stopped
+from pyflannel.netconfig import ConfigError
+from pyflannel.subnet import Backoff, LeaseEvent, LeaseLost, LeaseManager, NoConfig, Stopped
 
 log = logging.getLogger("pyflannel.agent")
 
@@ -299,16 +299,14 @@ class Agent:
         if mgr is None or running is None:
             return
         try:
-            kv = mgr.store.get(mgr.config_key)
+            new = mgr.read_config()
         except StoreError:
             return  # an outage: the etcd facade reports it
-        if kv is None:
+        except NoConfig:
             self._note("the network config %s was deleted from etcd; the agent keeps running with the config it "
                        "started with (%s); restore the config before restarting flanneld, or it waits for one"
                        % (mgr.config_key, running.network))
             return
-        try:
-            new = parse_config(kv.value)
         except ConfigError as err:
             self._note("the network config in %s is not valid: %s; the agent keeps running with the config it "
                        "started with (%s); fix the config in etcd" % (mgr.config_key, err, running.network))

@@ -230,7 +230,14 @@ class LeaseManager:
 
     # -- network config ---------------------------------------------------------------------------
     def get_config(self) -> NetworkConfig:
-        """Read and parse ``<prefix>/config``.  Raises NoConfig, ConfigError or StoreError."""
+        """Read and parse ``<prefix>/config`` and make it the manager's config.  Raises NoConfig,
+        ConfigError or StoreError."""
+        self.config = self.read_config()
+        return self.config
+
+    def read_config(self) -> NetworkConfig:
+        """Read and parse ``<prefix>/config`` without adopting it (the agent compares it with the
+        config it runs on).  Raises NoConfig, ConfigError or StoreError."""
         try:
             kv = self.store.get(self.config_key)
         except StoreError as err:
@@ -239,8 +246,7 @@ class LeaseManager:
         if kv is None:
             raise NoConfig("no network config at %s — create it with the flannel_network module or etcdctl"
                            % self.config_key)
-        self.config = parse_config(kv.value)
-        return self.config
+        return parse_config(kv.value)
 
     def wait_config(self, stop: Optional[threading.Event] = None) -> NetworkConfig:
         """:meth:`get_config` until it succeeds: missing or invalid config is retried every second,
