@@ -201,14 +201,20 @@ def test_watch_reports_others_never_our_own(store, etcd_server, etcd_api, etcd_p
         watch.close()
 
 
-def test_own_lease_deleted_behind_our_back_is_written_back(store, etcd_server, etcd_api, etcd_prefix):
+def watching_node(store, etcd_server, etcd_api, etcd_prefix, ip):
+    """A manager holding a lease for ``ip`` and watching (its first snapshot seen)."""
     store.put(etcd_prefix + "/config", BIG)
     mgr = new_manager(etcd_server, etcd_api, etcd_prefix, ttl=30)
-    own = mgr.acquire(attrs("127.0.0.22"))
-    key = mgr.key_of(own.subnet)
+    own = mgr.acquire(attrs(ip))
     watch = Collector(mgr)
+    watch.wait_for(lambda e: e.kind == "snapshot")
+    return mgr, own, watch
+
+
+def test_own_lease_deleted_behind_our_back_is_written_back(store, etcd_server, etcd_api, etcd_prefix):
+    mgr, own, watch = watching_node(store, etcd_server, etcd_api, etcd_prefix, "127.0.0.22")
+    key = mgr.key_of(own.subnet)
     try:
-        watch.wait_for(lambda e: e.kind == "snapshot")
         store.delete(key)
         deadline = time.monotonic() + 10
         while store.get(key) is None and time.monotonic() < deadline:
@@ -228,12 +234,8 @@ def test_own_lease_deleted_behind_our_back_is_written_back(store, etcd_server, e
 
 
 def test_own_subnet_taken_by_another_node_raises_lease_lost(store, etcd_server, etcd_api, etcd_prefix):
-    store.put(etcd_prefix + "/config", BIG)
-    mgr = new_manager(etcd_server, etcd_api, etcd_prefix, ttl=30)
-    own = mgr.acquire(attrs("127.0.0.23"))
-    watch = Collector(mgr)
+    mgr, own, watch = watching_node(store, etcd_server, etcd_api, etcd_prefix, "127.0.0.23")
     try:
-        watch.wait_for(lambda e: e.kind == "snapshot")
         store.put(mgr.key_of(own.subnet), encode_lease(attrs("127.0.0.99"), etcd_api))
         deadline = time.monotonic() + 10
         while watch.error is None and time.monotonic() < deadline:
