@@ -34,7 +34,8 @@ FORBIDDEN_ANYWHERE = (".pytest_cache", ".ruff_cache", ".hypothesis", "__pycache_
 REQUIRED = ("MANIFEST.json", "FILES.json", "meta/runtime.yml", "plugins/modules/flannel_network.py",
             "plugins/modules/flannel_lease.py", "plugins/modules/flannel_lease_info.py",
             "plugins/module_utils/netconfig.py", "plugins/module_utils/etcdstore.py",
-            "plugins/module_utils/leases.py", "plugins/doc_fragments/etcd.py", "pyflannel/netconfig.py")
+            "plugins/module_utils/leases.py", "plugins/module_utils/catalogue.py", "plugins/doc_fragments/etcd.py",
+            "pyflannel/netconfig.py", "pyflannel/catalogue.py")
 
 
 def fail(msg: str) -> None:
@@ -93,7 +94,7 @@ def install(tarball: Path, dest: Path, env: dict) -> Path:
     manifest = json.loads((root / "MANIFEST.json").read_text())
     version = manifest["collection_info"]["version"]
     # pyflannel's schema files are links to module_utils: after install they must still be that one file
-    for name in ("netconfig.py", "leases.py", "etcdstore.py"):
+    for name in ("netconfig.py", "leases.py", "etcdstore.py", "catalogue.py"):
         agent = root / "pyflannel" / name
         util = root / "plugins" / "module_utils" / name
         if not agent.exists() or agent.read_bytes() != util.read_bytes():

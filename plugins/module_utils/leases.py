@@ -17,12 +17,16 @@ import ipaddress
 import json
 import re
 
+from .catalogue import BY_NAME, UNTYPED, key_problem
+
 DEFAULT_PREFIX = "/coreos.com/network"
 LEASE_TTL = 86400  # seconds: 24 h, as Go flanneld
 MAX_VALUE_BYTES = 64 * 1024  # a lease value is a few hundred bytes; anything above this is refused
 
 # Backends whose lease carries no BackendType (Go's udp and alloc never set one).
-UNTYPED_BACKENDS = ("udp", "alloc", "")
+UNTYPED_BACKENDS = UNTYPED + ("",)
+# BackendData keys that the v2 lease shape (flanneld v0.11) leaves out.
+V3_ONLY_DATA = ("VNI",)
 
 _KEY_RE = re.compile(r"^(\d{1,3}(?:\.\d{1,3}){3})-(\d{1,2})(?:&([0-9a-fA-F:]+)-(\d{1,3}))?$")
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}$")
@@ -119,16 +123,33 @@ class LeaseAttrs:
     def vni(self):
         return (self.backend_data or {}).get("VNI")
 
+    def data(self, key):
+        """A BackendData value (None when absent)."""
+        return (self.backend_data or {}).get(key)
+
+    @property
+    def identity(self):
+        """(BackendData key, value) that no two nodes may share (vxlan's VtepMAC, wireguard's
+        PublicKey), or None."""
+        spec = BY_NAME.get(self.backend_type)
+        for key, kind in spec.lease_data if spec is not None else ():
+            if kind in ("mac", "key") and self.data(key) is not None:
+                return key, self.data(key)
+        return None
+
 
 def _backend_data_for(attrs, api):
     data = attrs.backend_data
     if data is None:
         return None
-    if attrs.backend_type == "vxlan":
+    spec = BY_NAME.get(attrs.backend_type)
+    if spec is not None and spec.lease_data:
         shaped = {}
-        if api == "v3" and data.get("VNI") is not None:
-            shaped["VNI"] = data["VNI"]
-        shaped["VtepMAC"] = data.get("VtepMAC")
+        for key, kind in spec.lease_data:
+            if api == "v2" and key in V3_ONLY_DATA:
+                continue
+            if kind != "int" or data.get(key) is not None:
+                shaped[key] = data.get(key)
         return shaped
     return data
 
@@ -184,17 +205,31 @@ def decode_lease(text):
     data = _ci_get(obj, "BackendData")
     if data is not None and not isinstance(data, dict):
         raise LeaseFormatError("lease BackendData is not an object: %r" % (data,))
-    if data is not None and backend_type == "vxlan":
-        mac = _ci_get(data, "VtepMAC")
-        if not isinstance(mac, str) or not _MAC_RE.match(mac):
-            raise LeaseFormatError("vxlan lease VtepMAC is not a MAC address: %r" % (mac,))
-        norm = {"VtepMAC": mac.lower()}
-        vni = _ci_get(data, "VNI")
-        if vni is not None:
-            norm["VNI"] = vni
-        data = norm
+    spec = BY_NAME.get(backend_type)
+    if data is not None and spec is not None and spec.lease_data:
+        data = _shape_data(backend_type, spec.lease_data, data)
     ipv6 = _ci_get(obj, "PublicIPv6")
     return LeaseAttrs(public_ip, backend_type, data, ipv6)
+
+
+def _shape_data(backend_type, shape, data):
+    """BackendData checked against the catalogue's lease shape, keys in Go's spelling."""
+    norm = {}
+    for key, kind in shape:
+        value = _ci_get(data, key)
+        if kind == "int":
+            if value is not None:
+                norm[key] = value
+        elif kind == "mac":
+            if not isinstance(value, str) or not _MAC_RE.match(value):
+                raise LeaseFormatError("%s lease %s is not a MAC address: %r" % (backend_type, key, value))
+            norm[key] = value.lower()
+        elif kind == "key":
+            if key_problem(value):
+                raise LeaseFormatError("%s lease %s is not a WireGuard public key: %r"
+                                       % (backend_type, key, str(value)[:60]))
+            norm[key] = value
+    return norm
 
 
 class Lease:
@@ -265,13 +300,14 @@ def lease_problem(lease, network, subnet_len):
     why = _unicast_problem(lease.attrs.public_ip)
     if why:
         return "its PublicIP %s %s" % (lease.attrs.public_ip, why)
-    mac = lease.attrs.vtep_mac
-    if lease.attrs.backend_type == "vxlan" and mac is not None:
-        first = int(mac[:2], 16)
-        if first & 1:
-            return "its VtepMAC %s is a multicast MAC" % mac
-        if mac.replace(":", "").strip("0") == "":
-            return "its VtepMAC %s is all zeros" % mac
+    spec = BY_NAME.get(lease.attrs.backend_type)
+    for key, kind in spec.lease_data if spec is not None else ():
+        value = lease.attrs.data(key)
+        if kind == "mac" and value is not None:
+            if int(value[:2], 16) & 1:
+                return "its %s %s is a multicast MAC" % (key, value)
+            if value.replace(":", "").strip("0") == "":
+                return "its %s %s is all zeros" % (key, value)
     return None
 
 
@@ -284,8 +320,8 @@ class LeaseBook:
     """The other nodes' leases and the verdict on each: which a datapath may use.
 
     Incremental, so a watch event costs O(1) and not a pass over thousands of leases.  ``own`` is
-    this node's lease (if any): a lease overlapping it or sharing its VtepMAC is refused.  Of two
-    leases that overlap or share a VtepMAC the older one (etcd create revision/index) wins.
+    this node's lease (if any): a lease overlapping it or sharing its identity (VtepMAC, PublicKey) is refused.  Of two
+    leases that overlap or share an identity the older one (etcd create revision/index) wins.
 
     ``put``, ``remove`` and ``replace_all`` return a :class:`Change`: the leases the datapath must
     add (new, changed or no longer outvoted) and remove, and the leases newly refused with why.
@@ -299,7 +335,7 @@ class LeaseBook:
         self.accepted = {}  # key name -> Lease
         self.rejected = {}  # key name -> reason (parsed leases and keys/values that do not parse)
         self._by_subnet = {}  # IPv4Network -> key name of the accepted lease holding it
-        self._by_mac = {}  # VtepMAC -> key name of the accepted lease using it
+        self._by_identity = {}  # (key, value) of BackendData no two nodes share -> accepted lease using it
         self._outvoted = set()  # rejected for a conflict: looked at again when the winner leaves
 
     # -- queries ----------------------------------------------------------------------------------
@@ -343,7 +379,7 @@ class LeaseBook:
         before_accepted = self.accepted
         before_rejected = self.rejected
         self.leases, self.accepted, self.rejected = {}, {}, {}
-        self._by_subnet, self._by_mac, self._outvoted = {}, {}, set()
+        self._by_subnet, self._by_identity, self._outvoted = {}, {}, set()
         scratch = Change()
         for lease in sorted(leases, key=_age):
             self.leases[lease.key_name] = lease
@@ -376,24 +412,24 @@ class LeaseBook:
     def _unindex(self, lease):
         if self._by_subnet.get(lease.subnet) == lease.key_name:
             del self._by_subnet[lease.subnet]
-        mac = self._mac(lease)
-        if mac is not None and self._by_mac.get(mac) == lease.key_name:
-            del self._by_mac[mac]
+        mac = self._identity(lease)
+        if mac is not None and self._by_identity.get(mac) == lease.key_name:
+            del self._by_identity[mac]
 
     @staticmethod
-    def _mac(lease):
-        return lease.attrs.vtep_mac if lease.attrs.backend_type == "vxlan" else None
+    def _identity(lease):
+        return lease.attrs.identity
 
     def _judge(self, lease, change, old_reason):
         name = lease.key_name
         why = lease_problem(lease, self.network, self.subnet_len)
         own = self.own
-        mac = self._mac(lease)
+        mac = self._identity(lease)
         if why is None and own is not None:
             if lease.subnet.overlaps(own.subnet):
                 why = "its subnet %s overlaps this node's own lease %s" % (lease.subnet, own.subnet)
-            elif mac is not None and mac == own.attrs.vtep_mac:
-                why = "its VtepMAC %s is this node's own" % mac
+            elif mac is not None and mac == own.attrs.identity:
+                why = "its %s %s is this node's own" % mac
         if why is not None:
             self._refuse(name, why, change, old_reason)
             return
@@ -401,9 +437,9 @@ class LeaseBook:
         holder = self._by_subnet.get(lease.subnet)
         if holder is not None and holder != name:
             rivals.append((self.accepted[holder], "overlaps"))
-        holder = self._by_mac.get(mac) if mac is not None else None
+        holder = self._by_identity.get(mac) if mac is not None else None
         if holder is not None and holder != name and all(r[0].key_name != holder for r in rivals):
-            rivals.append((self.accepted[holder], "shares its VtepMAC %s with" % mac))
+            rivals.append((self.accepted[holder], "shares its %s %s with" % mac))
         older = [(r, how) for r, how in rivals if _age(r) < _age(lease)]
         if older:
             rival, how = older[0]
@@ -422,7 +458,7 @@ class LeaseBook:
         self.accepted[name] = lease
         self._by_subnet[lease.subnet] = name
         if mac is not None:
-            self._by_mac[mac] = name
+            self._by_identity[mac] = name
         change.added.append(lease)
 
     def _refuse(self, name, why, change, old_reason):

@@ -21,30 +21,12 @@ Every error is a single line naming the field, the value and the rule (``ConfigE
 import ipaddress
 import json
 
+from .catalogue import BACKENDS, BY_NAME, FOREIGN_BACKENDS, key_problem
+
 DEFAULT_BACKEND = "udp"
 
-# Backend name -> {Go option name: (kind, default)}.  kind is "int", "bool" or "str".
-# "MTU" is our extension for every backend (None = derive from the interface).
-BACKEND_OPTIONS = {
-    "udp": {"Port": ("int", 8285), "MTU": ("int", None)},
-    "vxlan": {
-        "VNI": ("int", 1),
-        "Port": ("int", 0),
-        "GBP": ("bool", False),
-        "Learning": ("bool", False),
-        "DirectRouting": ("bool", False),
-        "MTU": ("int", None),
-        "MacPrefix": ("str", None),
-    },
-    "host-gw": {"MTU": ("int", None)},
-    "alloc": {},
-}
-
-# Backends Go flanneld knows but pyflannel does not implement.
-FOREIGN_BACKENDS = ("ipip", "wireguard", "ipsec", "gce", "aws-vpc", "ali-vpc", "tencent-vpc", "extension")
-
-# Option ranges: name -> (low, high) inclusive.
-OPTION_RANGES = {"VNI": (0, 16777215), "Port": (0, 65535), "MTU": (68, 65535)}
+# Backend name -> {Go option name: (kind, default)}, derived from the catalogue.
+BACKEND_OPTIONS = dict((b.name, dict((o.go, (o.kind, o.default)) for o in b.options)) for b in BACKENDS)
 
 TOP_LEVEL_KEYS = ("Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend", "EnableIPv4", "EnableIPv6")
 # Go keys for IPv6 that only matter with EnableIPv6; accepted and ignored when IPv6 is off.
@@ -262,28 +244,33 @@ def parse_backend(raw):
                   % ", ".join(BACKEND_OPTIONS))
         else:
             _fail("Backend.Type", btype, "is not a backend; use one of %s" % ", ".join(BACKEND_OPTIONS))
-    spec = BACKEND_OPTIONS[btype]
+    spec = BY_NAME[btype]
     out = {}
     for name, value in backend.items():
-        if name not in spec:
-            allowed = ", ".join(spec) if spec else "none"
+        if spec.option(name) is None:
+            allowed = ", ".join(spec.option_names) or "none"
             _fail("Backend." + name, value, "is not an option of the %s backend (options: %s)" % (btype, allowed))
-    for name, (kind, default) in spec.items():
-        value = backend.get(name)
+    for opt in spec.options:
+        value = backend.get(opt.go)
         if value is None:
-            out[name] = default
+            out[opt.go] = opt.default
             continue
-        field = "Backend." + name
-        if kind == "bool":
+        field = "Backend." + opt.go
+        if opt.kind == "bool":
             if not isinstance(value, bool):
                 _fail(field, value, "must be true or false")
-        elif kind == "str":
+        elif opt.kind == "key":
+            why = key_problem(value)
+            if why:
+                _fail(field, "(hidden)" if opt.no_log else value, why)
+        elif opt.kind == "str":
             if not isinstance(value, str):
                 _fail(field, value, "must be a string")
+            if opt.choices and value not in opt.choices:
+                _fail(field, value, "must be one of %s" % ", ".join(opt.choices))
         else:
             value = _want_int(field, value)
-            low, high = OPTION_RANGES[name]
-            if not low <= value <= high:
-                _fail(field, value, "must be between %d and %d" % (low, high))
-        out[name] = value
+            if not opt.low <= value <= opt.high:
+                _fail(field, value, "must be between %d and %d" % (opt.low, opt.high))
+        out[opt.go] = value
     return btype, out
