@@ -3,8 +3,9 @@
 A backend turns leases into a datapath.  It knows nothing of etcd: the agent hands it leases.
 Life cycle, driven by the agent (pyflannel/agent.py):
 
-1. ``backend = create(config, ext_iface)`` — ``config`` is the parsed NetworkConfig,
-   ``ext_iface`` the selected :class:`ExternalInterface`.
+1. ``backend = create(config, ext_iface, settings)`` — ``config`` is the parsed NetworkConfig,
+   ``ext_iface`` the selected :class:`ExternalInterface`, ``settings`` the agent's flags a backend may
+   need (``wireguard_key_file``, ...).
 2. ``attrs = backend.prepare()`` — create devices that must exist before the lease is taken
    (vxlan needs its VtepMAC) and return the :class:`LeaseAttrs` to publish.
 3. The agent acquires the lease (its subnet may be a different one than last time).
@@ -16,8 +17,9 @@ Life cycle, driven by the agent (pyflannel/agent.py):
    (a restart keeps devices and routes so traffic does not flap; ``cleanup()`` removes everything
    this backend installs, used when the backend type or VNI changed).
 
-Adding a backend: one module that subclasses :class:`Backend` and decorates it with
-``@register("name")``; list the module in ``_MODULES``.
+Adding a backend: an entry in the catalogue (``pyflannel/catalogue.py``) naming its module, and that
+module, which subclasses :class:`Backend` (or :class:`RouteBackend`) and decorates it with
+``@register("name")``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Type
 
+from pyflannel import catalogue
 from pyflannel.leases import Lease, LeaseAttrs
 from pyflannel.netconfig import NetworkConfig
 
@@ -50,19 +53,23 @@ class Backend:
 
     name = "base"
 
-    def __init__(self, config: NetworkConfig, ext_iface: ExternalInterface) -> None:
+    def __init__(self, config: NetworkConfig, ext_iface: ExternalInterface,
+                 settings: Optional[Dict[str, Any]] = None) -> None:
         self.config = config
         self.ext_iface = ext_iface
+        self.settings: Dict[str, Any] = dict(settings or {})
+        self.spec = catalogue.get(self.name)
         self.lease: Optional[Lease] = None
 
     # -- life cycle -----------------------------------------------------------------------------
     def prepare(self) -> LeaseAttrs:
-        return LeaseAttrs(self.ext_iface.public_ip, "" if self.name in ("udp", "alloc") else self.name)
+        return LeaseAttrs(self.ext_iface.public_ip, self.spec.lease_type if self.spec else self.name)
 
     def mtu(self) -> int:
-        """The MTU containers must use on this network (FLANNEL_MTU)."""
+        """The MTU containers must use on this network (FLANNEL_MTU): the ``MTU`` option, else the
+        interface's MTU minus the catalogue's overhead for this backend."""
         override = self.config.option("MTU")
-        return int(override) if override else self.ext_iface.mtu
+        return int(override) if override else self.ext_iface.mtu - (self.spec.overhead if self.spec else 0)
 
     def configure(self, lease: Lease) -> None:
         self.lease = lease
@@ -102,7 +109,7 @@ class Backend:
 
 _REGISTRY: Dict[str, Type[Backend]] = {}
 # Modules that register a backend when imported (a missing module means "not available yet").
-_MODULES = ("alloc", "udp", "vxlan", "hostgw")
+_MODULES = tuple(b.module for b in catalogue.BACKENDS)
 
 
 def register(name: str) -> Callable[[Type[Backend]], Type[Backend]]:
@@ -136,7 +143,8 @@ def remove_leftovers(active: Backend) -> None:
             cls.remove_installed(active.ext_iface)
 
 
-def create(config: NetworkConfig, ext_iface: ExternalInterface) -> Backend:
+def create(config: NetworkConfig, ext_iface: ExternalInterface,
+           settings: Optional[Dict[str, Any]] = None) -> Backend:
     _load_all()
     cls = _REGISTRY.get(config.backend_type)
     if cls is None:
@@ -144,4 +152,4 @@ def create(config: NetworkConfig, ext_iface: ExternalInterface) -> Backend:
             "backend %s is not available yet in this pyflannel (available: %s); use Backend.Type alloc "
             "or upgrade pyflannel" % (config.backend_type, ", ".join(available()))
         )
-    return cls(config, ext_iface)
+    return cls(config, ext_iface, settings)

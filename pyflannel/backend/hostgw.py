@@ -11,7 +11,7 @@ import ipaddress
 import logging
 import threading
 import time
-from typing import Any, Dict, List, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from pyflannel import netlink
 from pyflannel.backend import Backend, BackendError, ExternalInterface, register
@@ -26,8 +26,8 @@ CHEAP_CHECK = 0.02  # seconds: a full check this cheap runs on every tick
 
 @register("host-gw")
 class HostGwBackend(Backend):
-    def __init__(self, config: Any, ext_iface: ExternalInterface) -> None:
-        super().__init__(config, ext_iface)
+    def __init__(self, config: Any, ext_iface: ExternalInterface, settings: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__(config, ext_iface, settings)
         if ext_iface.public_ip != ext_iface.address:
             raise BackendError(
                 "host-gw cannot work behind NAT: the public IP %s is not the address %s of interface %s; other "

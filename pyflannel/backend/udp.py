@@ -38,7 +38,6 @@ from pyflannel.leases import Lease
 log = logging.getLogger("pyflannel.backend.udp")
 
 DEVICE = "flannel0"
-OVERHEAD = 28  # outer IPv4 20 + UDP 8
 SOCKET_BUFFER = 8 << 20
 TXQLEN = 4000  # TUN ring: absorbs bursts while a worker waits for the CPU (a full ring drops packets)
 
@@ -70,8 +69,8 @@ def _open_queue(name: str, vnet: bool, tso: bool = False) -> int:
 
 @register("udp")
 class UdpBackend(Backend):
-    def __init__(self, config: Any, ext_iface: ExternalInterface) -> None:
-        super().__init__(config, ext_iface)
+    def __init__(self, config: Any, ext_iface: ExternalInterface, settings: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__(config, ext_iface, settings)
         self.port = int(config.option("Port") or 8285)
         self.queues = max(1, int(os.environ.get("PYFLANNEL_UDP_QUEUES", "1")))
         self.mode = os.environ.get("PYFLANNEL_UDP_MODE", "split")
@@ -92,10 +91,6 @@ class UdpBackend(Backend):
         self._stats: Optional[mmap.mmap] = None
         self._dead_totals = [0] * len(udpproxy.STATS)
         self.restarts = 0
-
-    def mtu(self) -> int:
-        override = self.config.option("MTU")
-        return int(override) if override else self.ext_iface.mtu - OVERHEAD
 
     # -- device -----------------------------------------------------------------------------------
     def _first_queue(self) -> int:

@@ -25,7 +25,6 @@ from pyflannel.leases import Lease, LeaseAttrs
 log = logging.getLogger("pyflannel.backend.vxlan")
 
 DEFAULT_PORT = 8472  # the kernel's default when no port is given (Go's Port 0)
-OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 
 
 def device_name(vni: int) -> str:
@@ -63,8 +62,8 @@ Want = Tuple[str, ...]
 
 @register("vxlan")
 class VxlanBackend(Backend):
-    def __init__(self, config: Any, ext_iface: ExternalInterface) -> None:
-        super().__init__(config, ext_iface)
+    def __init__(self, config: Any, ext_iface: ExternalInterface, settings: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__(config, ext_iface, settings)
         self.vni = int(config.option("VNI") if config.option("VNI") is not None else 1)
         self.port = int(config.option("Port") or 0) or DEFAULT_PORT
         self.gbp = bool(config.option("GBP"))
@@ -78,10 +77,6 @@ class VxlanBackend(Backend):
         self.repairs = 0
 
     # -- device -----------------------------------------------------------------------------------
-    def mtu(self) -> int:
-        override = self.config.option("MTU")
-        return int(override) if override else self.ext_iface.mtu - OVERHEAD
-
     def _device_matches(self, msg: Any) -> bool:
         if netlink.link_kind(msg) != "vxlan":
             return False
