@@ -71,6 +71,8 @@ FLAGS: List[Flag] = [
     Flag("ip-masq", "bool", False, "setup IP masquerade rule for traffic destined outside of overlay network"),
     Flag("iptables-resync", "int", 5, "resync period for iptables rules, in seconds", low=1, high=86400),
     Flag("iptables-forward-rules", "bool", True, "add default accept rules to FORWARD chain in iptables"),
+    Flag("wireguard-key-file", "str", "", "private key file of the wireguard backend (base64, mode 0400, created "
+         "when missing); empty: $WIREGUARD_KEY_FILE, else /run/flannel/wgkey"),
     Flag("healthz-ip", "str", "0.0.0.0", "the IP address for healthz server to listen"),
     Flag("healthz-port", "int", 0, "the port for healthz server to listen (0 to disable)", low=0, high=65535),
     Flag("version", "bool", False, "print version and exit"),
