@@ -153,7 +153,7 @@ class Agent:
         log.info("using interface %s (index %d, address %s, public IP %s, MTU %d)", ext.name, ext.index,
                  ext.address, ext.public_ip, ext.mtu)
         try:
-            backend = backends.create(config, ext)
+            backend = backends.create(config, ext, {"wireguard_key_file": getattr(opts, "wireguard_key_file", "")})
             backends.remove_leftovers(backend)
             attrs = backend.prepare()
         except backends.BackendError as err:
@@ -371,6 +371,8 @@ class Agent:
         return True, body
 
     def _metrics(self) -> List[Metric]:
+        from pyflannel.health import backend_metrics, build_info
+
         mgr = self.manager
         lease = mgr.lease if mgr is not None and mgr.lease is not None else self.lease
         stats = mgr.stats if mgr is not None else {}
@@ -402,11 +404,14 @@ class Agent:
             ("flannel_etcd_state_losses_total", "counter", "times etcd was found wiped or restored (revision "
              "went back, our lease missing)", stats.get("etcd_state_losses", 0)),
         ]
+        out.append(build_info(__version__, self.backend.name if self.backend is not None else ""))
+        if lease is not None:
+            out.append(("flannel_lease_info", "gauge", "this node's lease: node name, subnet and public IP (always 1)",
+                        1.0, {"node": socket.gethostname(), "subnet": str(lease.subnet),
+                              "public_ip": str(lease.attrs.public_ip)}))
         if self.backend is not None:
             try:
-                for name, value in sorted(self.backend.metrics().items()):
-                    out.append(("flannel_" + name, "counter" if name.endswith("_total") else "gauge",
-                                "backend %s: %s" % (self.backend.name, name), float(value)))
+                out.extend(backend_metrics(self.backend.name, self.backend.metrics()))
             except Exception as err:
                 log.debug("backend metrics failed: %s", err)
         return out

@@ -19,6 +19,8 @@ pytestmark = [pytest.mark.integration]
 PREFIX = "/coreos.com/network"
 NETWORK = "10.100.0.0/16"
 MTU = {"vxlan": 1450, "host-gw": 1500, "udp": 1472}
+# udp datagrams dropped because their source address holds no lease (samples keyed by name and labels)
+UNKNOWN_SENDER_DROPS = 'flannel_udp_dropped_packets_total{direction="rx",reason="unknown_sender"}'
 
 
 def start_agents(bed: TestBed, server: Any, args: Any = None, hosts: Any = None) -> List[Agent]:
@@ -321,12 +323,12 @@ def test_udp_spoofed_datagrams_never_reach_the_tun(testbed: Any, bed_etcd: Any) 
         out, _err = listener.communicate(timeout=15)
         return int(out.strip() or b"0")
 
-    wait_for(lambda: "flannel_udp_drops_unknown_source_total" in a.metrics(), 10, what="udp metrics")
-    drops = a.metrics()["flannel_udp_drops_unknown_source_total"]
+    wait_for(lambda: UNKNOWN_SENDER_DROPS in a.metrics(), 10, what="udp metrics")
+    drops = a.metrics()[UNKNOWN_SENDER_DROPS]
     rx = _tun_rx(a)
     assert attempt(attacker, b.bridge_ip) == 0
     assert _tun_rx(a) == rx, "a spoofed datagram was written into flannel0"
-    wait_for(lambda: a.metrics()["flannel_udp_drops_unknown_source_total"] >= drops + 20, 5,
+    wait_for(lambda: a.metrics()[UNKNOWN_SENDER_DROPS] >= drops + 20, 5,
              what="20 counted drops")
     # the control: the same datagrams from a lease holder's address do arrive
     assert attempt(b.host, b.bridge_ip) == 20

@@ -102,12 +102,15 @@ def _foreign_destination(rx: Agent, tx: Agent) -> bytes:
     return bytes(udp_packet(tx.bridge_ip, _unused_subnet_address(rx, tx)))
 
 
+# the receiver's drop counter for one reason (the metrics parser keys samples by name and labels)
+DROPPED = 'flannel_udp_dropped_packets_total{direction="rx",reason="%s"}'
+
 CASES: Dict[str, Tuple[Callable[[Agent, Agent], bytes], str]] = {
-    "bad_ihl": (_bad_ihl, "flannel_udp_rx_dropped_bad_header_total"),
-    "wrong_total_length": (_wrong_total_length, "flannel_udp_rx_dropped_bad_length_total"),
-    "truncated": (_truncated, "flannel_udp_rx_dropped_bad_length_total"),
-    "foreign_source": (_foreign_source, "flannel_udp_rx_dropped_foreign_source_total"),
-    "foreign_destination": (_foreign_destination, "flannel_udp_rx_dropped_foreign_destination_total"),
+    "bad_ihl": (_bad_ihl, DROPPED % "bad_header"),
+    "wrong_total_length": (_wrong_total_length, DROPPED % "bad_length"),
+    "truncated": (_truncated, DROPPED % "bad_length"),
+    "foreign_source": (_foreign_source, DROPPED % "foreign_source"),
+    "foreign_destination": (_foreign_destination, DROPPED % "foreign_destination"),
 }
 
 
