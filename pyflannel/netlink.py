@@ -18,11 +18,14 @@ from typing import Any, Dict, List, Optional
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-# Route protocol numbers (rtm_protocol) tagging the routes each backend installs.  Values chosen
-# outside the ones iproute2's rt_protos names (kernel 0-4, zebra/bird/... 9-19, 42, 99, 186-192).
-RTPROT_HOSTGW = 0x6C  # 108
-RTPROT_VXLAN = 0x6D  # 109
-RTPROT_UDP = 0x6E  # 110
+from pyflannel import catalogue
+
+# Route protocol numbers (rtm_protocol) tagging the routes each backend installs, from the catalogue.
+# Values lie outside the ones iproute2's rt_protos names (kernel 0-4, zebra/bird/... 9-19, 42, 99, 186-192).
+RTPROT_HOSTGW = catalogue.get("host-gw").route_proto  # 108
+RTPROT_VXLAN = catalogue.get("vxlan").route_proto  # 109
+RTPROT_UDP = catalogue.get("udp").route_proto  # 110
+RTPROT_WIREGUARD = catalogue.get("wireguard").route_proto  # 111
 
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
@@ -274,3 +277,16 @@ def on_link_in(networks: List[ipaddress.IPv4Network], ip: str) -> bool:
     so a caller judging thousands of next hops needs one address dump, not one per hop."""
     addr = ipaddress.IPv4Address(ip)
     return any(addr in net for net in networks)
+
+
+def create_link(name: str, kind: str, **kwargs: Any) -> Optional[str]:
+    """``ip link add <name> type <kind>``: None when created, else why not, as a short text (e.g.
+    "Operation not supported" when the kernel lacks that link type)."""
+    with _lock:
+        try:
+            ipr().link("add", ifname=name, kind=kind, **kwargs)
+        except NetlinkError as err:
+            if err.code == errno.EOPNOTSUPP:
+                return "the kernel has no %s link type" % kind
+            return "%s (errno %d)" % (err.args[1] if len(err.args) > 1 else err, err.code)
+    return None
