@@ -203,6 +203,16 @@ class TestBed:
         self.destroy()
 
 
+def private_mount(source: str, target: str) -> List[str]:
+    """A command prefix (for ``Agent``/``BackendDriver`` ``wrap=``) running the command in a mount
+    namespace of its own with ``source`` bind-mounted on ``target`` (e.g. a per-host /run/wireguard:
+    wireguard-go's socket path is the same in every network namespace). The command is exec'd, so
+    its pid is the process's; inspect it with ``nsenter -t <pid> -m -n ...``."""
+    os.makedirs(source, exist_ok=True)
+    script = 'mkdir -p "$1" && mount --bind "$0" "$1" && shift && exec "$@"'
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, source, target]
+
+
 def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.2, what: str = "condition") -> Any:
     """Poll ``predicate`` until it returns something truthy; bounded by ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -223,13 +233,15 @@ def first_address(subnet: str) -> str:
 class BackendDriver:
     """One backend run by ``tests.integration.backend_driver`` inside a host's namespace."""
 
-    def __init__(self, host: Host, env: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, host: Host, env: Optional[Dict[str, str]] = None, wrap: Optional[List[str]] = None) -> None:
         self.host = host
         self.log = os.path.join(host.dir, "driver.log")
         repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         python = os.path.join(repo, ".venv", "bin", "python")
         out = open(self.log, "ab")
-        self.proc = subprocess.Popen(host.cmd(python, "-m", "tests.integration.backend_driver"), cwd=repo,
+        # wrap: a command prefix run inside the namespace before python (e.g. private_mount(...))
+        self.proc = subprocess.Popen(host.cmd(*(wrap or []), python, "-m", "tests.integration.backend_driver"),
+                                     cwd=repo,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=out, text=True,
                                      env=dict(os.environ, **(env or {})), start_new_session=True)
         out.close()
@@ -281,8 +293,9 @@ class Agent:
     """A real ``flanneld`` (the console script in .venv) running inside a host's namespace."""
 
     def __init__(self, host: Host, endpoints: str, prefix: str, args: Optional[List[str]] = None,
-                 env: Optional[Dict[str, str]] = None) -> None:
+                 env: Optional[Dict[str, str]] = None, wrap: Optional[List[str]] = None) -> None:
         self.host = host
+        self.wrap = list(wrap or [])  # a command prefix run inside the namespace before flanneld
         self.endpoints = endpoints
         self.prefix = prefix
         self.args = list(args or [])
@@ -301,7 +314,7 @@ class Agent:
             f.write("==== start %d: %s\n" % (self.starts, " ".join(self.args)))
         self.starts += 1
         self.proc = self.host.popen(
-            FLANNELD, "--etcd-endpoints", self.endpoints, "--etcd-prefix", self.prefix,
+            *self.wrap, FLANNELD, "--etcd-endpoints", self.endpoints, "--etcd-prefix", self.prefix,
             "--subnet-file", self.subnet_file, "--healthz-ip", "127.0.0.1",
             "--healthz-port", str(self.healthz_port), *self.args, log=self.log, env=self.env)
         if wait:
