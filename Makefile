@@ -67,7 +67,7 @@ argspec-check: venv collections-link ## the roles' argument_specs reject wrong v
 
 BACKEND      ?= vxlan
 ETCD_MEMBERS ?= 1
-lab: venv collections-link ## local 3-host lab (systemd containers) running site.yml; BACKEND=vxlan|host-gw|udp ETCD_MEMBERS=1|3
+lab: venv collections-link ## local 3-host lab (systemd containers) running site.yml; BACKEND=vxlan|host-gw|udp|wireguard ETCD_MEMBERS=1|3
 	$(PY) lab/lab.py up --backend $(BACKEND) --etcd-members $(ETCD_MEMBERS)
 
 lab-status: venv ## hosts, leases, docker0 and the container ping matrix of the running lab
@@ -84,7 +84,7 @@ VAGRANT_DRIVER ?= qemu
 test-vagrant: venv collections-link ## molecule/vagrant in libvirt VMs (slow; not in make test); VAGRANT_DRIVER=kvm where KVM runs stock kernels
 	MOLECULE_VAGRANT_DRIVER=$(VAGRANT_DRIVER) lab/run-molecule.sh vagrant
 
-bench: deps venv ## datapath (iperf3 over raw veth, host-gw, vxlan, udp) and control-plane benchmarks (root)
+bench: deps venv ## datapath (iperf3 over raw veth, host-gw, vxlan, udp, wireguard) and control-plane benchmarks (root)
 	$(PY) bench/datapath.py
 	$(PY) bench/control_plane.py
 

@@ -44,7 +44,7 @@ class Backend:
     """One backend type."""
 
     def __init__(self, name, summary, module, options=(), overhead=0, route_proto=None, lease_type=None,
-                 lease_data=(), datapath=True, underlay=None):
+                 lease_data=(), datapath=True, underlay=None, devices=()):
         self.name = name
         self.summary = summary
         self.module = module  # pyflannel.backend.<module>
@@ -57,6 +57,7 @@ class Backend:
         self.lease_data = tuple(lease_data)
         self.datapath = datapath  # False: hands out leases but moves no packets (alloc)
         self.underlay = underlay  # (protocol, Go option holding the port, default port) or None
+        self.devices = tuple(devices)  # regular expressions of the link names it creates
 
     def option(self, go):
         for opt in self.options:
@@ -80,7 +81,7 @@ BACKENDS = (
         "udp",
         options=(Option("Port", "port", "int", 8285, 0, 65535, doc="UDP port the agent listens on and sends to"),
                  _mtu()),
-        overhead=28, route_proto=0x6E, lease_type="", underlay=("udp", "Port", 8285)),
+        overhead=28, route_proto=0x6E, lease_type="", underlay=("udp", "Port", 8285), devices=("flannel0",)),
     Backend(
         "vxlan", "in-kernel VXLAN (device flannel.<VNI>)",
         "vxlan",
@@ -93,7 +94,7 @@ BACKENDS = (
                  _mtu(),
                  Option("MacPrefix", "mac_prefix", "str", None, doc="prefix of the VTEP MAC addresses, like 0E-2A")),
         overhead=50, route_proto=0x6D, lease_data=(("VNI", "int"), ("VtepMAC", "mac")),
-        underlay=("udp", "Port", 8472)),
+        underlay=("udp", "Port", 8472), devices=(r"flannel\.[0-9]+",)),
     Backend(
         "host-gw", "plain routes via the other hosts (every host on one L2 network)",
         "hostgw",
@@ -104,17 +105,17 @@ BACKENDS = (
         "wireguard",
         options=(Option("ListenPort", "listen_port", "int", 51820, 1, 65535, doc="UDP port WireGuard listens on"),
                  Option("ListenPortV6", "listen_port_v6", "int", 51821, 1, 65535,
-                        doc="UDP port of the IPv6 WireGuard device (used with IPv6)"),
+                        doc="UDP port of the IPv6 WireGuard device, used with IPv6"),
                  Option("PSK", "psk", "key", None, no_log=True,
                         doc="pre-shared key (base64, as wg genpsk prints) applied to every peer"),
                  Option("PersistentKeepaliveInterval", "persistent_keepalive_interval", "int", 0, 0, 65535,
                         doc="seconds between keepalives to every peer; 0 = off"),
                  Option("Mode", "mode", "str", "separate", choices=("separate", "auto", "ipv4", "ipv6"),
-                        doc="separate: one device per address family; auto, ipv4, ipv6: one device over that "
-                            "underlay family"),
+                        doc="separate, one device per address family, or one device over the auto, ipv4 or "
+                            "ipv6 underlay"),
                  _mtu()),
         overhead=80, route_proto=0x6F, lease_data=(("PublicKey", "key"),),
-        underlay=("udp", "ListenPort", 51820)),
+        underlay=("udp", "ListenPort", 51820), devices=("flannel-wg", "flannel-wg-v6")),
     Backend(
         "alloc", "hands out subnets only and builds no datapath", "alloc",
         overhead=0, lease_type="", datapath=False),
@@ -166,16 +167,24 @@ def key_problem(value):
 
 
 def option_doc(name):
-    """One line for the snake_case option ``name``: what it is, per backend with its default."""
+    """One sentence for the snake_case option ``name``: its Go key, and per backend what it is and its
+    default (backends that describe it the same way are named together)."""
     opt, backends = all_options()[name]
-    parts = []
+    groups = []  # [(description, [backend with default])]
     for bname in backends:
         o = BY_NAME[bname].option(opt.go)
-        parts.append("%s%s" % (bname, "" if o.default in (None, "") else ", default %s" % _show(o.default)))
-    text = "%s (C(%s)); %s." % (opt.doc[0].upper() + opt.doc[1:], opt.go, "; ".join(parts))
+        where = bname if o.default in (None, "") else "%s, default %s" % (bname, _show(o.default))
+        for doc, wheres in groups:
+            if doc == o.doc:
+                wheres.append(where)
+                break
+        else:
+            groups.append((o.doc, [where]))
+    text = "; ".join("%s (%s)" % (doc, ("; " if any("," in w for w in wheres) else ", ").join(wheres))
+                     for doc, wheres in groups)
     if opt.choices:
-        text = text[:-1] + "; one of %s." % ", ".join(opt.choices)
-    return text
+        text += "; one of %s" % ", ".join(opt.choices)
+    return "C(%s): %s." % (opt.go, text)
 
 
 def _show(value):

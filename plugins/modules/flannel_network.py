@@ -51,41 +51,69 @@ options:
       - The datapath (C(Backend)) with its options. Options that the chosen type does not know are refused.
     type: dict
     suboptions:
+      # >>> backend options (written by scripts/catalogue.py from the catalogue; edit that)
       type:
         description:
-          - The backend type (C(Backend.Type)); pyflannel implements V(udp), V(vxlan) and V(host-gw).
+          - 'The backend type (C(Backend.Type)): V(udp), V(vxlan), V(host-gw), V(wireguard), V(alloc).'
           - Go flanneld's default when left out is V(udp).
         type: str
         default: udp
-      vni:
-        description:
-          - VXLAN network identifier (C(VNI)); vxlan only. Default 1.
-        type: int
       port:
         description:
-          - UDP port (C(Port)); udp (default 8285) and vxlan (default 0, the kernel's 8472).
+          - 'C(Port): UDP port the agent listens on and sends to (udp, default 8285); UDP port of the VXLAN
+            device; 0 = the kernel''s 8472 (vxlan, default 0).'
         type: int
       mtu:
         description:
-          - MTU of the flannel device (C(MTU)); all backends. Default derives it from the interface.
+          - 'C(MTU): MTU of the flannel device; default the interface''s MTU minus the backend''s overhead (udp,
+            vxlan, host-gw, wireguard).'
+        type: int
+      vni:
+        description:
+          - 'C(VNI): VXLAN network identifier (vxlan, default 1).'
         type: int
       gbp:
         description:
-          - VXLAN Group Based Policy (C(GBP)); vxlan only.
+          - 'C(GBP): VXLAN Group Based Policy (vxlan, default false).'
         type: bool
       learning:
         description:
-          - Let the kernel learn VXLAN forwarding entries (C(Learning)); vxlan only.
+          - 'C(Learning): let the kernel learn VXLAN forwarding entries (vxlan, default false).'
         type: bool
       direct_routing:
         description:
-          - Route directly to hosts on the same L2 network instead of encapsulating (C(DirectRouting));
-            vxlan only.
+          - 'C(DirectRouting): plain routes, without encapsulation, to hosts on the same L2 network (vxlan,
+            default false).'
         type: bool
       mac_prefix:
         description:
-          - Prefix of the VTEP MAC addresses (C(MacPrefix)); vxlan only.
+          - 'C(MacPrefix): prefix of the VTEP MAC addresses, like 0E-2A (vxlan).'
         type: str
+      listen_port:
+        description:
+          - 'C(ListenPort): UDP port WireGuard listens on (wireguard, default 51820).'
+        type: int
+      listen_port_v6:
+        description:
+          - 'C(ListenPortV6): UDP port of the IPv6 WireGuard device, used with IPv6 (wireguard, default 51821).'
+        type: int
+      psk:
+        description:
+          - 'C(PSK): pre-shared key (base64, as wg genpsk prints) applied to every peer (wireguard).'
+        type: str
+        no_log: true
+      persistent_keepalive_interval:
+        description:
+          - 'C(PersistentKeepaliveInterval): seconds between keepalives to every peer; 0 = off (wireguard,
+            default 0).'
+        type: int
+      mode:
+        description:
+          - 'C(Mode): separate, one device per address family, or one device over the auto, ipv4 or ipv6
+            underlay (wireguard, default separate); one of separate, auto, ipv4, ipv6.'
+        type: str
+        choices: [separate, auto, ipv4, ipv6]
+      # <<< backend options
   force:
     description:
       - Allow a change that invalidates existing leases (a new O(network) or O(subnet_len), or a range that
@@ -127,7 +155,7 @@ EXAMPLES = r"""
       direct_routing: true
   run_once: true
 
-- name: Three /25 subnets only (the seeds' example), udp backend, etcd v2
+- name: Three /25 subnets only, udp backend, etcd v2
   netfabric.flannel.flannel_network:
     api: v2
     prefix: /atomic.io/network
@@ -213,14 +241,27 @@ from ansible_collections.netfabric.flannel.plugins.module_utils.flannel_module i
     read_leases,
     store_call,
 )
+from ansible_collections.netfabric.flannel.plugins.module_utils.catalogue import all_options
 from ansible_collections.netfabric.flannel.plugins.module_utils.leases import config_key
 from ansible_collections.netfabric.flannel.plugins.module_utils.netconfig import ConfigError, parse_config
 
 # Module option -> Go key, in the order Go flanneld documents them.
 TOP_LEVEL = (("network", "Network"), ("subnet_len", "SubnetLen"), ("subnet_min", "SubnetMin"),
              ("subnet_max", "SubnetMax"))
-BACKEND_KEYS = (("vni", "VNI"), ("port", "Port"), ("mtu", "MTU"), ("gbp", "GBP"), ("learning", "Learning"),
-                ("direct_routing", "DirectRouting"), ("mac_prefix", "MacPrefix"))
+# Backend option -> Go key, from the catalogue (DOCUMENTATION's suboptions are written from it too).
+BACKEND_KEYS = tuple((name, opt.go) for name, (opt, _backends) in all_options().items())
+
+
+def backend_spec() -> dict:
+    """The argument spec of ``backend``: every option of every backend in the catalogue."""
+    spec = dict(type=dict(type="str", default="udp"))
+    for name, (opt, _backends) in all_options().items():
+        spec[name] = dict(type=opt.ansible_type)
+        if opt.choices:
+            spec[name]["choices"] = list(opt.choices)
+        if opt.no_log:
+            spec[name]["no_log"] = True
+    return spec
 
 
 def wanted_document(params: dict) -> dict:
@@ -277,23 +318,13 @@ def lease_problems(current, wanted, leases) -> tuple:
 
 
 def main() -> None:
-    backend_spec = dict(
-        type=dict(type="str", default="udp"),
-        vni=dict(type="int"),
-        port=dict(type="int"),
-        mtu=dict(type="int"),
-        gbp=dict(type="bool"),
-        learning=dict(type="bool"),
-        direct_routing=dict(type="bool"),
-        mac_prefix=dict(type="str"),
-    )
     module = AnsibleModule(
         argument_spec=etcd_argument_spec(
             network=dict(type="str"),
             subnet_len=dict(type="int"),
             subnet_min=dict(type="str"),
             subnet_max=dict(type="str"),
-            backend=dict(type="dict", options=backend_spec),
+            backend=dict(type="dict", options=backend_spec()),
             force=dict(type="bool", default=False),
             state=dict(type="str", choices=["present", "absent"], default="present"),
         ),

@@ -15,11 +15,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import threading
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import replace
+from typing import Any, Dict, Optional, Set, Tuple
 
 from pyflannel import netlink
-from pyflannel.backend import Backend, BackendError, ExternalInterface, register
+from pyflannel.backend import BackendError, ExternalInterface, register
+from pyflannel.backend.routes import Hop, Net, RouteBackend
 from pyflannel.leases import Lease, LeaseAttrs
 
 log = logging.getLogger("pyflannel.backend.vxlan")
@@ -56,12 +57,10 @@ def vtep_mac(prefix: str = "") -> str:
     return ":".join("%02x" % o for o in octets)
 
 
-# What one remote lease needs: ("vxlan", gateway G, mac, public ip) or ("direct", public ip).
-Want = Tuple[str, ...]
-
-
 @register("vxlan")
-class VxlanBackend(Backend):
+class VxlanBackend(RouteBackend):
+    offlink_advice = "check the routes to that node (vxlan reaches it through the underlay's routing)"
+
     def __init__(self, config: Any, ext_iface: ExternalInterface, settings: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(config, ext_iface, settings)
         self.vni = int(config.option("VNI") if config.option("VNI") is not None else 1)
@@ -72,9 +71,6 @@ class VxlanBackend(Backend):
         self.dev = device_name(self.vni)
         self.index = 0
         self.mac = ""
-        self._want: Dict[ipaddress.IPv4Network, Want] = {}
-        self._lock = threading.RLock()
-        self.repairs = 0
 
     # -- device -----------------------------------------------------------------------------------
     def _device_matches(self, msg: Any) -> bool:
@@ -142,68 +138,56 @@ class VxlanBackend(Backend):
             if netlink.set_only_address(self.index, gw):
                 log.info("%s has address %s (lease %s)", self.dev, gw, lease.subnet)
 
-    def _want_for(self, lease: Lease) -> Optional[Want]:
+    # -- hops -----------------------------------------------------------------------------------------
+    def hop_for(self, lease: Lease) -> Optional[Hop]:
         attrs = lease.attrs
-        if attrs.backend_type != "vxlan" or not attrs.vtep_mac:
-            return None
-        if self.lease is not None and lease.subnet == self.lease.subnet:
+        if not self.is_remote(lease) or not attrs.vtep_mac:
             return None
         if self.direct_routing and netlink.on_link(self.ext_iface.index, attrs.public_ip):
-            return ("direct", attrs.public_ip)
-        return ("vxlan", str(lease.subnet.network_address), attrs.vtep_mac.lower(), attrs.public_ip)
+            return Hop(lease.subnet, attrs.public_ip, self.ext_iface.index)
+        return Hop(lease.subnet, str(lease.subnet.network_address), self.index, onlink=True,
+                   vtep_mac=attrs.vtep_mac.lower(), underlay=attrs.public_ip)
 
-    def _install(self, subnet: ipaddress.IPv4Network, want: Want) -> None:
-        if want[0] == "direct":
-            netlink.replace_route(subnet, self.ext_iface.index, netlink.RTPROT_VXLAN, gateway=want[1])
+    def describe(self, hop: Hop) -> str:
+        if not hop.vtep_mac:
+            return "direct route via %s dev %s" % (hop.gateway, self.ext_iface.name)
+        return "via %s dev %s onlink, VTEP %s at %s" % (hop.gateway, self.dev, hop.vtep_mac, hop.underlay)
+
+    def install_extra(self, hop: Hop) -> None:
+        if hop.vtep_mac:
+            netlink.replace_neighbour(self.index, hop.gateway, hop.vtep_mac)
+            netlink.replace_fdb(self.index, hop.vtep_mac, hop.underlay)
+
+    def uninstall_extra(self, hop: Hop) -> None:
+        if not hop.vtep_mac:
             return
-        _subnet, gw, mac, public_ip = want
-        netlink.replace_neighbour(self.index, gw, mac)
-        netlink.replace_fdb(self.index, mac, public_ip)
-        netlink.replace_route(subnet, self.index, netlink.RTPROT_VXLAN, gateway=gw, onlink=True)
+        if not any(h.vtep_mac == hop.vtep_mac and h.underlay == hop.underlay for h in self.wanted()):
+            netlink.delete_fdb(self.index, hop.vtep_mac, hop.underlay)
+        if not any(h.gateway == hop.gateway and h.vtep_mac for h in self.wanted()):
+            netlink.delete_neighbour(self.index, hop.gateway)
 
-    def _uninstall(self, subnet: ipaddress.IPv4Network, want: Want) -> None:
-        if want[0] == "direct":
-            netlink.delete_route(subnet, proto=netlink.RTPROT_VXLAN)
-            return
-        _subnet, gw, mac, public_ip = want
-        netlink.delete_route(subnet, proto=netlink.RTPROT_VXLAN)
-        if mac not in {w[2] for s, w in self._want.items() if w[0] == "vxlan" and s != subnet}:
-            netlink.delete_fdb(self.index, mac, public_ip)
-        netlink.delete_neighbour(self.index, gw)
-
-    def lease_added(self, lease: Lease) -> None:
-        with self._lock:
-            want = self._want_for(lease)
-            old = self._want.get(lease.subnet)
-            if want is None:
-                if old is not None:
-                    self._uninstall(lease.subnet, old)
-                    del self._want[lease.subnet]
-                return
-            if old == want:
-                return  # unchanged (e.g. the node restarted and rewrote its lease): no route churn
-            if old is not None:
-                self._uninstall(lease.subnet, old)
-            self._want[lease.subnet] = want
-            self._install(lease.subnet, want)
-            log.info("lease %s: %s", lease.subnet, self._describe(want))
-
-    def lease_removed(self, lease: Lease) -> None:
-        with self._lock:
-            old = self._want.pop(lease.subnet, None)
-            if old is not None:
-                self._uninstall(lease.subnet, old)
-                log.info("lease %s gone: removed its route, neighbour and fdb entry", lease.subnet)
-
-    def sync(self, leases: List[Lease]) -> None:
-        with self._lock:
-            want = {}
-            for lease in leases:
-                w = self._want_for(lease)
-                if w is not None:
-                    want[lease.subnet] = w
-            self._want = want
-            self._reconcile()
+    def reconcile_extra(self) -> Tuple[int, Set[Net]]:
+        """Neighbours and fdb entries on the device match the wanted VTEPs exactly."""
+        stale = 0
+        fixed: Set[Net] = set()
+        vteps = [h for h in self.wanted() if h.vtep_mac]
+        neigh = netlink.neighbours(self.index)
+        fdb = netlink.fdb_entries(self.index)
+        want_neigh = {h.gateway: h.vtep_mac for h in vteps}
+        want_fdb = {h.vtep_mac: h.underlay for h in vteps}
+        for ip, mac in neigh.items():
+            if want_neigh.get(ip) != (mac or "").lower():
+                netlink.delete_neighbour(self.index, ip)
+                stale += ip not in want_neigh
+        for mac, dst in fdb.items():
+            if want_fdb.get(mac) != dst:
+                netlink.delete_fdb(self.index, mac, dst)
+                stale += mac not in want_fdb
+        for hop in vteps:
+            if (neigh.get(hop.gateway) or "").lower() != hop.vtep_mac or fdb.get(hop.vtep_mac) != hop.underlay:
+                self.install_extra(hop)
+                fixed.add(hop.dst)
+        return stale, fixed
 
     def tick(self) -> None:
         """Recreate a vanished device and repair missing or altered routes/neighbours/fdb entries."""
@@ -215,64 +199,23 @@ class VxlanBackend(Backend):
                 log.warning("%s disappeared: recreating it", self.dev)
                 self._ensure_device()
                 self.configure(self.lease)
-            elif (msg.get_attr("IFLA_ADDRESS") or "").lower() != self.mac:
+                # the hops through the old device now go through the new one
+                self._want = {dst: replace(hop, oif=self.index) if hop.vtep_mac else hop
+                              for dst, hop in self._want.items()}
+                self.repairs += 1 + self._reconcile()
+                return
+            if (msg.get_attr("IFLA_ADDRESS") or "").lower() != self.mac:
                 # our lease tells every peer this VtepMAC; a changed address would black-hole their traffic
                 log.warning("%s's MAC was changed to %s behind our back: restoring %s, the lease's VtepMAC",
                             self.dev, msg.get_attr("IFLA_ADDRESS"), self.mac)
                 netlink.set_link(self.index, address=self.mac)
                 self.repairs += 1
-            self.repairs += self._reconcile()
-
-    def _describe(self, want: Want) -> str:
-        if want[0] == "direct":
-            return "direct route via %s dev %s" % (want[1], self.ext_iface.name)
-        return "via %s dev %s onlink, VTEP %s at %s" % (want[1], self.dev, want[2], want[3])
-
-    def _reconcile(self) -> int:
-        """Make routes, neighbours and fdb entries match ``self._want`` exactly; returns the changes."""
-        changed = 0
-        routes: Dict[ipaddress.IPv4Network, Any] = {r["dst"]: r for r in netlink.routes(netlink.RTPROT_VXLAN)}
-        for dst, r in routes.items():
-            w = self._want.get(dst)
-            ok = w is not None and (
-                (w[0] == "direct" and r["oif"] == self.ext_iface.index and r["gateway"] == w[1])
-                or (w[0] == "vxlan" and r["oif"] == self.index and r["gateway"] == w[1] and r["onlink"]))
-            if not ok:
-                netlink.delete_route(dst, oif=r["oif"], proto=netlink.RTPROT_VXLAN, gateway=r["gateway"])
-                routes[dst] = None
-                changed += 1
-        neigh = netlink.neighbours(self.index)
-        fdb = netlink.fdb_entries(self.index)
-        want_neigh = {w[1]: w[2] for w in self._want.values() if w[0] == "vxlan"}
-        want_fdb = {w[2]: w[3] for w in self._want.values() if w[0] == "vxlan"}
-        for ip, mac in neigh.items():
-            if want_neigh.get(ip) != (mac or "").lower():
-                netlink.delete_neighbour(self.index, ip)
-                changed += 1
-        for mac, dst in fdb.items():
-            if want_fdb.get(mac) != dst:
-                netlink.delete_fdb(self.index, mac, dst)
-                changed += 1
-        for dst, w in self._want.items():
-            r = routes.get(dst)
-            if w[0] == "vxlan":
-                if neigh.get(w[1], "").lower() != w[2] or fdb.get(w[2]) != w[3] or r is None \
-                        or r["oif"] != self.index or r["gateway"] != w[1]:
-                    self._install(dst, w)
-                    changed += 1
-            elif r is None or r["oif"] != self.ext_iface.index or r["gateway"] != w[1]:
-                self._install(dst, w)
-                changed += 1
-        if changed:
-            log.info("%s: %d route/neighbour/fdb change(s) to match %d remote lease(s)",
-                     self.dev, changed, len(self._want))
-        return changed
+        super().tick()
 
     def cleanup(self) -> None:
         with self._lock:
-            netlink.delete_routes(netlink.RTPROT_VXLAN)
+            super().cleanup()
             netlink.delete_link(self.dev)
-            self._want = {}
 
     @classmethod
     def remove_installed(cls, ext_iface: ExternalInterface) -> None:
@@ -286,8 +229,6 @@ class VxlanBackend(Backend):
 
     # -- observability ----------------------------------------------------------------------------
     def status(self) -> Dict[str, Any]:
-        return {"backend": self.name, "device": self.dev, "vni": self.vni, "port": self.port, "vtep_mac": self.mac,
-                "mtu": self.mtu(), "remote_leases": len(self._want)}
-
-    def metrics(self) -> Dict[str, float]:
-        return {"datapath_remote_leases": float(len(self._want)), "datapath_repairs_total": float(self.repairs)}
+        out = super().status()
+        out.update(device=self.dev, vni=self.vni, port=self.port, vtep_mac=self.mac)
+        return out

@@ -1,0 +1,280 @@
+"""The route-backend base: one route per remote lease, the wanted set and its reconcile loop.
+
+A route backend (host-gw, vxlan) says per lease which :class:`Hop` it wants (:meth:`RouteBackend.hop_for`);
+this base installs it, removes it when the lease goes, makes the kernel's routes (tagged with the
+catalogue's route protocol id for the backend) match the wanted set exactly on every snapshot, and
+repairs them from ``tick()``.  Backends that need more per hop than a route (vxlan's neighbour and fdb
+entries) add it in :meth:`RouteBackend.install_extra` / :meth:`RouteBackend.uninstall_extra` /
+:meth:`RouteBackend.reconcile_extra`.
+
+A hop straight out of the external interface (``oif`` is that interface, no ``onlink`` flag) needs its
+gateway on-link there.  One that is not is not handed to the kernel: it is reported in one log line
+for all such leases (not one per lease, not per tick) and retried when the interface's addresses change.
+
+Idle cost with thousands of leases: the full check (one route dump against the wanted set) runs when its
+last run took at most 1/:data:`REPAIR_BUDGET` of the time since; in between only the unroutable hops are
+retried, and only when the interface's connected subnets changed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+from pyflannel import netlink
+from pyflannel.backend import Backend, ExternalInterface
+from pyflannel.leases import Lease
+
+log = logging.getLogger("pyflannel.backend.routes")
+
+REPAIR_BUDGET = 100  # the periodic full check may cost at most 1/REPAIR_BUDGET of the time between checks
+CHEAP_CHECK = 0.02  # seconds: a full check this cheap runs on every tick
+SHOWN = 10  # routes named one by one in the log per pass; the rest are counted
+
+Net = ipaddress.IPv4Network
+
+
+@dataclass(frozen=True)
+class Hop:
+    """What one remote lease needs: ``dst via gateway dev oif [onlink]``, plus, for a VTEP behind an
+    overlay device, the MAC and underlay address (``vtep_mac``, ``underlay``)."""
+
+    dst: Net
+    gateway: str
+    oif: int
+    onlink: bool = False
+    vtep_mac: str = ""
+    underlay: str = ""
+
+    def matches(self, route: Dict[str, Any]) -> bool:
+        return (route["oif"] == self.oif and route["gateway"] == self.gateway
+                and (not self.onlink or bool(route["onlink"])))
+
+
+Failure = Tuple[Net, str, str]  # (subnet, gateway, error text; "" = not on-link)
+
+
+class RouteBackend(Backend):
+    """Base of route backends; subclasses implement :meth:`hop_for` and :meth:`describe`."""
+
+    # What an operator can do about a gateway that is not on-link (subclasses say it their way).
+    offlink_advice = "put the nodes on one L2 segment or choose the interface that shares one with --iface"
+
+    def __init__(self, config: Any, ext_iface: ExternalInterface, settings: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__(config, ext_iface, settings)
+        self.proto: int = self.spec.route_proto
+        self._want: Dict[Net, Hop] = {}
+        self._unreachable: Set[Net] = set()  # wanted hops already reported as not routable
+        self._lock = threading.RLock()
+        self.repairs = 0
+        self._nets_seen: List[Net] = []  # connected subnets at the last on-link judgement
+        self._checked = 0.0  # time.monotonic() of the last full check
+        self._check_cost = 0.0  # how long it took
+
+    # -- what subclasses say --------------------------------------------------------------------------
+    def hop_for(self, lease: Lease) -> Optional[Hop]:
+        """The hop a remote lease needs, or None to ignore the lease."""
+        raise NotImplementedError
+
+    def describe(self, hop: Hop) -> str:
+        return "via %s dev %s%s" % (hop.gateway, self._dev_name(hop.oif), " onlink" if hop.onlink else "")
+
+    def install_extra(self, hop: Hop) -> None:
+        """Program what ``hop`` needs besides its route (called before the route is installed)."""
+
+    def uninstall_extra(self, hop: Hop) -> None:
+        """Remove what :meth:`install_extra` added for ``hop`` (it is no longer wanted)."""
+
+    def reconcile_extra(self) -> Tuple[int, Set[Net]]:
+        """Make the extras match the wanted hops exactly: (stale entries removed, subnets of the
+        wanted hops whose extras had to be put right)."""
+        return 0, set()
+
+    # -- helpers for subclasses -----------------------------------------------------------------------
+    def is_remote(self, lease: Lease) -> bool:
+        """A lease of this backend type that is not our own."""
+        if lease.attrs.backend_type != self.spec.lease_type:
+            return False
+        return self.lease is None or lease.subnet != self.lease.subnet
+
+    def wanted(self) -> List[Hop]:
+        return list(self._want.values())
+
+    def _dev_name(self, index: int) -> str:
+        return self.ext_iface.name if index == self.ext_iface.index else "#%d" % index
+
+    # -- the interface ----------------------------------------------------------------------------------
+    def configure(self, lease: Lease) -> None:
+        with self._lock:
+            self.lease = lease
+
+    def lease_added(self, lease: Lease) -> None:
+        with self._lock:
+            hop = self.hop_for(lease)
+            old = self._want.get(lease.subnet)
+            if hop is None:
+                if old is not None:
+                    self._uninstall(self._want.pop(lease.subnet))
+                return
+            if old == hop:
+                return  # unchanged (the node restarted and rewrote its lease): no route churn
+            self._want[lease.subnet] = hop
+            if old is not None:
+                self.uninstall_extra(old)  # after the swap: an extra the new hop shares is kept
+            fresh: List[Failure] = []
+            nets = self._networks()
+            if self._install(hop, nets, fresh):
+                log.info("%s: lease %s: %s", self.name, lease.subnet, self.describe(hop))
+            self._report(fresh)
+
+    def lease_removed(self, lease: Lease) -> None:
+        with self._lock:
+            old = self._want.pop(lease.subnet, None)
+            self._unreachable.discard(lease.subnet)
+            if old is not None:
+                self._uninstall(old)
+                log.info("%s: lease %s gone: its route removed", self.name, lease.subnet)
+
+    def sync(self, leases: List[Lease]) -> None:
+        with self._lock:
+            want = {}
+            for lease in leases:
+                hop = self.hop_for(lease)
+                if hop is not None:
+                    want[lease.subnet] = hop
+            self._want = want
+            self._unreachable &= set(want)
+            self._reconcile()
+
+    def tick(self) -> None:
+        """Repair missing or altered routes (paced by the check's own cost) and retry unroutable hops."""
+        with self._lock:
+            cost = self._check_cost
+            if cost < CHEAP_CHECK or time.monotonic() - self._checked >= REPAIR_BUDGET * cost:
+                self.repairs += self._reconcile()
+            elif self._unreachable:
+                self.repairs += self._retry()
+
+    def cleanup(self) -> None:
+        with self._lock:
+            netlink.delete_routes(self.proto)
+            self._want = {}
+            self._unreachable = set()
+
+    @classmethod
+    def remove_installed(cls, ext_iface: ExternalInterface) -> None:
+        from pyflannel import catalogue
+
+        count = netlink.delete_routes(catalogue.get(cls.name).route_proto)
+        if count:
+            log.info("removed %d route(s) an earlier %s backend left", count, cls.name)
+
+    def status(self) -> Dict[str, Any]:
+        return {"backend": self.name, "interface": self.ext_iface.name, "mtu": self.mtu(),
+                "remote_leases": len(self._want), "unreachable_leases": sorted(str(s) for s in self._unreachable)}
+
+    def metrics(self) -> Dict[str, float]:
+        return {"datapath_remote_leases": float(len(self._want)),
+                "datapath_unreachable_leases": float(len(self._unreachable)),
+                "datapath_repairs_total": float(self.repairs)}
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def _networks(self) -> List[Net]:
+        """The external interface's connected subnets: one address dump, judged per hop in Python."""
+        return netlink.connected_networks(self.ext_iface.index)
+
+    def _install(self, hop: Hop, nets: List[Net], fresh: List[Failure]) -> bool:
+        """Program ``hop``; one that cannot be goes to ``fresh`` (once, until it works again)."""
+        dst = hop.dst
+        if hop.oif == self.ext_iface.index and not hop.onlink and not netlink.on_link_in(nets, hop.gateway):
+            if dst not in self._unreachable:
+                self._unreachable.add(dst)
+                fresh.append((dst, hop.gateway, ""))
+            return False
+        try:
+            self.install_extra(hop)
+            netlink.replace_route(dst, hop.oif, self.proto, gateway=hop.gateway, onlink=hop.onlink)
+        except Exception as err:
+            if dst not in self._unreachable:
+                self._unreachable.add(dst)
+                fresh.append((dst, hop.gateway, str(err) or type(err).__name__))
+            return False
+        if dst in self._unreachable:
+            self._unreachable.discard(dst)
+            log.info("%s: lease %s is reachable now: %s", self.name, dst, self.describe(hop))
+        return True
+
+    def _uninstall(self, hop: Hop) -> None:
+        netlink.delete_route(hop.dst, proto=self.proto)
+        self.uninstall_extra(hop)
+
+    def _report(self, fresh: List[Failure]) -> None:
+        """One error line for all hops that just became unroutable."""
+        if not fresh:
+            return
+        off = [(s, g) for s, g, err in fresh if not err]
+        failed = [(s, g, err) for s, g, err in fresh if err]
+        name, iface = self.name, self.ext_iface.name
+        if off:
+            where = ", ".join(str(a) for a in netlink.ipv4_addresses(self.ext_iface.index)) or "no address"
+            if len(off) == 1:
+                log.error("%s: lease %s has next hop %s, which is not on-link on %s (%s); %s",
+                          name, off[0][0], off[0][1], iface, where, self.offlink_advice)
+            else:
+                log.error("%s: %d leases have next hops that are not on-link on %s (%s) (first: %s via %s); %s; "
+                          "%d unroutable lease(s) in total, listed in the agent's status",
+                          name, len(off), iface, where, off[0][0], off[0][1], self.offlink_advice,
+                          len(self._unreachable))
+        if len(failed) == 1:
+            log.error("%s: cannot add route %s via %s: %s", name, failed[0][0], failed[0][1], failed[0][2])
+        elif failed:
+            log.error("%s: cannot add %d routes (first: %s via %s: %s)", name, len(failed), failed[0][0],
+                      failed[0][1], failed[0][2])
+
+    def _retry(self) -> int:
+        nets = self._networks()
+        if nets == self._nets_seen:
+            return 0  # the interface's subnets did not change: the same hops are still off-link
+        fresh: List[Failure] = []
+        changed = 0
+        for dst in sorted(self._unreachable):
+            hop = self._want.get(dst)
+            if hop is not None and self._install(hop, nets, fresh):
+                changed += 1
+        self._nets_seen = nets
+        self._report(fresh)
+        return changed
+
+    def _reconcile(self) -> int:
+        """Make the kernel's routes of our protocol (and the extras) match the wanted hops exactly;
+        returns the number of stale entries removed plus the number of leases put right."""
+        began = time.monotonic()
+        nets = self._networks()
+        fresh: List[Failure] = []
+        have: Dict[Net, Optional[Dict[str, Any]]] = {r["dst"]: r for r in netlink.routes(self.proto)}
+        stale = 0  # routes, neighbours, fdb entries nobody wants
+        for dst, route in list(have.items()):
+            hop = self._want.get(dst)
+            if hop is None or not hop.matches(route):
+                netlink.delete_route(dst, oif=route["oif"], proto=self.proto, gateway=route["gateway"])
+                have[dst] = None
+                stale += hop is None
+        extra_stale, fixed = self.reconcile_extra()
+        installed = 0
+        for dst, hop in self._want.items():
+            if have.get(dst) is None and self._install(hop, nets, fresh):
+                fixed.add(dst)
+                installed += 1
+                if installed <= SHOWN:
+                    log.info("%s: route %s %s installed", self.name, dst, self.describe(hop))
+        if installed > SHOWN:
+            log.info("%s: %d more routes installed", self.name, installed - SHOWN)
+        self._report(fresh)
+        self._nets_seen = nets
+        self._checked = time.monotonic()
+        self._check_cost = self._checked - began
+        return stale + extra_stale + len(fixed)  # a lease put right counts once

@@ -1,0 +1,157 @@
+"""The backend catalogue is the one source: every copy of what it says must agree with it.
+
+Copies that are written from it (module DOCUMENTATION, the role's argument specs and defaults comment)
+are checked by running ``scripts/catalogue.py --check``; the rest (the schema, the agent's registry, the
+module's argument spec, backend lists in lab/, bench/, molecule/, the Makefile, the example inventory,
+the teardown) are compared here directly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from ansible_collections.netfabric.flannel.plugins.module_utils import catalogue as cat
+from ansible_collections.netfabric.flannel.plugins.module_utils import netconfig
+from ansible_collections.netfabric.flannel.plugins.modules import flannel_network
+
+REPO = Path(__file__).resolve().parents[4]
+DATAPATHS = set(cat.DATAPATHS)
+
+
+def _text(rel: str) -> str:
+    return (REPO / rel).read_text()
+
+
+def test_generated_blocks_are_current() -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "catalogue.py"), "--check"], capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_generator_notices_a_stale_block(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        gen = importlib.import_module("catalogue")
+    finally:
+        sys.path.pop(0)
+    text = _text("roles/flannel/defaults/main.yml")
+    assert gen.render("roles/flannel/defaults/main.yml", text) == text
+    stale = text.replace("wireguard: ", "wireguard-old: ")
+    assert gen.render("roles/flannel/defaults/main.yml", stale) == text
+
+
+def test_schema_knows_exactly_the_catalogue() -> None:
+    assert list(netconfig.BACKEND_OPTIONS) == cat.names()
+    for backend in cat.BACKENDS:
+        assert list(netconfig.BACKEND_OPTIONS[backend.name]) == backend.option_names
+        parsed = netconfig.parse_config({"Network": "10.1.0.0/16", "Backend": {"Type": backend.name}})
+        assert parsed.backend == {o.go: o.default for o in backend.options}
+    assert not set(cat.FOREIGN_BACKENDS) & set(cat.names())
+
+
+def test_every_option_range_and_choice_is_enforced() -> None:
+    for backend in cat.BACKENDS:
+        for opt in backend.options:
+            if opt.kind == "int":
+                bad = [opt.low - 1, opt.high + 1]
+            elif opt.choices:
+                bad = ["not-a-choice"]
+            elif opt.kind == "key":
+                bad = ["c2hvcnQ="]
+            else:
+                continue
+            for value in bad:
+                try:
+                    netconfig.parse_config({"Network": "10.1.0.0/16", "Backend": {"Type": backend.name, opt.go: value}})
+                except netconfig.ConfigError as err:
+                    assert "Backend." + opt.go in str(err)
+                else:
+                    raise AssertionError("%s %s=%r was accepted" % (backend.name, opt.go, value))
+
+
+def test_the_agent_registry_is_the_catalogue() -> None:
+    from pyflannel import backend as backends
+
+    assert backends.available() == sorted(cat.names())
+    for backend in cat.BACKENDS:
+        cls = backends._REGISTRY[backend.name]
+        assert cls.__module__ == "pyflannel.backend." + backend.module
+    assert cat.get("vxlan").route_proto == importlib.import_module("pyflannel.netlink").RTPROT_VXLAN
+
+
+def test_route_protocols_and_devices_are_distinct() -> None:
+    protos = [b.route_proto for b in cat.BACKENDS if b.route_proto is not None]
+    assert len(protos) == len(set(protos))
+    devices = [d for b in cat.BACKENDS for d in b.devices]
+    assert len(devices) == len(set(devices))
+
+
+def test_module_argument_spec_is_the_catalogue() -> None:
+    spec = flannel_network.backend_spec()
+    assert set(spec) == {"type"} | set(cat.all_options())
+    for name, (opt, _backends) in cat.all_options().items():
+        assert spec[name]["type"] == opt.ansible_type
+        assert spec[name].get("no_log", False) == opt.no_log
+    doc = yaml.safe_load(flannel_network.DOCUMENTATION)["options"]["backend"]["suboptions"]
+    assert set(doc) == set(spec)
+    assert dict(flannel_network.BACKEND_KEYS) == {n: o.go for n, (o, _b) in cat.all_options().items()}
+
+
+def test_role_argument_specs_are_the_catalogue() -> None:
+    specs = yaml.safe_load(_text("roles/flannel/meta/argument_specs.yml"))["argument_specs"]
+    seen = 0
+    for entry in specs.values():
+        backend = entry["options"].get("flannel_backend")
+        if backend is None:
+            continue
+        seen += 1
+        assert backend["options"]["type"]["choices"] == cat.names()
+        assert set(backend["options"]) == {"type"} | set(cat.all_options())
+    assert seen >= 1
+
+
+def _listed(text: str, sep: str) -> set:
+    return {part.strip() for part in text.split(sep)}
+
+
+def test_backend_lists_elsewhere_match() -> None:
+    makefile = _text("Makefile")
+    found = re.search(r"BACKEND=([a-z|-]+)", makefile)
+    assert found and _listed(found.group(1), "|") == DATAPATHS, "Makefile's lab help"
+    molecule_runs = re.search(r"\|\| runs=\(([^)]*)\)", _text("lab/run-molecule.sh")).group(1).split()
+    assert {r.split(":", 1)[1] for r in molecule_runs if r.startswith("default:")} == DATAPATHS
+    found = re.search(r"verify_backend \(([a-z|-]+)\)", _text("molecule/shared/verify.yml"))
+    assert found and _listed(found.group(1), "|") == DATAPATHS, "molecule/shared/verify.yml"
+    verify = _text("molecule/shared/verify.yml")
+    for name in DATAPATHS:
+        assert "verify_backend == '%s'" % name in verify, "verify.yml has no route check for %s" % name
+    found = re.search(r"flannel_backend: +# ([a-z| -]+), options", _text("inventory/example.yml"))
+    assert found and _listed(found.group(1), "|") == DATAPATHS, "inventory/example.yml"
+    sys.path.insert(0, str(REPO / "lab"))
+    try:
+        lab = importlib.import_module("lab")
+    finally:
+        sys.path.pop(0)
+    assert set(lab.BACKENDS) == DATAPATHS
+
+
+def test_bench_covers_every_datapath() -> None:
+    text = _text("bench/datapath.py")
+    assert "DATAPATHS" in text or all('"%s"' % name in text for name in DATAPATHS)
+
+
+def test_teardown_removes_what_every_backend_installs() -> None:
+    text = _text("playbooks/tasks/teardown.yml")
+    protos = re.search(r'loop: \[("1\d\d"(?:, "1\d\d")*)\]', text).group(1)
+    assert {int(p.strip('" ')) for p in protos.split(",")} == {
+        b.route_proto for b in cat.BACKENDS if b.route_proto is not None}
+    pattern = re.search(r"select\('match', '([^']+)'\)", text).group(1)
+    examples = {"flannel0", "flannel.1", "flannel.4096", "flannel-wg", "flannel-wg-v6"}
+    for name in examples:
+        assert any(re.fullmatch(d, name) for b in cat.BACKENDS for d in b.devices), name
+        assert re.match(pattern, name), "teardown does not delete %s" % name
