@@ -448,9 +448,10 @@ class WireguardBackend(Backend):
         return Peer(key, "%s:%d" % (attrs.public_ip, self.listen_port), str(lease.subnet), self.psk, self.keepalive)
 
     def _set_peer(self, peer: Peer) -> None:
-        wg("set", self.dev, "peer", peer.public_key, "preshared-key", "/dev/stdin", "endpoint", peer.endpoint,
+        psk = "/dev/stdin" if peer.psk != ZERO_KEY else "/dev/null"  # wg reads /dev/null as "no pre-shared key"
+        wg("set", self.dev, "peer", peer.public_key, "preshared-key", psk, "endpoint", peer.endpoint,
            "allowed-ips", peer.allowed_ip, "persistent-keepalive", str(peer.keepalive) if peer.keepalive else "off",
-           stdin=(peer.psk if peer.psk != ZERO_KEY else "") + "\n")
+           stdin=peer.psk + "\n" if peer.psk != ZERO_KEY else "")
 
     def _remove_peer(self, peer: Peer) -> None:
         wg("set", self.dev, "peer", peer.public_key, "remove")
