@@ -58,8 +58,17 @@ def type_doc() -> str:
     return "The backend type (C(Backend.Type)): %s." % shown
 
 
+def _typed(indent: str, opt) -> List[str]:
+    out = [indent + "  type: " + opt.ansible_type]
+    if opt.choices:
+        out.append(indent + "  choices: [%s]" % ", ".join(opt.choices))
+    if opt.no_log:
+        out.append(indent + "  no_log: true")
+    return out
+
+
 def module_block(indent: str) -> List[str]:
-    """The suboptions of flannel_network's ``backend`` option."""
+    """The suboptions of flannel_network's ``backend`` option (descriptions as lists)."""
     out = [indent + "type:",
            indent + "  description:",
            *wrapped(indent + "    - ", indent + "      ", type_doc()),
@@ -67,32 +76,21 @@ def module_block(indent: str) -> List[str]:
            indent + "  type: str",
            indent + "  default: udp"]
     for name, (opt, _backends) in CAT.all_options().items():
-        out += [indent + name + ":",
-                indent + "  description:",
-                *wrapped(indent + "    - ", indent + "      ", CAT.option_doc(name)),
-                indent + "  type: " + opt.ansible_type]
-        if opt.choices:
-            out.append(indent + "  choices: [%s]" % ", ".join(opt.choices))
-        if opt.no_log:
-            out.append(indent + "  no_log: true")
+        out += [indent + name + ":", indent + "  description:",
+                *wrapped(indent + "    - ", indent + "      ", CAT.option_doc(name)), *_typed(indent, opt)]
     return out
 
 
 def role_block(indent: str) -> List[str]:
-    """The options of the flannel role's ``flannel_backend``."""
+    """The options of the flannel role's ``flannel_backend`` (one-string descriptions)."""
     out = [indent + "type:",
            *wrapped(indent + "  description: ", indent + "    ", type_doc()),
            indent + "  type: str",
            indent + "  choices: [%s]" % ", ".join(CAT.names()),
            indent + "  required: true"]
     for name, (opt, _backends) in CAT.all_options().items():
-        out += [indent + name + ":",
-                *wrapped(indent + "  description: ", indent + "    ", CAT.option_doc(name)),
-                indent + "  type: " + opt.ansible_type]
-        if opt.choices:
-            out.append(indent + "  choices: [%s]" % ", ".join(opt.choices))
-        if opt.no_log:
-            out.append(indent + "  no_log: true")
+        out += [indent + name + ":", *wrapped(indent + "  description: ", indent + "    ", CAT.option_doc(name)),
+                *_typed(indent, opt)]
     return out
 
 
