@@ -1,5 +1,5 @@
-"""Datapath benchmark: iperf3 TCP between two namespace hosts over raw veth, host-gw, vxlan and udp,
-each printed as a ratio of raw veth, plus the TCP retransmits.  Needs root (network namespaces).
+"""Datapath benchmark: iperf3 TCP between two namespace hosts over raw veth, host-gw, vxlan, udp and
+wireguard, each printed as a ratio of raw veth, plus the TCP retransmits.  Needs root (network namespaces).
 
 Every overlay run is preceded by a raw veth run of the same length ("raw veth next"), and the ratio
 is taken against that one, so load from other processes that comes and goes hits both alike.
@@ -7,6 +7,12 @@ is taken against that one, so load from other processes that comes and goes hits
     sudo .venv/bin/python bench/datapath.py            # 10 s per run, all four
     sudo .venv/bin/python bench/datapath.py -t 5 --only raw,udp
     sudo .venv/bin/python bench/datapath.py --repeat 3   # median of three pairs per backend
+    sudo .venv/bin/python bench/datapath.py --only raw,wireguard --repeat 3
+
+wireguard runs also a plain tunnel set up by hand between the same two namespaces (wg genkey,
+wireguard-go -f, wg set; same MTU as flannel-wg; the kernel's WireGuard instead when it has one), in
+the same round as each flannel run, and reports flannel's wireguard path as a ratio of that tunnel
+(the figure that says what flannel costs on top of WireGuard itself) besides its ratio of raw veth.
 
 The hosts come from the integration test bed (tests/integration/netns.py: two namespaces whose eth0
 veths meet on a bridge in a third namespace), with a real etcd and real flanneld agents.  Traffic
@@ -27,25 +33,28 @@ from typing import Any, Dict, List, Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tests.etcdserver import EtcdServer
-from tests.integration.netns import Agent, Host, TestBed, put_config
+from tests.integration.netns import Agent, Host, TestBed, private_mount, put_config, sh, wait_for
 
 PREFIX = "/coreos.com/network"
-BACKENDS = ("host-gw", "vxlan", "udp")
+BACKENDS = ("host-gw", "vxlan", "udp", "wireguard")
 TARGETS = {"host-gw": 0.90, "vxlan": 0.85, "udp": 0.05}
+WG_TARGET = 0.85  # flannel's wireguard path / a plain WireGuard tunnel between the same namespaces
 
 
 TICK = os.sysconf("SC_CLK_TCK")
 
 
 def pump_cpu(hosts: List[Host]) -> float:
-    """CPU seconds used so far by the udp packet pumps in the hosts' namespaces."""
+    """CPU seconds used so far by the udp packet pumps and wireguard-go daemons in the hosts' namespaces."""
     total = 0.0
     for host in hosts:
         for pid in host.run("ip", "netns", "pids", host.ns).stdout.split():
             try:
                 with open("/proc/%s/cmdline" % pid, "rb") as f:
-                    if b"pyflannel.udpproxy" not in f.read():
-                        continue
+                    cmdline = f.read()
+                if b"pyflannel.udpproxy" not in cmdline and not cmdline.startswith(b"wireguard-go\0") \
+                        and b"/wireguard-go\0" not in cmdline:
+                    continue
                 with open("/proc/%s/stat" % pid) as f:
                     fields = f.read().rsplit(")", 1)[1].split()
                 total += (int(fields[11]) + int(fields[12])) / TICK
@@ -87,11 +96,64 @@ def iperf(client: Host, server: Host, server_ip: str, client_ip: str, seconds: i
             "cpu_per_gb": cpu / total_gb if total_gb else 0.0}
 
 
+class PlainTunnel:
+    """A WireGuard tunnel set up by hand between the bed's two hosts, the yardstick for flannel's
+    wireguard path: device wgplain0, 10.200.0.<n>/24, port 51900, the given MTU.  The kernel's
+    WireGuard when it has one, else wireguard-go, each in a mount namespace of its own (a private
+    /run/wireguard, so it never meets the agents' flannel-wg sockets)."""
+
+    DEV = "wgplain0"
+    PORT = 51900
+
+    def __init__(self, hosts: List[Host], mtu: int) -> None:
+        self.hosts = hosts
+        self.pids: List[int] = []
+        self.kernel = False
+        keys = [sh("wg", "genkey").stdout.strip() for _ in hosts]
+        pubs = [sh("wg", "pubkey", input=k + "\n").stdout.strip() for k in keys]
+        for n, host in enumerate(hosts):
+            run = os.path.join(host.dir, "wgplain-run")
+            wrap = private_mount(run, "/run/wireguard")
+            # a long-lived process in that mount namespace: wireguard-go itself, or a sleeper for the kernel's device
+            self.kernel = host.run("ip", "link", "add", self.DEV, "type", "wireguard", check=False).returncode == 0
+            proc = host.popen(*wrap, *(["sleep", "3600"] if self.kernel else ["wireguard-go", "-f", self.DEV]))
+            self.pids.append(proc.pid)
+            sock = os.path.join(run, self.DEV + ".sock")
+            wait_for(lambda sock=sock: self.kernel or os.path.exists(sock), 10,
+                     what="wireguard-go socket of " + self.DEV)
+            self.wg(n, "set", self.DEV, "private-key", "/dev/stdin", "listen-port", str(self.PORT), stdin=keys[n])
+            host.run("ip", "link", "set", self.DEV, "mtu", str(mtu))
+            host.run("ip", "addr", "add", "10.200.0.%d/24" % (n + 1), "dev", self.DEV)
+            host.run("ip", "link", "set", self.DEV, "up")
+        for n, _host in enumerate(hosts):
+            m = 1 - n
+            self.wg(n, "set", self.DEV, "peer", pubs[m], "endpoint", "%s:%d" % (hosts[m].address, self.PORT),
+                    "allowed-ips", "10.200.0.%d/32" % (m + 1))
+
+    def address(self, n: int) -> str:
+        return "10.200.0.%d" % (n + 1)
+
+    def wg(self, n: int, *args: str, stdin: str = "") -> None:
+        proc = subprocess.run(["nsenter", "-t", str(self.pids[n]), "-m", "-n", "wg", *args], input=stdin + "\n",
+                              capture_output=True, text=True, timeout=30, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError("wg %s: %s" % (" ".join(args[:2]), proc.stderr.strip()))
+
+    def close(self) -> None:
+        for host in self.hosts:
+            host.run("ip", "link", "del", self.DEV, check=False)
+
+
 def run_backend(bed: TestBed, server: EtcdServer, btype: str, seconds: int, env: Dict[str, str],
                 repeat: int = 1) -> Dict[str, Any]:
     prefix = "/bench-%s%s" % (btype, PREFIX)
     put_config(bed, server, prefix, {"Network": "10.100.0.0/16", "Backend": {"Type": btype}})
-    agents = [Agent(h, server.url, prefix, env=env) for h in bed.hosts]
+    if btype == "wireguard":  # a private /run/wireguard and key file per host (see tests/integration/test_wireguard.py)
+        agents = [Agent(h, server.url, prefix, ["--wireguard-key-file", os.path.join(h.dir, "wgkey")], env=env,
+                        wrap=private_mount(os.path.join(h.dir, "wgrun"), "/run/wireguard")) for h in bed.hosts]
+    else:
+        agents = [Agent(h, server.url, prefix, env=env) for h in bed.hosts]
+    plain: Optional[PlainTunnel] = None
     try:
         for a in agents:
             a.start(wait=False)
@@ -101,13 +163,24 @@ def run_backend(bed: TestBed, server: EtcdServer, btype: str, seconds: int, env:
         while bed.hosts[0].ping(agents[1].bridge_ip, agents[0].bridge_ip, count=1, deadline=2).returncode != 0:
             if time.monotonic() > deadline:
                 raise RuntimeError("%s: no connectivity; log:\n%s" % (btype, agents[0].logtext()))
+        if btype == "wireguard":
+            plain = PlainTunnel(bed.hosts, int(agents[0].subnet_env["FLANNEL_MTU"]))
         runs = []
-        for _run in range(repeat):
+        for n in range(repeat):
             # raw veth right before the overlay run, so a change in the machine's load hits both alike
             raw = iperf(bed.hosts[0], bed.hosts[1], bed.hosts[1].address, bed.hosts[0].address, seconds)
+            tunnel = None
+            if plain is not None and n % 2:  # the plain tunnel first every other round: no order bias
+                tunnel = iperf(bed.hosts[0], bed.hosts[1], plain.address(1), plain.address(0), seconds)
             run = iperf(bed.hosts[0], bed.hosts[1], agents[1].bridge_ip, agents[0].bridge_ip, seconds)
+            if plain is not None and tunnel is None:
+                tunnel = iperf(bed.hosts[0], bed.hosts[1], plain.address(1), plain.address(0), seconds)
             run["raw_gbps"] = raw["gbps"]
             run["raw_cpu_per_gb"] = raw["cpu_per_gb"]
+            if tunnel is not None:
+                run["plain_gbps"] = tunnel["gbps"]
+                run["plain_cpu_per_gb"] = tunnel["cpu_per_gb"]
+                run["plain_retransmits"] = tunnel["retransmits"]
             runs.append(run)
         # the run with the median ratio
         runs.sort(key=lambda r: r["gbps"] / r["raw_gbps"])
@@ -117,8 +190,14 @@ def run_backend(bed: TestBed, server: EtcdServer, btype: str, seconds: int, env:
             m = agents[0].metrics()
             result["udp_packets_out"] = m.get("flannel_udp_packets_out_total", 0)
             result["udp_drops"] = sum(v for k, v in m.items() if k.startswith("flannel_udp_drops"))
+        if plain is not None:
+            result["plain_ratios"] = sorted(round(r["gbps"] / r["plain_gbps"], 3) for r in runs)
+            result["plain_ratio"] = result["plain_ratios"][len(runs) // 2]  # the median
+            result["plain_kernel"] = plain.kernel
         return result
     finally:
+        if plain is not None:
+            plain.close()
         for a in agents:
             a.stop()
 
@@ -126,7 +205,8 @@ def run_backend(bed: TestBed, server: EtcdServer, btype: str, seconds: int, env:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("-t", "--time", type=int, default=10, help="seconds per iperf3 run (default 10)")
-    parser.add_argument("--only", default="raw," + ",".join(BACKENDS), help="comma list of raw,host-gw,vxlan,udp")
+    parser.add_argument("--only", default="raw," + ",".join(BACKENDS),
+                        help="comma list of raw," + ",".join(BACKENDS))
     parser.add_argument("--repeat", type=int, default=1, help="raw+overlay pairs per backend; the median ratio "
                         "is reported (default 1)")
     parser.add_argument("--udp-queues", type=int, default=0, help="PYFLANNEL_UDP_QUEUES for the udp run")
@@ -172,6 +252,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("cpu-s/GB: CPU seconds of iperf3 (both ends, with the kernel work done in their context) and of the\n"
           "udp pumps, per GB; cpu ratio = raw veth's cost / this path's cost: an efficiency figure that, unlike\n"
           "Gbit/s, changes little when other processes load the machine")
+    if "wireguard" in results:
+        wgr = results["wireguard"]
+        plain_cpu = wgr["plain_cpu_per_gb"]
+        print("wireguard: flannel-wg %.3f Gbit/s, plain %s tunnel %.3f Gbit/s (%d retransmits) in the same round:\n"
+              "  flannel / plain tunnel = %.3f (median; target >= %.2f; all rounds %s),\n"
+              "  plain tunnel / raw veth = %.3f (same round as the median-by-raw run),\n"
+              "  cpu-s/GB flannel %.2f vs plain %.2f"
+              % (wgr["gbps"], "kernel" if wgr["plain_kernel"] else "wireguard-go", wgr["plain_gbps"],
+                 wgr["plain_retransmits"], wgr["plain_ratio"], WG_TARGET, wgr["plain_ratios"],
+                 wgr["plain_gbps"] / wgr["raw_gbps"], wgr["cpu_per_gb"], plain_cpu))
     if "udp" in results:
         udp = results["udp"]
         print("udp: %d packets tunnelled by the sender, %d dropped"
