@@ -271,8 +271,9 @@ def stop_unit() -> bool:
     if not shutil.which("systemctl") or not os.path.isdir("/run/systemd/system"):
         return False
     active = _systemctl("is-active", "--quiet", UNIT + ".service").returncode == 0
-    _systemctl("stop", UNIT + ".service")
-    _systemctl("reset-failed", UNIT + ".service")
+    if active:
+        _systemctl("stop", UNIT + ".service")
+    _systemctl("reset-failed", UNIT + ".service")  # a failed unit of that name would block systemd-run
     return active
 
 
