@@ -118,3 +118,76 @@ def test_without_the_interpreter_the_facts_answer(outcomes: Dict[str, Dict]) -> 
     """flannel_os_python not installed yet: the Python Ansible runs on the node stands in."""
     msg = outcomes["no interpreter yet"]["msg"]
     assert "would run on Python %d.%d (%s) on %s" % (*sys.version_info[:2], sys.executable, ARCH) in msg
+
+
+# ---- the etcd role's tarball settings follow the host's architecture ----
+
+SHA_AMD64 = "sha256:" + "a" * 64
+SHA_ARM64 = "sha256:" + "b" * 64
+ETCD_CASES: Dict[str, Dict] = {
+    "x86_64": {"architecture": "x86_64", "checksum": SHA_AMD64},
+    "aarch64": {"architecture": "aarch64", "checksum": {"amd64": SHA_AMD64, "arm64": SHA_ARM64}},
+    "ppc64le": {"architecture": "ppc64le", "checksum": "sha512:" + "c" * 128},
+    "s390x": {"architecture": "s390x", "checksum": "sha256:" + "d" * 64},
+    "riscv64": {"architecture": "riscv64", "checksum": SHA_AMD64},
+    "aarch64 without its checksum": {"architecture": "aarch64", "checksum": {"amd64": SHA_AMD64}},
+    "no checksum": {"architecture": "x86_64", "checksum": ""},
+}
+
+
+@pytest.fixture(scope="module")
+def etcd_outcomes(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Dict]:
+    base = tmp_path_factory.mktemp("etcd-arch")
+    collections = collection_root(base / "collections")
+    tasks: List[Dict] = []
+    for case, spec in ETCD_CASES.items():
+        record = ("{{ outcomes | combine({%s: {'failed': false, 'arch': etcd_tarball_arch, 'url': etcd_tarball_url, "
+                  "'checksum': __etcd_tarball_checksum}}) }}" % json.dumps(case))
+        tasks.append({"block": [
+            {"name": case, "ansible.builtin.include_role": {"name": "netfabric.flannel.etcd",
+                                                           "tasks_from": "tarball_settings", "public": True},
+             "vars": {"ansible_facts": {"architecture": spec["architecture"]},
+                      "etcd_tarball_checksum": spec["checksum"]}},
+            {"ansible.builtin.set_fact": {"outcomes": record},
+             "vars": {"ansible_facts": {"architecture": spec["architecture"]}}},
+        ], "rescue": [
+            {"ansible.builtin.set_fact": {"outcomes": "{{ outcomes | combine({%s: {'failed': true, 'msg': "
+                                                      "ansible_failed_result.msg}}) }}" % json.dumps(case)}},
+        ]})
+    out = base / "outcomes.json"
+    tasks.append({"ansible.builtin.copy": {"content": "{{ outcomes | to_json }}", "dest": str(out)}})
+    play = [{"hosts": "localhost", "connection": "local", "gather_facts": False,
+             "vars": {"ansible_python_interpreter": sys.executable, "outcomes": {}}, "tasks": tasks}]
+    (base / "play.yml").write_text(yaml_dump(play))
+    proc = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", str(base / "play.yml")],
+                          env=ansible_env(collections, base), cwd=str(base), capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0 and out.exists(), proc.stdout[-4000:] + proc.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize(("case", "arch", "checksum"), [
+    ("x86_64", "amd64", SHA_AMD64),
+    ("aarch64", "arm64", SHA_ARM64),
+    ("ppc64le", "ppc64le", "sha512:" + "c" * 128),
+    ("s390x", "s390x", "sha256:" + "d" * 64),
+])
+def test_etcd_tarball_follows_the_architecture(etcd_outcomes: Dict[str, Dict], case: str, arch: str,
+                                               checksum: str) -> None:
+    result = etcd_outcomes[case]
+    assert not result["failed"], result
+    assert result["arch"] == arch and result["checksum"] == checksum
+    assert result["url"] == ("https://github.com/etcd-io/etcd/releases/download/v3.5.17/etcd-v3.5.17-linux-%s.tar.gz"
+                             % arch)
+
+
+def test_etcd_tarball_other_architecture_fails_in_one_line(etcd_outcomes: Dict[str, Dict]) -> None:
+    msg = etcd_outcomes["riscv64"]["msg"]
+    assert msg.startswith("localhost is riscv64, but etcd release tarballs exist only for x86_64 (amd64)")
+    assert "etcd_install_method: package" in msg and "\n" not in msg
+
+
+def test_etcd_tarball_checksum_per_architecture_is_required(etcd_outcomes: Dict[str, Dict]) -> None:
+    msg = etcd_outcomes["aarch64 without its checksum"]["msg"]
+    assert "needs etcd_tarball_checksum.arm64 like" in msg and "etcd-v3.5.17-linux-arm64.tar.gz" in msg
+    assert "needs etcd_tarball_checksum like" in etcd_outcomes["no checksum"]["msg"]
