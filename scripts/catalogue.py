@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """Write the backend options from the catalogue into the files that must spell them out.
 
-    scripts/catalogue.py --write    rewrite the generated blocks
-    scripts/catalogue.py --check    exit 1 naming every file whose block differs (tests/unit/test_catalogue.py)
+    python3 scripts/catalogue.py --write    rewrite the generated blocks
+    python3 scripts/catalogue.py --check    exit 1 naming every file whose block differs (tests/unit/test_catalogue.py)
 
 The catalogue (plugins/module_utils/catalogue.py) is the source; the blocks between the marker lines
 ``# >>> backend options`` and ``# <<< backend options`` in these files are derived from it:
@@ -58,11 +57,12 @@ def type_doc() -> str:
     return "The backend type (C(Backend.Type)): %s." % shown
 
 
-def _typed(indent: str, opt) -> List[str]:
+def _typed(indent: str, opt, spec: bool) -> List[str]:
+    """type and choices; ``no_log`` too where ``spec`` (an argument spec, not module DOCUMENTATION)."""
     out = [indent + "  type: " + opt.ansible_type]
     if opt.choices:
         out.append(indent + "  choices: [%s]" % ", ".join(opt.choices))
-    if opt.no_log:
+    if opt.no_log and spec:
         out.append(indent + "  no_log: true")
     return out
 
@@ -77,7 +77,7 @@ def module_block(indent: str) -> List[str]:
            indent + "  default: udp"]
     for name, (opt, _backends) in CAT.all_options().items():
         out += [indent + name + ":", indent + "  description:",
-                *wrapped(indent + "    - ", indent + "      ", CAT.option_doc(name)), *_typed(indent, opt)]
+                *wrapped(indent + "    - ", indent + "      ", CAT.option_doc(name)), *_typed(indent, opt, False)]
     return out
 
 
@@ -90,7 +90,7 @@ def role_block(indent: str) -> List[str]:
            indent + "  required: true"]
     for name, (opt, _backends) in CAT.all_options().items():
         out += [indent + name + ":", *wrapped(indent + "  description: ", indent + "    ", CAT.option_doc(name)),
-                *_typed(indent, opt)]
+                *_typed(indent, opt, True)]
     return out
 
 
@@ -138,7 +138,7 @@ def render(path: str, text: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--write", action="store_true")
     group.add_argument("--check", action="store_true")
@@ -155,7 +155,7 @@ def main() -> int:
             else:
                 stale.append(rel)
     if stale:
-        print("catalogue: backend options out of date in %s; run scripts/catalogue.py --write"
+        print("catalogue: backend options out of date in %s; run python3 scripts/catalogue.py --write"
               % ", ".join(stale), file=sys.stderr)
         return 1
     return 0

@@ -101,7 +101,6 @@ options:
         description:
           - 'C(PSK): pre-shared key (base64, as wg genpsk prints) applied to every peer (wireguard).'
         type: str
-        no_log: true
       persistent_keepalive_interval:
         description:
           - 'C(PersistentKeepaliveInterval): seconds between keepalives to every peer; 0 = off (wireguard,
