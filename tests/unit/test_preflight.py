@@ -18,6 +18,7 @@ from tests.ansible_runner import VENV_BIN, ansible_env, collection_root, yaml_du
 PY = "cp%d%d" % sys.version_info[:2]
 ARCH = platform.machine()
 OTHER_ARCH = "aarch64" if ARCH != "aarch64" else "x86_64"
+PREFLIGHT = {"name": "netfabric.flannel.flannel", "tasks_from": "preflight"}
 PURE = ["pyflannel-0.1.0-py3-none-any.whl", "pbr-7.1.3-py2.py3-none-any.whl"]
 
 
@@ -60,8 +61,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Dict]:
             Path(python).write_text("#!/bin/sh\necho %s\n" % spec["python"])
             Path(python).chmod(0o755)
         tasks.append({"block": [
-            {"name": case, "ansible.builtin.include_role": {"name": "netfabric.flannel.flannel",
-                                                           "tasks_from": "preflight"},
+            {"name": case, "ansible.builtin.include_role": PREFLIGHT,
              "vars": {"flannel_wheelhouse_dir": str(wheelhouse), "flannel_os_python": python}},
             {"ansible.builtin.set_fact": {"outcomes": "{{ outcomes | combine({%s: {'failed': false}}) }}"
                                                       % json.dumps(case)}},
@@ -122,6 +122,8 @@ def test_without_the_interpreter_the_facts_answer(outcomes: Dict[str, Dict]) -> 
 
 # ---- the etcd role's tarball settings follow the host's architecture ----
 
+# public: the role's defaults (etcd_tarball_arch, etcd_tarball_url) stay visible to the recording task
+TARBALL_SETTINGS = {"name": "netfabric.flannel.etcd", "tasks_from": "tarball_settings", "public": True}
 SHA_AMD64 = "sha256:" + "a" * 64
 SHA_ARM64 = "sha256:" + "b" * 64
 ETCD_CASES: Dict[str, Dict] = {
@@ -144,8 +146,7 @@ def etcd_outcomes(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Dict]:
         record = ("{{ outcomes | combine({%s: {'failed': false, 'arch': etcd_tarball_arch, 'url': etcd_tarball_url, "
                   "'checksum': __etcd_tarball_checksum}}) }}" % json.dumps(case))
         tasks.append({"block": [
-            {"name": case, "ansible.builtin.include_role": {"name": "netfabric.flannel.etcd",
-                                                           "tasks_from": "tarball_settings", "public": True},
+            {"name": case, "ansible.builtin.include_role": TARBALL_SETTINGS,
              "vars": {"ansible_facts": {"architecture": spec["architecture"]},
                       "etcd_tarball_checksum": spec["checksum"]}},
             {"ansible.builtin.set_fact": {"outcomes": record},
