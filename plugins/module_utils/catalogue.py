@@ -10,11 +10,11 @@ description), the shape of the ``BackendData`` its leases carry, its MTU overhea
 protocol id its routes are tagged with and the pyflannel module that implements it.  Everything else
 derives from here: the network-config schema (``netconfig``), the agent's backend registry, the
 ``flannel_network`` module's argument spec, the role argument specs and module documentation
-(written by ``scripts/catalogue.py``), and the backend lists of the lab, the benchmarks, molecule and
-the Makefile (checked by ``tests/unit/test_catalogue.py``).
+(written by ``scripts/backend_options.py``), and the backend lists of the lab, the benchmarks, molecule and
+the Makefile (checked by ``tests/unit/plugins/modules/test_catalogue.py``).
 
 Adding a backend: one entry in :data:`BACKENDS`, one module under ``pyflannel/backend/``, then
-``scripts/catalogue.py --write``.
+``scripts/backend_options.py --write``.
 """
 
 import base64

@@ -51,7 +51,7 @@ options:
       - The datapath (C(Backend)) with its options. Options that the chosen type does not know are refused.
     type: dict
     suboptions:
-      # >>> backend options (written by scripts/catalogue.py from the catalogue; edit that)
+      # >>> backend options (written by scripts/backend_options.py from the catalogue; edit that)
       type:
         description:
           - 'The backend type (C(Backend.Type)): V(udp), V(vxlan), V(host-gw), V(wireguard), V(alloc).'

@@ -1,7 +1,7 @@
 """Write the backend options from the catalogue into the files that must spell them out.
 
-    python3 scripts/catalogue.py --write    rewrite the generated blocks
-    python3 scripts/catalogue.py --check    exit 1 naming every file whose block differs (tests/unit/test_catalogue.py)
+    python3 scripts/backend_options.py --write    rewrite the generated blocks
+    python3 scripts/backend_options.py --check    exit 1 naming every file whose block differs (a unit test)
 
 The catalogue (plugins/module_utils/catalogue.py) is the source; the blocks between the marker lines
 ``# >>> backend options`` and ``# <<< backend options`` in these files are derived from it:
@@ -26,7 +26,7 @@ from typing import List
 REPO = Path(__file__).resolve().parent.parent
 BEGIN = "# >>> backend options"
 END = "# <<< backend options"
-NOTE = " (written by scripts/catalogue.py from the catalogue; edit that)"
+NOTE = " (written by scripts/backend_options.py from the catalogue; edit that)"
 
 
 def load_catalogue():
@@ -155,7 +155,7 @@ def main() -> int:
             else:
                 stale.append(rel)
     if stale:
-        print("catalogue: backend options out of date in %s; run python3 scripts/catalogue.py --write"
+        print("catalogue: backend options out of date in %s; run python3 scripts/backend_options.py --write"
               % ", ".join(stale), file=sys.stderr)
         return 1
     return 0
