@@ -106,8 +106,6 @@ _BACKEND_FAMILIES: Dict[str, Tuple[str, Dict[str, str]]] = {
     "udp_drops_no_route_total": ("udp_dropped_packets_total", {"direction": "tx", "reason": "no_route"}),
     "udp_drops_ttl_total": ("udp_dropped_packets_total", {"direction": "tx", "reason": "ttl_expired"}),
 }
-# Names a backend reports twice (an older name of a family member above): left out.
-_BACKEND_ALIASES = frozenset({"udp_rx_dropped_unknown_sender_total"})
 _BACKEND_HELP = {
     "udp_dropped_packets_total": "udp packets dropped, by direction (rx: received from a peer, tx: read from "
                                  "the TUN) and reason",
@@ -119,8 +117,6 @@ def backend_metrics(backend: str, values: Dict[str, float]) -> List[Metric]:
     members of a family split by reason become one name with labels."""
     out: List[Metric] = []
     for name, value in sorted(values.items()):
-        if name in _BACKEND_ALIASES:
-            continue
         family, labels = _BACKEND_FAMILIES.get(name, (name, {}))
         kind = "counter" if family.endswith("_total") else "gauge"
         text = _BACKEND_HELP.get(family, "backend %s: %s" % (backend, family))

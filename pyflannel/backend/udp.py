@@ -9,9 +9,9 @@
   sharing that queue's socket.  ``PYFLANNEL_UDP_QUEUES`` (default 1) sets the number of queues,
   ``PYFLANNEL_UDP_MODE=both`` runs both directions as threads of one process per queue.
 * Datagrams from an address that holds no lease are dropped and counted
-  (``udp_drops_unknown_source_total``, also exported as ``udp_rx_dropped_unknown_sender_total``); so
-  are datagrams whose inner packet is malformed or not from the sender's subnet to ours
-  (``udp_rx_dropped_{bad_header,bad_length,foreign_source,foreign_destination}_total``).
+  (``flannel_udp_dropped_packets_total{direction="rx",reason="unknown_sender"}``); so are datagrams
+  whose inner packet is malformed or not from the sender's subnet to ours (the same counter with the
+  reasons ``bad_header``, ``bad_length``, ``foreign_source``, ``foreign_destination``).
 """
 
 from __future__ import annotations
@@ -357,7 +357,6 @@ class UdpBackend(Backend):
 
     def metrics(self) -> Dict[str, float]:
         out = {"udp_%s_total" % k: float(v) for k, v in self.counters().items()}
-        out["udp_rx_dropped_unknown_sender_total"] = out["udp_drops_unknown_source_total"]
         out["datapath_remote_leases"] = float(len(self._routes))
         out["udp_worker_restarts_total"] = float(self.restarts)
         return out
