@@ -34,6 +34,9 @@ How the peers are kept in step:
   never in a file other than the key file.
 * ``tick()`` tolerates an endpoint that differs from the lease's (WireGuard roams to where a peer's
   authenticated packets come from, e.g. behind NAT); a missing endpoint is repaired.
+* ``tick()`` also resets a peer whose session only works one way (see :meth:`_unstick`: after two
+  handshakes crossed, wireguard-go was seen here sending for up to the 120 s rekey with a session the
+  other end had dropped).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ KEY_FILE_ENV = "WIREGUARD_KEY_FILE"
 ZERO_KEY = base64.b64encode(bytes(32)).decode("ascii")  # "no pre-shared key" in WireGuard's terms
 SOCKET_WAIT = 10.0  # seconds wireguard-go may take to create its TUN and UAPI socket
 WG_TIMEOUT = 30.0
+STUCK_AFTER = 20.0  # seconds of sending without anything coming back before a peer's session is reset
 RTPROT_WIREGUARD = catalogue.get("wireguard").route_proto
 
 
@@ -195,7 +199,7 @@ def render_config(private: str, listen_port: int, peers: List[Peer]) -> str:
 class Dump:
     private_key: str
     listen_port: int
-    peers: Dict[str, Dict[str, Any]]  # public key -> {psk, endpoint, allowed (set), keepalive}
+    peers: Dict[str, Dict[str, Any]]  # public key -> {psk, endpoint, allowed (set), handshake, rx, tx, keepalive}
 
 
 def parse_dump(text: str) -> Dump:
@@ -211,6 +215,8 @@ def parse_dump(text: str) -> Dump:
         allowed = set() if row[3] == "(none)" else {a for a in row[3].split(",") if a}
         peers[row[0]] = {"psk": ZERO_KEY if row[1] == "(none)" else row[1],
                          "endpoint": "" if row[2] == "(none)" else row[2], "allowed": allowed,
+                         "handshake": int(row[4]) if row[4].isdigit() else 0,
+                         "rx": int(row[5]) if row[5].isdigit() else 0, "tx": int(row[6]) if row[6].isdigit() else 0,
                          "keepalive": 0 if row[7] == "off" else int(row[7])}
     return Dump(head[0], int(head[2]) if head[2].isdigit() else 0, peers)
 
@@ -297,6 +303,7 @@ class WireguardBackend(Backend):
         self.implementation = ""
         self.proc: Optional[subprocess.Popen] = None  # wireguard-go, when this process started it detached
         self._want: Dict[ipaddress.IPv4Network, Peer] = {}
+        self._traffic: Dict[str, Tuple[int, int, float]] = {}  # key -> (rx, tx, waiting for an answer since)
         self._lock = threading.RLock()
         self.repairs = 0
         self.syncs = 0
@@ -495,9 +502,9 @@ class WireguardBackend(Backend):
             self._want = want
             self._sync_peers()
 
-    def _sync_peers(self) -> int:
+    def _sync_peers(self, dump: Optional[Dump] = None) -> int:
         """One ``wg syncconf`` of the whole wanted state when the device's dump differs; 1 if applied."""
-        dump = self._dump()
+        dump = dump or self._dump()
         peers = list(self._want.values())
         diff = dump_differences(dump, self.private, self.listen_port, peers)
         if not diff:
@@ -519,7 +526,7 @@ class WireguardBackend(Backend):
                 self.proc = None
             msg = netlink.link_by_name(self.dev)
             if msg is None or msg["index"] != self.index or (self.implementation == "wireguard-go"
-                                                              and not _device_answers()):
+                                                              and not self._still_answers()):
                 log.warning("%s disappeared or stopped answering: recreating it", self.dev)
                 if msg is not None:
                     netlink.delete_link(self.dev)
@@ -528,7 +535,49 @@ class WireguardBackend(Backend):
                 self.repairs += 1
             else:
                 self._apply_interface()
-            self.repairs += self._link_settings() + self._sync_peers()
+            self.repairs += self._link_settings()
+            dump = self._dump()
+            self.repairs += self._sync_peers(dump) + self._unstick(dump)
+
+    def _unstick(self, dump: Dump) -> int:
+        """Reset a peer whose session only works one way; returns how many were reset.
+
+        When both ends start a handshake at the same moment, wireguard-go can end up sending with a
+        session the other end does not hold: our data goes out, nothing authenticated comes back,
+        and since the handshake reply did arrive neither side starts a new one before the 120 s
+        rekey.  A healthy peer answers within 10 s of our data (its data or a passive keepalive), so
+        a peer with a handshake, growing tx and unchanged rx for STUCK_AFTER seconds is removed and
+        added again: the next packet starts a fresh handshake."""
+        now = time.monotonic()
+        reset = 0
+        wanted = {p.public_key: p for p in self._want.values()}
+        for key in list(self._traffic):
+            if key not in dump.peers:
+                del self._traffic[key]
+        for key, have in dump.peers.items():
+            rx, tx = have["rx"], have["tx"]
+            seen = self._traffic.get(key)
+            if seen is None or rx != seen[0] or not have["handshake"]:
+                self._traffic[key] = (rx, tx, 0.0)
+            elif tx != seen[1] and not seen[2]:
+                self._traffic[key] = (rx, tx, now)  # we send, and wait for an answer from here on
+            elif seen[2] and now - seen[2] >= STUCK_AFTER and key in wanted:
+                log.warning("%s: peer %s (%s) sent nothing back for %.0f s while we sent %d bytes: resetting its "
+                            "session", self.dev, key, wanted[key].allowed_ip, now - seen[2], tx - seen[1])
+                self._remove_peer(wanted[key])
+                self._set_peer(wanted[key])
+                del self._traffic[key]
+                reset += 1
+        return reset
+
+    @staticmethod
+    def _still_answers() -> bool:
+        """wireguard-go answers on its socket; asked again after a moment before it is declared dead (a
+        busy machine must not make us recreate a working device)."""
+        if _device_answers():
+            return True
+        time.sleep(0.5)
+        return _device_answers()
 
     def cleanup(self) -> None:
         with self._lock:

@@ -103,22 +103,35 @@ def ping_mesh(agents: List[Agent], count: int = 3) -> Dict[str, str]:
     for a in agents:
         for b in agents:
             if a is not b:
-                cmd = a.host.cmd("ping", "-n", "-c", str(count), "-i", "0.2", "-w", "15", "-I", a.bridge_ip,
+                # -w 45: crossed first handshakes can leave one direction dead until tick() resets the
+                # peer (20 s without an answer, ticks every 5 s); ping stops at the count's replies
+                cmd = a.host.cmd("ping", "-n", "-c", str(count), "-i", "0.2", "-w", "45", "-I", a.bridge_ip,
                                  b.bridge_ip)
                 procs.append(("%s->%s" % (a.host.ns, b.host.ns),
                               subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
     failed = {}
     for name, proc in procs:
-        out, _err = proc.communicate(timeout=40)
+        out, _err = proc.communicate(timeout=70)
         if proc.returncode != 0:
             failed[name] = out
     return failed
 
 
+def diagnose(agent: Agent) -> str:
+    """wg show, links and routes of an agent's host, for a failure message."""
+    out = [agent.host.ns]
+    if agent.proc is not None and agent.proc.poll() is None:
+        out.append(in_agent(agent, "wg", "show", check=False).stdout)
+    out.append(agent.host.run("ip", "-br", "link", check=False).stdout)
+    out.append(agent.host.run("ip", "route", check=False).stdout)
+    return "\n".join(out)
+
+
 def assert_mesh(agents: List[Agent]) -> None:
     failed = ping_mesh(agents)
-    assert not failed, "pings failed:\n%s\n%s" % ("\n".join("%s:\n%s" % kv for kv in failed.items()),
-                                                 "\n".join(a.logtext()[-2500:] for a in agents))
+    assert not failed, "pings failed:\n%s\n%s\n%s" % ("\n".join("%s:\n%s" % kv for kv in failed.items()),
+                                                     "\n".join(diagnose(a) for a in agents),
+                                                     "\n".join(a.logtext()[-2500:] for a in agents))
 
 
 def health(agent: Agent) -> Dict[str, Any]:

@@ -149,3 +149,30 @@ def test_defaults_and_mode():
     assert backend(MTU=1300).mtu() == 1300
     with pytest.raises(BackendError, match="Mode ipv6"):
         backend(Mode="ipv6")
+
+
+def test_a_one_way_session_is_reset(monkeypatch):
+    be = backend()
+    peer = wgb.Peer(KEY_B, "192.0.2.3:51820", "10.100.3.0/24", wgb.ZERO_KEY, 0)
+    be._want = {ipaddress.IPv4Network("10.100.3.0/24"): peer}
+    calls = []
+    monkeypatch.setattr(be, "_remove_peer", lambda p: calls.append(("remove", p.public_key)))
+    monkeypatch.setattr(be, "_set_peer", lambda p: calls.append(("set", p.public_key)))
+    clock = [1000.0]
+    monkeypatch.setattr(wgb.time, "monotonic", lambda: clock[0])
+
+    def tick(rx, tx, handshake=1700000000, step=5.0):
+        clock[0] += step
+        line = "%s\t(none)\t192.0.2.3:51820\t10.100.3.0/24\t%d\t%d\t%d\toff\n" % (KEY_B, handshake, rx, tx)
+        return be._unstick(wgb.parse_dump("%s\tPUB\t51820\toff\n" % KEY_A + line))
+
+    # answers come back: never reset, however long we send
+    assert [tick(100 * i, 200 * i) for i in range(1, 10)] == [0] * 9
+    # idle both ways: nothing to judge
+    assert [tick(900, 1800) for _ in range(6)] == [0] * 6
+    # we send, nothing comes back: reset once 20 s after the first unanswered send
+    assert [tick(900, 1800 + 100 * i) for i in range(1, 6)] == [0, 0, 0, 0, 1]
+    assert calls == [("remove", KEY_B), ("set", KEY_B)]
+    # no handshake yet (peer down): never reset
+    calls.clear()
+    assert [tick(900, 3000 + 100 * i, handshake=0) for i in range(8)] == [0] * 8 and calls == []
