@@ -70,8 +70,11 @@ ETCD_MEMBERS ?= 1
 lab: venv collections-link ## local 3-host lab (systemd containers) running site.yml; BACKEND=vxlan|host-gw|udp|wireguard ETCD_MEMBERS=1|3
 	$(PY) lab/lab.py up --backend $(BACKEND) --etcd-members $(ETCD_MEMBERS)
 
-lab-status: venv ## hosts, leases, docker0 and the container ping matrix of the running lab
-	$(PY) lab/lab.py status
+# The view real hosts get (playbooks/status.yml), run against the lab's inventory; non-zero exit when
+# something is wrong. `lab/lab.py status` adds the lab's container-to-container ping matrix.
+lab-status: venv collections-link ## playbooks/status.yml on the running lab: services, leases, docker0, ping matrix
+	@if [ ! -f lab/inventory/hosts.yml ]; then echo "lab-status: no lab is running (make lab starts one)"; exit 1; fi
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/collections-link $(VENV)/bin/ansible-playbook -i lab/inventory playbooks/status.yml
 
 lab-down: ## remove the lab's containers, network and volumes (keeps the cached images)
 	python3 lab/lab.py down

@@ -1,6 +1,6 @@
 """The local multi-host lab: systemd containers on one docker network, site.yml run on them.
 
-    lab.py up [--backend vxlan|host-gw|udp] [--etcd-members 1|3] [--hosts 3]
+    lab.py up [--backend vxlan|host-gw|udp|wireguard] [--etcd-members 1|3] [--hosts 3]
     lab.py status
     lab.py down
 
@@ -8,24 +8,27 @@
 (lab/build-images.sh), starts the hosts with the run flags this kind of machine accepts (no
 --privileged), writes lab/inventory/hosts.yml, runs ``ansible-playbook -i lab/inventory site.yml``,
 loads the busybox image into every host's inner docker, starts one workload container per host and
-prints the status view: hosts, leases, docker0 per host and a container-to-container ping matrix.
+shows the status: ``playbooks/status.yml`` against the lab's inventory (the same view real hosts get:
+services, leases, docker0 against subnet.env, a ping matrix between the hosts' flannel addresses), then
+the lab's own proof, a ping matrix between the workload containers on different hosts. ``status`` shows
+the same again.
 Everything the lab creates carries the docker label ``netfabric.flannel.lab``; ``down`` removes
 exactly that (containers, the network, the volumes).
 
-Traffic: the ping matrix only targets the lab's own containers, 2 echo requests each, 2 s timeout.
+Traffic: both ping matrices only target the lab's own hosts and containers: status.yml 1 echo request
+per pair (2 s timeout), the container matrix 2 echo requests per pair (2 s timeout).
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 LAB_DIR = Path(__file__).resolve().parent
 ROOT = LAB_DIR.parent
@@ -37,7 +40,10 @@ PREFIX = os.environ.get("LAB_PREFIX", "lab-node")
 HOST_IMAGE = os.environ.get("LAB_IMAGE", "netfabric-flannel-lab") + ":latest"
 BUSYBOX_IMAGE = os.environ.get("LAB_BUSYBOX", "netfabric-flannel-busybox") + ":latest"
 WORKLOAD = "lab-bb"
-BACKENDS = ("vxlan", "host-gw", "udp")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "plugins" / "module_utils"))
+from catalogue import DATAPATHS  # noqa: E402  (standard library only: runs under any python3)
+
+BACKENDS = ("vxlan",) + tuple(b for b in DATAPATHS if b != "vxlan")  # vxlan, the default, first
 # Every capability but SYS_RESOURCE: --privileged fails on some VMs (the capability bounding set lacks it).
 RUN_FLAGS = [
     "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
@@ -213,17 +219,23 @@ def collections_dir() -> Path:
     return base
 
 
-def run_site(extra: List[str]) -> None:
-    playbook = VENV_BIN / "ansible-playbook"
-    if not playbook.exists():
-        raise StepFailed("%s missing; run `make venv`" % playbook)
+def playbook(name: str, extra: Sequence[str] = (), profile: bool = False) -> int:
+    """ansible-playbook -i lab/inventory <name> from the repository root; its exit code."""
+    binary = VENV_BIN / "ansible-playbook"
+    if not binary.exists():
+        raise StepFailed("%s missing; run `make venv`" % binary)
     env = dict(os.environ, ANSIBLE_FORCE_COLOR=os.environ.get("ANSIBLE_FORCE_COLOR", "1"),
                ANSIBLE_COLLECTIONS_PATH=str(collections_dir()),
-               ANSIBLE_CALLBACKS_ENABLED=os.environ.get("ANSIBLE_CALLBACKS_ENABLED", "ansible.posix.profile_tasks"),
                PATH="%s:%s" % (VENV_BIN, os.environ.get("PATH", "")))
-    cmd = [str(playbook), "-i", str(INVENTORY_DIR), str(ROOT / "site.yml"), *extra]
+    if profile:
+        env.setdefault("ANSIBLE_CALLBACKS_ENABLED", "ansible.posix.profile_tasks")
+    cmd = [str(binary), "-i", str(INVENTORY_DIR.relative_to(ROOT)), name, *extra]
     say("    " + " ".join(cmd))
-    rc = subprocess.run(cmd, cwd=ROOT, env=env, check=False).returncode
+    return subprocess.run(cmd, cwd=ROOT, env=env, check=False).returncode
+
+
+def run_site(extra: List[str]) -> None:
+    rc = playbook("site.yml", extra, profile=True)
     if rc != 0:
         raise StepFailed("ansible-playbook exited %d (the failing task is shown above)" % rc)
 
@@ -255,54 +267,6 @@ def workload_ip(host: str) -> str:
 
 
 # ------------------------------------------------------------------------------------ status
-def read_subnet_env(host: str) -> Dict[str, str]:
-    text = dexec(host, "cat", "/run/flannel/subnet.env", check=False)
-    env = {}
-    for line in text.splitlines():
-        if "=" in line:
-            k, v = line.split("=", 1)
-            env[k.strip()] = v.strip()
-    return env
-
-
-def read_leases(etcd_hosts: List[str], prefix: str) -> tuple:
-    """(api, [(subnet, public_ip, backend, ttl-text)]) read through the project's etcd facade."""
-    sys.path.insert(0, str(ROOT))
-    try:
-        from pyflannel import etcdstore, leases  # the one facade and lease layout
-    except ImportError as err:
-        return ("?", [("(cannot import pyflannel: %s)" % err, "", "", "")])
-    endpoints = ["http://%s:2379" % container_ip(h) for h in etcd_hosts]
-    for api in ("v3", "v2"):
-        try:
-            store = etcdstore.connect(endpoints, api=api, timeout=3)
-            kvs = store.list(leases.subnets_dir(prefix))[0]
-        except etcdstore.StoreError:
-            continue
-        if not kvs:
-            store.close()
-            continue
-        rows = []
-        for kv in kvs:
-            try:
-                subnet = leases.parse_subnet_key(kv.key)
-                attrs = leases.decode_lease(kv.value)
-            except ValueError as err:
-                rows.append((kv.key, "unreadable: %s" % err, "", ""))
-                continue
-            if not kv.has_ttl:
-                ttl = "reservation"
-            else:
-                remaining = store.remaining_ttl(kv)
-                ttl = "%ds" % remaining if remaining is not None else "yes"
-            net = subnet[0] if isinstance(subnet, tuple) else subnet
-            rows.append((str(net), attrs.public_ip, attrs.effective_type, ttl))
-        store.close()
-        return (api, sorted(rows, key=lambda r: ipaddress.ip_network(r[0], strict=False)
-                            if "/" in r[0] else ipaddress.ip_network("0.0.0.0/0")))
-    return ("-", [])
-
-
 def table(header: Sequence[str], rows: List[Sequence[str]], indent: str = "  ") -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
     fmt = indent + "  ".join("%%-%ds" % w for w in widths)
@@ -323,63 +287,15 @@ def ping(src_host: str, dst_ip: str) -> str:
     return "FAIL"
 
 
-def status(names: Optional[List[str]] = None, prefix: str = "/coreos.com/network") -> bool:
-    names = names or list(lab_containers())
-    if not names:
-        say("no lab is running (make lab starts one)")
-        return False
-    etcd_hosts = []
-    host_rows = []
-    for n in names:
-        running = docker("inspect", "-f", "{{.State.Running}}", n) == "true"
-        units = {}
-        if running:
-            for unit in ("etcd", "flanneld", "docker"):
-                load, active = dexec(n, "systemctl", "show", "-p", "LoadState", "-p", "ActiveState", "--value",
-                                     unit, check=False).splitlines() or ["?", "?"]
-                units[unit] = "-" if load == "not-found" else active
-        if units.get("etcd") == "active":
-            etcd_hosts.append(n)
-        host_rows.append((n, container_ip(n) if running else "-", "up" if running else "stopped",
-                          units.get("etcd", "-"), units.get("flanneld", "-"), units.get("docker", "-")))
+def container_matrix(names: List[str]) -> bool:
+    """The lab's proof: the workload container on each host pings the one on every other host."""
+    targets = [(n, workload_ip(n)) for n in names]
     say("")
-    say("HOSTS (docker network %s)" % NETWORK)
-    table(("host", "address", "container", "etcd", "flanneld", "docker"), host_rows)
-
-    api, lease_rows = read_leases(etcd_hosts, prefix) if etcd_hosts else ("-", [])
-    say("")
-    say("LEASES (%s/subnets, etcd %s API)" % (prefix, api))
-    table(("subnet", "PublicIP", "backend", "expires in"), lease_rows or [("(none)", "", "", "")])
-
-    say("")
-    say("DOCKER BRIDGES")
-    bridge_rows = []
-    targets = []
-    all_ok = True
-    for n in names:
-        env = read_subnet_env(n)
-        addr, mtu = "-", "-"
-        raw = dexec(n, "ip", "-j", "addr", "show", "docker0", check=False)
-        try:
-            link = json.loads(raw)[0]
-            mtu = str(link.get("mtu"))
-            addrs = [a for a in link.get("addr_info", []) if a.get("family") == "inet"]
-            if addrs:
-                addr = "%s/%s" % (addrs[0]["local"], addrs[0]["prefixlen"])
-        except (ValueError, IndexError, KeyError):
-            pass
-        agree = env.get("FLANNEL_SUBNET") == addr and env.get("FLANNEL_MTU") == mtu
-        all_ok &= agree
-        bridge_rows.append((n, addr, mtu, env.get("FLANNEL_SUBNET", "-"), env.get("FLANNEL_MTU", "-"),
-                            "yes" if agree else "NO"))
-        ip = workload_ip(n)
-        targets.append((n, ip))
-    table(("host", "docker0", "MTU", "FLANNEL_SUBNET", "FLANNEL_MTU", "agree"), bridge_rows)
-
-    say("")
-    say("PING MATRIX (container %s on each host -> container on each other host, through flannel)" % WORKLOAD)
+    say("CONTAINER PING MATRIX (container %s on each host -> container on each other host, through flannel)"
+        % WORKLOAD)
     header = ["from \\ to"] + ["%s %s" % (n, ip or "(none)") for n, ip in targets]
     rows = []
+    all_ok = True
     for src, src_ip in targets:
         row = [src]
         for dst, dst_ip in targets:
@@ -394,10 +310,25 @@ def status(names: Optional[List[str]] = None, prefix: str = "/coreos.com/network
                 row.append(result)
         rows.append(row)
     table(header, rows)
-    say("")
-    say("lab: %s" % ("all containers reach each other across hosts" if all_ok
-                     else "PROBLEMS above (FAIL / NO / no container)"))
     return all_ok
+
+
+def status(names: Optional[List[str]] = None) -> bool:
+    """status.yml against the lab's inventory (the view real hosts get), then the container matrix."""
+    names = names or list(lab_containers())
+    if not names or not (INVENTORY_DIR / "hosts.yml").exists():
+        say("no lab is running (make lab starts one)")
+        return False
+    rc = playbook("playbooks/status.yml")
+    matrix_ok = container_matrix(names)
+    say("")
+    if rc == 0 and matrix_ok:
+        say("lab: all containers reach each other across hosts")
+    else:
+        say("lab: PROBLEMS: %s" % "; ".join(
+            ([] if rc == 0 else ["status.yml exited %d (its last task lists what is wrong)" % rc])
+            + ([] if matrix_ok else ["containers do not all reach each other (FAIL / no container above)"])))
+    return rc == 0 and matrix_ok
 
 
 # ------------------------------------------------------------------------------------ down
@@ -427,7 +358,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     up_p.add_argument("--etcd-members", type=int, default=int(os.environ.get("ETCD_MEMBERS") or 1))
     up_p.add_argument("--hosts", type=int, default=int(os.environ.get("LAB_HOSTS") or 3))
     up_p.add_argument("ansible_args", nargs="*", help="extra ansible-playbook arguments (after --)")
-    sub.add_parser("status", help="print hosts, leases, docker0 and the ping matrix")
+    sub.add_parser("status", help="playbooks/status.yml on the lab, then the container ping matrix")
     sub.add_parser("down", help="remove the lab's containers, network and volumes")
     args = ap.parse_args(argv)
     try:
