@@ -63,8 +63,8 @@ def test_network_write_idempotent_check_diff_invalid(play, store, etcd_prefix, e
                     "invalid network config: SubnetLen=31: must be 30 or less"),
         "bad_opt": ({"network": "10.1.0.0/16", "backend": {"type": "host-gw", "vni": 2}},
                     "invalid network config: Backend.VNI=2: is not an option of the host-gw backend"),
-        "bad_type": ({"network": "10.1.0.0/16", "backend": {"type": "wireguard"}},
-                     'invalid network config: Backend.Type="wireguard": is a Go flanneld backend'),
+        "bad_type": ({"network": "10.1.0.0/16", "backend": {"type": "ipip"}},
+                     'invalid network config: Backend.Type="ipip": is a Go flanneld backend'),
         "bad_net": ({"network": "10.1.0.0"}, 'invalid network config: Network="10.1.0.0": needs a prefix length'),
     }
     if etcd_api == "v3":
