@@ -32,11 +32,12 @@ from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pyflannel.catalogue import DATAPATHS
 from tests.etcdserver import EtcdServer
 from tests.integration.netns import Agent, Host, TestBed, private_mount, put_config, sh, wait_for
 
 PREFIX = "/coreos.com/network"
-BACKENDS = ("host-gw", "vxlan", "udp", "wireguard")
+BACKENDS = DATAPATHS  # every backend of the catalogue that moves packets
 TARGETS = {"host-gw": 0.90, "vxlan": 0.85, "udp": 0.05}
 WG_TARGET = 0.85  # flannel's wireguard path / a plain WireGuard tunnel between the same namespaces
 
