@@ -110,7 +110,7 @@ class PlainTunnel:
         self.hosts = hosts
         self.pids: List[int] = []
         self.kernel = False
-        keys = [sh("wg", "genkey").stdout.strip() for _ in hosts]
+        keys = [sh("wg", "genkey").stdout.strip() for _host in hosts]
         pubs = [sh("wg", "pubkey", input=k + "\n").stdout.strip() for k in keys]
         for n, host in enumerate(hosts):
             run = os.path.join(host.dir, "wgplain-run")

@@ -43,7 +43,7 @@ WORKLOAD = "lab-bb"
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "plugins" / "module_utils"))
 from catalogue import DATAPATHS  # noqa: E402  (standard library only: runs under any python3)
 
-BACKENDS = ("vxlan",) + tuple(b for b in DATAPATHS if b != "vxlan")  # vxlan, the default, first
+BACKENDS = ("vxlan", *(b for b in DATAPATHS if b != "vxlan"))  # vxlan, the default, first
 # Every capability but SYS_RESOURCE: --privileged fails on some VMs (the capability bounding set lacks it).
 RUN_FLAGS = [
     "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",

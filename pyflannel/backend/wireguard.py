@@ -525,8 +525,8 @@ class WireguardBackend(Backend):
                 log.warning("wireguard-go for %s exited with status %s", self.dev, self.proc.returncode)
                 self.proc = None
             msg = netlink.link_by_name(self.dev)
-            if msg is None or msg["index"] != self.index or (self.implementation == "wireguard-go"
-                                                              and not self._still_answers()):
+            gone_quiet = self.implementation == "wireguard-go" and not self._still_answers()
+            if msg is None or msg["index"] != self.index or gone_quiet:
                 log.warning("%s disappeared or stopped answering: recreating it", self.dev)
                 if msg is not None:
                     netlink.delete_link(self.dev)
@@ -613,4 +613,3 @@ class WireguardBackend(Backend):
         return {"datapath_remote_leases": float(len(self._want)), "datapath_repairs_total": float(self.repairs),
                 "wireguard_peers": float(len(self._want)), "wireguard_syncs_total": float(self.syncs),
                 "wireguard_userspace": 1.0 if self.implementation == "wireguard-go" else 0.0}
-

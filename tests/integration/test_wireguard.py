@@ -60,8 +60,8 @@ def key_file(host: Host) -> str:
 def put_config_v2(bed: TestBed, server: Any, prefix: str, config: Dict[str, Any]) -> None:
     """The config through the v2 API (a separate store from v3's in etcd 3.4), from the etcd namespace."""
     code = ("import sys; sys.path.insert(0, %r); from pyflannel import etcdstore; "
-            "etcdstore.connect([%r], api='v2').put(%r, %r)" % (REPO, server.url, prefix + "/config",
-                                                                json.dumps(config)))
+            "etcdstore.connect([%r], api='v2').put(%r, %r)"
+            % (REPO, server.url, prefix + "/config", json.dumps(config)))
     sh("ip", "netns", "exec", bed.etcd_ns, os.path.join(REPO, ".venv", "bin", "python"), "-c", code, timeout=60)
 
 
@@ -129,9 +129,9 @@ def diagnose(agent: Agent) -> str:
 
 def assert_mesh(agents: List[Agent]) -> None:
     failed = ping_mesh(agents)
-    assert not failed, "pings failed:\n%s\n%s\n%s" % ("\n".join("%s:\n%s" % kv for kv in failed.items()),
-                                                     "\n".join(diagnose(a) for a in agents),
-                                                     "\n".join(a.logtext()[-2500:] for a in agents))
+    assert not failed, "pings failed:\n%s\n%s\n%s" % (
+        "\n".join("%s:\n%s" % kv for kv in failed.items()), "\n".join(diagnose(a) for a in agents),
+        "\n".join(a.logtext()[-2500:] for a in agents))
 
 
 def health(agent: Agent) -> Dict[str, Any]:

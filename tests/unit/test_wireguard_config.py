@@ -28,7 +28,7 @@ def backend(**options):
 
 
 def test_generated_keys_are_clamped_base64():
-    for _ in range(20):
+    for _round in range(20):
         raw = base64.b64decode(wgb.generate_private_key(), validate=True)
         assert len(raw) == 32 and raw[0] & 7 == 0 and raw[31] & 0x80 == 0 and raw[31] & 0x40
 
@@ -47,7 +47,7 @@ def test_key_file_created_0400_and_kept(tmp_path):
     with open(path) as f:
         assert f.read() == key + "\n"
     assert wgb.load_or_create_key(path) == (key, False)
-    assert [p for p in os.listdir(tmp_path / "sub")] == ["wgkey"]  # no temporary file left
+    assert os.listdir(tmp_path / "sub") == ["wgkey"]  # no temporary file left
 
 
 def test_key_file_written_by_wg_genkey_is_accepted_and_its_mode_tightened(tmp_path):
@@ -169,7 +169,7 @@ def test_a_one_way_session_is_reset(monkeypatch):
     # answers come back: never reset, however long we send
     assert [tick(100 * i, 200 * i) for i in range(1, 10)] == [0] * 9
     # idle both ways: nothing to judge
-    assert [tick(900, 1800) for _ in range(6)] == [0] * 6
+    assert [tick(900, 1800) for _tick in range(6)] == [0] * 6
     # we send, nothing comes back: reset once 20 s after the first unanswered send
     assert [tick(900, 1800 + 100 * i) for i in range(1, 6)] == [0, 0, 0, 0, 1]
     assert calls == [("remove", KEY_B), ("set", KEY_B)]
