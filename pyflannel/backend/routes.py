@@ -11,9 +11,10 @@ A hop straight out of the external interface (``oif`` is that interface, no ``on
 gateway on-link there.  One that is not is not handed to the kernel: it is reported in one log line
 for all such leases (not one per lease, not per tick) and retried when the interface's addresses change.
 
-Idle cost with thousands of leases: the full check (one route dump against the wanted set) runs when its
-last run took at most 1/:data:`REPAIR_BUDGET` of the time since; in between only the unroutable hops are
-retried, and only when the interface's connected subnets changed.
+Idle cost with thousands of leases: the full check (one route dump against the wanted set) runs on every
+tick for up to :data:`FEW_HOPS` hops, else when its last run took at most 1/:data:`REPAIR_BUDGET` of the
+time since; in between only the unroutable hops are retried, and only when the interface's connected
+subnets changed.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ log = logging.getLogger("pyflannel.backend.routes")
 
 REPAIR_BUDGET = 100  # the periodic full check may cost at most 1/REPAIR_BUDGET of the time between checks
 CHEAP_CHECK = 0.02  # seconds: a full check this cheap runs on every tick
+FEW_HOPS = 100  # with this many wanted hops or fewer the full check runs on every tick, however busy the CPU
 SHOWN = 10  # routes named one by one in the log per pass; the rest are counted
 
 Net = ipaddress.IPv4Network
@@ -154,7 +156,8 @@ class RouteBackend(Backend):
         """Repair missing or altered routes (paced by the check's own cost) and retry unroutable hops."""
         with self._lock:
             cost = self._check_cost
-            if cost < CHEAP_CHECK or time.monotonic() - self._checked >= REPAIR_BUDGET * cost:
+            if (len(self._want) <= FEW_HOPS or cost < CHEAP_CHECK
+                    or time.monotonic() - self._checked >= REPAIR_BUDGET * cost):
                 self.repairs += self._reconcile()
             elif self._unreachable:
                 self.repairs += self._retry()

@@ -209,7 +209,9 @@ class VxlanBackend(RouteBackend):
                 log.warning("%s's MAC was changed to %s behind our back: restoring %s, the lease's VtepMAC",
                             self.dev, msg.get_attr("IFLA_ADDRESS"), self.mac)
                 netlink.set_link(self.index, address=self.mac)
-                self.repairs += 1
+                # the kernel flushes the device's neighbours with its address: put them back now
+                self.repairs += 1 + self._reconcile()
+                return
         super().tick()
 
     def cleanup(self) -> None:
