@@ -421,22 +421,24 @@ def wait_peers(agents: List[Agent], timeout: float = 20.0) -> None:
     wait_for(known, timeout, what="every agent knowing its %d peers' leases" % (len(agents) - 1))
 
 
-def ping_all(agents: List[Agent], count: int = 3) -> Dict[str, str]:
+def ping_all(agents: List[Agent], count: int = 3, deadline: int = 10, wait: bool = True) -> Dict[str, str]:
     """Every agent's host pings every other host's bridge address from its own bridge address, in
-    parallel, once each agent knows the others' leases; returns {"hA->hB": output} of the pairs that
-    lost packets."""
-    wait_peers(agents)
+    parallel (each ping at most ``deadline`` seconds), once each agent knows the others' leases
+    (``wait``); returns {"hA->hB": output} of the pairs that lost packets."""
+    if wait:
+        wait_peers(agents)
     procs = []
     for a in agents:
         for b in agents:
             if a is b:
                 continue
-            cmd = a.host.cmd("ping", "-n", "-c", str(count), "-i", "0.2", "-w", "10", "-I", a.bridge_ip, b.bridge_ip)
+            cmd = a.host.cmd("ping", "-n", "-c", str(count), "-i", "0.2", "-w", str(deadline), "-I", a.bridge_ip,
+                             b.bridge_ip)
             procs.append(("%s->%s" % (a.host.ns, b.host.ns),
                           subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
     failed = {}
     for name, proc in procs:
-        out, _err = proc.communicate(timeout=30)
+        out, _err = proc.communicate(timeout=deadline + 20)
         if proc.returncode != 0:
             failed[name] = out
     return failed

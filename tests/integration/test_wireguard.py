@@ -22,6 +22,7 @@ from tests.integration.netns import (
     BackendDriver,
     Host,
     TestBed,
+    ping_all,
     private_mount,
     put_config,
     sh,
@@ -98,23 +99,10 @@ def start(agents: List[Agent]) -> List[Agent]:
 
 
 def ping_mesh(agents: List[Agent], count: int = 3) -> Dict[str, str]:
-    """Every host pings every other host's bridge address from its own; returns the failures."""
-    procs = []
-    for a in agents:
-        for b in agents:
-            if a is not b:
-                # -w 45: crossed first handshakes can leave one direction dead until tick() resets the
-                # peer (20 s without an answer, ticks every 5 s); ping stops at the count's replies
-                cmd = a.host.cmd("ping", "-n", "-c", str(count), "-i", "0.2", "-w", "45", "-I", a.bridge_ip,
-                                 b.bridge_ip)
-                procs.append(("%s->%s" % (a.host.ns, b.host.ns),
-                              subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
-    failed = {}
-    for name, proc in procs:
-        out, _err = proc.communicate(timeout=70)
-        if proc.returncode != 0:
-            failed[name] = out
-    return failed
+    """Every host pings every other host's bridge address from its own; returns the failures.
+    Deadline 45 s: crossed first handshakes can leave one direction dead until tick() resets the peer
+    (20 s without an answer, ticks every 5 s); ping stops at the count's replies."""
+    return ping_all(agents, count, deadline=45, wait=False)
 
 
 def diagnose(agent: Agent) -> str:

@@ -41,6 +41,21 @@ CASES: Dict[str, Dict] = {
 }
 
 
+def run_cases(base: Path, collections: Path, tasks: List[Dict], play_options: Dict) -> Dict[str, Dict]:
+    """Run ``tasks`` (one rescued block per case, recording into ``outcomes``) in one ansible-playbook
+    run on localhost; returns the recorded outcomes."""
+    out = base / "outcomes.json"
+    tasks = [*tasks, {"ansible.builtin.copy": {"content": "{{ outcomes | to_json }}", "dest": str(out)}}]
+    play = [{"hosts": "localhost", "connection": "local", **play_options,
+             "vars": {"ansible_python_interpreter": sys.executable, "outcomes": {}}, "tasks": tasks}]
+    (base / "play.yml").write_text(yaml_dump(play))
+    proc = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", str(base / "play.yml")],
+                          env=ansible_env(collections, base), cwd=str(base), capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0 and out.exists(), proc.stdout[-4000:] + proc.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Dict]:
     """Every case in one ansible-playbook run: each includes the preflight in a block; a failure is
@@ -69,16 +84,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Dict]:
             {"ansible.builtin.set_fact": {"outcomes": "{{ outcomes | combine({%s: {'failed': true, 'msg': "
                                                       "ansible_failed_result.msg}}) }}" % json.dumps(case)}},
         ]})
-    out = base / "outcomes.json"
-    tasks.append({"ansible.builtin.copy": {"content": "{{ outcomes | to_json }}", "dest": str(out)}})
-    play = [{"hosts": "localhost", "connection": "local", "gather_facts": True, "gather_subset": ["!all"],
-             "vars": {"ansible_python_interpreter": sys.executable, "outcomes": {}}, "tasks": tasks}]
-    (base / "play.yml").write_text(yaml_dump(play))
-    proc = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", str(base / "play.yml")],
-                          env=ansible_env(collections, base), cwd=str(base), capture_output=True, text=True,
-                          timeout=300, check=False)
-    assert proc.returncode == 0 and out.exists(), proc.stdout[-4000:] + proc.stderr[-2000:]
-    return json.loads(out.read_text())
+    return run_cases(base, collections, tasks, {"gather_facts": True, "gather_subset": ["!all"]})
 
 
 @pytest.mark.parametrize("case", ["matching", "pure only", "empty", "abi3 for an older python",
@@ -155,16 +161,7 @@ def etcd_outcomes(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Dict]:
             {"ansible.builtin.set_fact": {"outcomes": "{{ outcomes | combine({%s: {'failed': true, 'msg': "
                                                       "ansible_failed_result.msg}}) }}" % json.dumps(case)}},
         ]})
-    out = base / "outcomes.json"
-    tasks.append({"ansible.builtin.copy": {"content": "{{ outcomes | to_json }}", "dest": str(out)}})
-    play = [{"hosts": "localhost", "connection": "local", "gather_facts": False,
-             "vars": {"ansible_python_interpreter": sys.executable, "outcomes": {}}, "tasks": tasks}]
-    (base / "play.yml").write_text(yaml_dump(play))
-    proc = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", str(base / "play.yml")],
-                          env=ansible_env(collections, base), cwd=str(base), capture_output=True, text=True,
-                          timeout=300, check=False)
-    assert proc.returncode == 0 and out.exists(), proc.stdout[-4000:] + proc.stderr[-2000:]
-    return json.loads(out.read_text())
+    return run_cases(base, collections, tasks, {"gather_facts": False})
 
 
 @pytest.mark.parametrize(("case", "arch", "checksum"), [
