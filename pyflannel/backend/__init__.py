@@ -25,10 +25,12 @@ module, which subclasses :class:`Backend` (or :class:`RouteBackend`) and decorat
 from __future__ import annotations
 
 import importlib
+import ipaddress
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Type
 
-from pyflannel import catalogue
+from pyflannel import catalogue, netlink
 from pyflannel.leases import Lease, LeaseAttrs
 from pyflannel.netconfig import NetworkConfig
 
@@ -74,6 +76,31 @@ class Backend:
     def configure(self, lease: Lease) -> None:
         self.lease = lease
 
+    # -- helpers for subclasses -------------------------------------------------------------------
+    def is_remote(self, lease: Lease) -> bool:
+        """A lease of this backend type that is not our own."""
+        if lease.attrs.backend_type != (self.spec.lease_type if self.spec else self.name):
+            return False
+        return self.lease is None or lease.subnet != self.lease.subnet
+
+    def settle_device(self, msg: Any, dev: str) -> int:
+        """Give the device ``msg`` (named ``dev``) our MTU, bring it up and, once we hold a lease, make the
+        lease subnet's network address (as a /32) its only address; returns how many had to change."""
+        index = msg["index"]
+        changed = 0
+        if msg.get_attr("IFLA_MTU") != self.mtu():
+            netlink.set_link(index, mtu=self.mtu())
+            changed += 1
+        if not msg["flags"] & 1:
+            netlink.set_link(index, state="up")
+            changed += 1
+        if self.lease is not None:
+            own = ipaddress.IPv4Interface("%s/32" % self.lease.subnet.network_address)
+            if netlink.set_only_address(index, own):
+                log.info("%s has address %s (lease %s)", dev, own, self.lease.subnet)
+                changed += 1
+        return changed
+
     def sync(self, leases: List[Lease]) -> None:
         pass
 
@@ -107,6 +134,7 @@ class Backend:
         return {}
 
 
+log = logging.getLogger("pyflannel.backend")
 _REGISTRY: Dict[str, Type[Backend]] = {}
 # Modules that register a backend when imported (a missing module means "not available yet").
 _MODULES = tuple(b.module for b in catalogue.BACKENDS)

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from pyflannel import netlink
+from pyflannel import catalogue, netlink
 from pyflannel.backend import Backend, ExternalInterface
 from pyflannel.leases import Lease
 
@@ -97,12 +97,6 @@ class RouteBackend(Backend):
         return 0, set()
 
     # -- helpers for subclasses -----------------------------------------------------------------------
-    def is_remote(self, lease: Lease) -> bool:
-        """A lease of this backend type that is not our own."""
-        if lease.attrs.backend_type != self.spec.lease_type:
-            return False
-        return self.lease is None or lease.subnet != self.lease.subnet
-
     def wanted(self) -> List[Hop]:
         return list(self._want.values())
 
@@ -170,8 +164,6 @@ class RouteBackend(Backend):
 
     @classmethod
     def remove_installed(cls, ext_iface: ExternalInterface) -> None:
-        from pyflannel import catalogue
-
         count = netlink.delete_routes(catalogue.get(cls.name).route_proto)
         if count:
             log.info("removed %d route(s) an earlier %s backend left", count, cls.name)

@@ -12,7 +12,6 @@ With ``DirectRouting`` a lease whose PublicIP is on-link on the external interfa
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 from dataclasses import replace
@@ -119,10 +118,7 @@ class VxlanBackend(RouteBackend):
             if msg is None:
                 raise BackendError("vxlan device %s vanished right after it was created" % self.dev)
         self.index = msg["index"]
-        if msg.get_attr("IFLA_MTU") != self.mtu():
-            netlink.set_link(self.index, mtu=self.mtu())
-        if not msg["flags"] & 1:
-            netlink.set_link(self.index, state="up")
+        self.settle_device(msg, self.dev)
         self.mac = msg.get_attr("IFLA_ADDRESS").lower()
 
     # -- life cycle -------------------------------------------------------------------------------
@@ -134,9 +130,9 @@ class VxlanBackend(RouteBackend):
     def configure(self, lease: Lease) -> None:
         with self._lock:
             self.lease = lease
-            gw = ipaddress.IPv4Interface("%s/32" % lease.subnet.network_address)
-            if netlink.set_only_address(self.index, gw):
-                log.info("%s has address %s (lease %s)", self.dev, gw, lease.subnet)
+            msg = netlink.link_by_name(self.dev)
+            if msg is not None:
+                self.settle_device(msg, self.dev)
 
     # -- hops -----------------------------------------------------------------------------------------
     def hop_for(self, lease: Lease) -> Optional[Hop]:

@@ -67,7 +67,6 @@ ZERO_KEY = base64.b64encode(bytes(32)).decode("ascii")  # "no pre-shared key" in
 SOCKET_WAIT = 10.0  # seconds wireguard-go may take to create its TUN and UAPI socket
 WG_TIMEOUT = 30.0
 STUCK_AFTER = 20.0  # seconds of sending without anything coming back before a peer's session is reset
-RTPROT_WIREGUARD = catalogue.get("wireguard").route_proto
 
 
 # -- the private key file ---------------------------------------------------------------------------
@@ -397,30 +396,20 @@ class WireguardBackend(Backend):
 
     def _link_settings(self) -> int:
         """MTU, up, address, the Network route; returns how many had to be changed."""
-        changed = 0
         msg = netlink.link_by_name(self.dev)
         if msg is None:
             return 0
-        if msg.get_attr("IFLA_MTU") != self.mtu():
-            netlink.set_link(self.index, mtu=self.mtu())
-            changed += 1
-        if not msg["flags"] & 1:
-            netlink.set_link(self.index, state="up")
-            changed += 1
+        changed = self.settle_device(msg, self.dev)
         if self.lease is None:
             return changed
-        gw = ipaddress.IPv4Interface("%s/32" % self.lease.subnet.network_address)
-        if netlink.set_only_address(self.index, gw):
-            log.info("%s has address %s (lease %s)", self.dev, gw, self.lease.subnet)
-            changed += 1
         network = self.config.network
-        have = netlink.routes(RTPROT_WIREGUARD)
+        have = netlink.routes(netlink.RTPROT_WIREGUARD)
         for r in have:
             if r["dst"] != network or r["oif"] != self.index or r["gateway"]:
-                netlink.delete_route(r["dst"], oif=r["oif"], proto=RTPROT_WIREGUARD, gateway=r["gateway"])
+                netlink.delete_route(r["dst"], oif=r["oif"], proto=netlink.RTPROT_WIREGUARD, gateway=r["gateway"])
                 changed += 1
         if not any(r["dst"] == network and r["oif"] == self.index and not r["gateway"] for r in have):
-            netlink.replace_route(network, self.index, RTPROT_WIREGUARD)
+            netlink.replace_route(network, self.index, netlink.RTPROT_WIREGUARD)
             changed += 1
         return changed
 
@@ -449,9 +438,7 @@ class WireguardBackend(Backend):
     def _peer_for(self, lease: Lease) -> Optional[Peer]:
         attrs = lease.attrs
         key = attrs.data("PublicKey")
-        if attrs.backend_type != "wireguard" or not key or key == self.public:
-            return None
-        if self.lease is not None and lease.subnet == self.lease.subnet:
+        if not self.is_remote(lease) or not key or key == self.public:
             return None
         return Peer(key, "%s:%d" % (attrs.public_ip, self.listen_port), str(lease.subnet), self.psk, self.keepalive)
 
@@ -587,7 +574,7 @@ class WireguardBackend(Backend):
 
     @staticmethod
     def _remove_all() -> Tuple[bool, int, bool]:
-        routes = netlink.delete_routes(RTPROT_WIREGUARD)
+        routes = netlink.delete_routes(netlink.RTPROT_WIREGUARD)
         msg = netlink.link_by_name(DEVICE)
         removed = msg is not None and netlink.link_kind(msg) in ("wireguard", "tun")
         if removed:

@@ -247,6 +247,20 @@ class BackendDriver:
         out.close()
         host.procs.append(self.proc)
 
+    @classmethod
+    def up(cls, host: Host, network: str, backend: Dict[str, Any], subnet: str, others: List[Dict[str, str]],
+           env: Optional[Dict[str, str]] = None, wrap: Optional[List[str]] = None) -> BackendDriver:
+        """A driver whose backend is created on ``eth0``, configured with the lease ``subnet`` (its first
+        address on the host's bridge) and synced with ``others``; ``.lease_value`` is its lease JSON."""
+        driver = cls(host, env=env, wrap=wrap)
+        reply = driver.call("create", config={"Network": network, "Backend": backend}, iface="eth0")
+        assert reply["ok"], reply
+        driver.lease_value = reply["lease_value"]
+        assert driver.call("configure", subnet=subnet)["ok"]
+        host.set_bridge_address(subnet.replace(".0/24", ".1/24"))
+        assert driver.call("sync", leases=others)["ok"]
+        return driver
+
     def call(self, op: str, **kwargs: Any) -> Dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(json.dumps(dict(op=op, **kwargs)) + "\n")

@@ -16,14 +16,7 @@ NETWORK = "10.100.0.0/16"
 
 
 def up(host: Host, backend: Dict[str, Any], subnet: str, others: List[Dict[str, str]]) -> BackendDriver:
-    driver = BackendDriver(host)
-    reply = driver.call("create", config={"Network": NETWORK, "Backend": backend}, iface="eth0")
-    assert reply["ok"], reply
-    driver.lease_value = reply["lease_value"]
-    assert driver.call("configure", subnet=subnet)["ok"]
-    host.set_bridge_address(subnet.replace(".0/24", ".1/24"))
-    assert driver.call("sync", leases=others)["ok"]
-    return driver
+    return BackendDriver.up(host, NETWORK, backend, subnet, others)
 
 
 def vxlan_info(host: Host, dev: str = "flannel.1") -> Dict[str, Any]:

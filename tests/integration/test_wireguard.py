@@ -285,14 +285,8 @@ def test_switch_vxlan_wireguard_hostgw_leaves_nothing_stale(testbed: Any, bed_et
 
 def driver(host: Host, backend: Dict[str, Any], subnet: str, others: List[Dict[str, str]],
            env: Optional[Dict[str, str]] = None) -> BackendDriver:
-    d = BackendDriver(host, env=dict({"WIREGUARD_KEY_FILE": key_file(host)}, **(env or {})), wrap=wrap(host))
-    reply = d.call("create", config={"Network": NETWORK, "Backend": backend}, iface="eth0")
-    assert reply["ok"], reply
-    d.lease_value = reply["lease_value"]
-    assert d.call("configure", subnet=subnet)["ok"]
-    host.set_bridge_address(subnet.replace(".0/24", ".1/24"))
-    assert d.call("sync", leases=others)["ok"]
-    return d
+    return BackendDriver.up(host, NETWORK, backend, subnet, others,
+                            env=dict({"WIREGUARD_KEY_FILE": key_file(host)}, **(env or {})), wrap=wrap(host))
 
 
 def test_repairs_foreign_leases_and_key_file_errors(testbed: Any) -> None:
