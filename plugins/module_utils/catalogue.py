@@ -44,7 +44,7 @@ class Backend:
     """One backend type."""
 
     def __init__(self, name, summary, module, options=(), overhead=0, route_proto=None, lease_type=None,
-                 lease_data=(), datapath=True, underlay=None, devices=()):
+                 lease_data=(), datapath=True, underlay=None, devices=(), families=(4, 6)):
         self.name = name
         self.summary = summary
         self.module = module  # pyflannel.backend.<module>
@@ -58,6 +58,13 @@ class Backend:
         self.datapath = datapath  # False: hands out leases but moves no packets (alloc)
         self.underlay = underlay  # (protocol, Go option holding the port, default port) or None
         self.devices = tuple(devices)  # regular expressions of the link names it creates
+        # Address families it carries; a backend with both also runs IPv6-only networks.
+        self.families = tuple(families)
+
+    @property
+    def ipv6_only(self):
+        """Whether it runs a network with EnableIPv4 false."""
+        return 6 in self.families
 
     def option(self, go):
         for opt in self.options:
@@ -81,7 +88,8 @@ BACKENDS = (
         "udp",
         options=(Option("Port", "port", "int", 8285, 0, 65535, doc="UDP port the agent listens on and sends to"),
                  _mtu()),
-        overhead=28, route_proto=0x6E, lease_type="", underlay=("udp", "Port", 8285), devices=("flannel0",)),
+        overhead=28, route_proto=0x6E, lease_type="", underlay=("udp", "Port", 8285), devices=("flannel0",),
+        families=(4,)),
     Backend(
         "vxlan", "in-kernel VXLAN (device flannel.<VNI>)",
         "vxlan",
@@ -94,7 +102,7 @@ BACKENDS = (
                  _mtu(),
                  Option("MacPrefix", "mac_prefix", "str", None, doc="prefix of the VTEP MAC addresses, like 0E-2A")),
         overhead=50, route_proto=0x6D, lease_data=(("VNI", "int"), ("VtepMAC", "mac")),
-        underlay=("udp", "Port", 8472), devices=(r"flannel\.[0-9]+",)),
+        underlay=("udp", "Port", 8472), devices=(r"flannel\.[0-9]+", r"flannel-v6\.[0-9]+")),
     Backend(
         "host-gw", "plain routes via the other hosts (every host on one L2 network)",
         "hostgw",

@@ -11,6 +11,10 @@ Shared verbatim by the Ansible modules (module_utils) and the pyflannel agent
 * Value written on etcd v3: the current shape, with ``"PublicIPv6":null`` after PublicIP and ``VNI``
   inside the vxlan BackendData.
 * Reading accepts every shape, with keys matched case-insensitively.
+* IPv6 (Go v0.20): ``PublicIPv6`` and ``BackendV6Data`` beside PublicIP/BackendData, and the key
+  ``<ip>-<len>&<ip6>-<len6>``.  A lease of an IPv6-only network has the key
+  ``0.0.0.0-0&<ip6>-<len6>`` (what Go's later releases write for an empty IPv4 subnet) and, when the
+  node has no IPv4 address, ``"PublicIP":"0.0.0.0"``.
 """
 
 import ipaddress
@@ -50,9 +54,15 @@ def subnets_dir(prefix):
     return normalize_prefix(prefix) + "/subnets/"
 
 
+NO_IPV4_KEY = "0.0.0.0-0"  # the IPv4 part of an IPv6-only lease's key
+
+
 def subnet_key_name(subnet, ipv6_subnet=None):
-    """``10.1.2.0/24`` -> ``10.1.2.0-24`` (the last path element)."""
-    name = "%s-%d" % (subnet.network_address, subnet.prefixlen)
+    """``10.1.2.0/24`` -> ``10.1.2.0-24`` (the last path element); ``None`` and ``fc00:0:0:3::/64`` ->
+    ``0.0.0.0-0&fc00:0:0:3::-64``."""
+    if subnet is None and ipv6_subnet is None:
+        raise ValueError("a lease key needs an IPv4 or an IPv6 subnet")
+    name = NO_IPV4_KEY if subnet is None else "%s-%d" % (subnet.network_address, subnet.prefixlen)
     if ipv6_subnet is not None:
         name += "&%s-%d" % (ipv6_subnet.network_address, ipv6_subnet.prefixlen)
     return name
@@ -63,7 +73,8 @@ def subnet_key(prefix, subnet, ipv6_subnet=None):
 
 
 def parse_subnet_key(key):
-    """Parse a lease key (full path or last element) into (IPv4Network, IPv6Network or None).
+    """Parse a lease key (full path or last element) into (IPv4Network or None, IPv6Network or None);
+    the IPv4 part is None for ``0.0.0.0-0&<ip6>-<len6>`` (IPv6-only).
 
     Raises :class:`LeaseFormatError` for anything else, including ``10.12.13.300-24`` and
     ``10.12.13.0-24hi``.
@@ -77,23 +88,32 @@ def parse_subnet_key(key):
         subnet = ipaddress.IPv4Network("%s/%s" % (ip4, len4))
     except ValueError:
         raise LeaseFormatError("not a lease key: %r (address, prefix length or host bits are wrong)" % key)
+    if subnet.prefixlen == 0:
+        if ip6 is None or str(subnet.network_address) != "0.0.0.0":
+            raise LeaseFormatError("not a lease key: %r (a /0 IPv4 part is only for IPv6-only leases, "
+                                   "0.0.0.0-0&<ip6>-<len>)" % key)
+        subnet = None
     subnet6 = None
     if ip6 is not None:
         try:
             subnet6 = ipaddress.IPv6Network("%s/%s" % (ip6, len6))
         except ValueError:
             raise LeaseFormatError("not a lease key: %r (the IPv6 part is wrong)" % key)
+        if subnet6.prefixlen == 0:
+            raise LeaseFormatError("not a lease key: %r (the IPv6 part is a /0)" % key)
     return subnet, subnet6
 
 
 class LeaseAttrs:
     """What a node publishes in its lease."""
 
-    def __init__(self, public_ip, backend_type="", backend_data=None, public_ipv6=None):
-        self.public_ip = str(ipaddress.IPv4Address(str(public_ip)))
+    def __init__(self, public_ip, backend_type="", backend_data=None, public_ipv6=None, backend_v6_data=None):
+        # None (written as "0.0.0.0") only for a node without IPv4 in an IPv6-only network
+        self.public_ip = None if public_ip in (None, "", NO_IPV4) else str(ipaddress.IPv4Address(str(public_ip)))
         self.backend_type = backend_type or ""
         self.backend_data = backend_data  # dict or None
-        self.public_ipv6 = public_ipv6
+        self.public_ipv6 = None if public_ipv6 in (None, "") else str(ipaddress.IPv6Address(str(public_ipv6)))
+        self.backend_v6_data = backend_v6_data  # dict or None: the IPv6 device's BackendData
 
     def __eq__(self, other):
         return isinstance(other, LeaseAttrs) and self._key() == other._key()
@@ -105,7 +125,8 @@ class LeaseAttrs:
         return hash(json.dumps(self._key(), sort_keys=True))
 
     def _key(self):
-        return (self.public_ip, self.effective_type, self.backend_data or None, self.public_ipv6)
+        return (self.public_ip, self.effective_type, self.backend_data or None, self.public_ipv6,
+                self.backend_v6_data or None)
 
     def __repr__(self):
         return "LeaseAttrs(%s)" % encode_lease(self, "v3")
@@ -123,23 +144,35 @@ class LeaseAttrs:
     def vni(self):
         return (self.backend_data or {}).get("VNI")
 
-    def data(self, key):
-        """A BackendData value (None when absent)."""
-        return (self.backend_data or {}).get(key)
+    @property
+    def address(self):
+        """The address to name this node by in messages."""
+        return self.public_ip or self.public_ipv6 or NO_IPV4
+
+    def data(self, key, version=4):
+        """A BackendData (``version=6``: BackendV6Data) value, None when absent."""
+        return ((self.backend_data if version == 4 else self.backend_v6_data) or {}).get(key)
+
+    def _identity(self, version):
+        spec = BY_NAME.get(self.backend_type)
+        for key, kind in spec.lease_data if spec is not None else ():
+            if kind in ("mac", "key") and self.data(key, version) is not None:
+                return key, self.data(key, version)
+        return None
 
     @property
     def identity(self):
         """(BackendData key, value) that no two nodes may share (vxlan's VtepMAC, wireguard's
         PublicKey), or None."""
-        spec = BY_NAME.get(self.backend_type)
-        for key, kind in spec.lease_data if spec is not None else ():
-            if kind in ("mac", "key") and self.data(key) is not None:
-                return key, self.data(key)
-        return None
+        return self._identity(4)
+
+    @property
+    def identity6(self):
+        """The same for BackendV6Data (vxlan's IPv6 VtepMAC), or None."""
+        return self._identity(6)
 
 
-def _backend_data_for(attrs, api):
-    data = attrs.backend_data
+def _backend_data_for(attrs, api, data):
     if data is None:
         return None
     spec = BY_NAME.get(attrs.backend_type)
@@ -158,14 +191,17 @@ def encode_lease(attrs, api):
     """The lease value, byte for byte as Go flanneld writes it for the given etcd API."""
     if api not in ("v2", "v3"):
         raise ValueError("api must be 'v2' or 'v3', not %r" % (api,))
-    out = {"PublicIP": attrs.public_ip}
-    if api == "v3":
+    out = {"PublicIP": attrs.public_ip or NO_IPV4}
+    if api == "v3" or attrs.public_ipv6 is not None:
         out["PublicIPv6"] = attrs.public_ipv6
     if attrs.backend_type not in UNTYPED_BACKENDS:
         out["BackendType"] = attrs.backend_type
-    data = _backend_data_for(attrs, api)
+    data = _backend_data_for(attrs, api, attrs.backend_data)
     if data is not None:
         out["BackendData"] = data
+    data = _backend_data_for(attrs, api, attrs.backend_v6_data)
+    if data is not None:
+        out["BackendV6Data"] = data
     return json.dumps(out, separators=(",", ":"))
 
 
@@ -199,17 +235,25 @@ def decode_lease(text):
         public_ip = str(ipaddress.IPv4Address(public_ip))
     except (ValueError, TypeError):
         raise LeaseFormatError("lease PublicIP is not an IPv4 address: %r" % (public_ip,))
+    ipv6 = _ci_get(obj, "PublicIPv6")
+    if ipv6 is not None:
+        try:
+            ipv6 = str(ipaddress.IPv6Address(ipv6 if isinstance(ipv6, str) else None))
+        except (ValueError, TypeError):
+            raise LeaseFormatError("lease PublicIPv6 is not an IPv6 address: %r" % (str(ipv6)[:60],))
     backend_type = _ci_get(obj, "BackendType") or ""
     if not isinstance(backend_type, str):
         raise LeaseFormatError("lease BackendType is not a string: %r" % (backend_type,))
-    data = _ci_get(obj, "BackendData")
-    if data is not None and not isinstance(data, dict):
-        raise LeaseFormatError("lease BackendData is not an object: %r" % (data,))
-    spec = BY_NAME.get(backend_type)
-    if data is not None and spec is not None and spec.lease_data:
-        data = _shape_data(backend_type, spec.lease_data, data)
-    ipv6 = _ci_get(obj, "PublicIPv6")
-    return LeaseAttrs(public_ip, backend_type, data, ipv6)
+    shaped = []
+    for field in ("BackendData", "BackendV6Data"):
+        data = _ci_get(obj, field)
+        if data is not None and not isinstance(data, dict):
+            raise LeaseFormatError("lease %s is not an object: %r" % (field, str(data)[:60]))
+        spec = BY_NAME.get(backend_type)
+        if data is not None and spec is not None and spec.lease_data:
+            data = _shape_data(backend_type, spec.lease_data, data)
+        shaped.append(data)
+    return LeaseAttrs(public_ip, backend_type, shaped[0], ipv6, shaped[1])
 
 
 def _shape_data(backend_type, shape, data):
@@ -255,14 +299,25 @@ class Lease:
     def key_name(self):
         return subnet_key_name(self.subnet, self.ipv6_subnet)
 
+    @property
+    def label(self):
+        """The subnets for messages: ``10.5.3.0/24``, ``10.5.3.0/24 fc00:0:0:3::/64`` or ``fc00:0:0:3::/64``."""
+        return " ".join(str(net) for net in (self.subnet, self.ipv6_subnet) if net is not None)
+
+    def subnets(self):
+        """The lease's subnets, IPv4 first."""
+        return [net for net in (self.subnet, self.ipv6_subnet) if net is not None]
+
     def __repr__(self):
-        return "Lease(%s %s%s)" % (self.subnet, self.attrs.public_ip, " reserved" if self.reservation else "")
+        return "Lease(%s %s%s)" % (self.label, self.attrs.address, " reserved" if self.reservation else "")
 
     def as_dict(self):
         """A plain summary, for modules' return values and logs."""
         return {
-            "subnet": str(self.subnet),
+            "subnet": str(self.subnet) if self.subnet is not None else None,
             "public_ip": self.attrs.public_ip,
+            "ipv6_subnet": str(self.ipv6_subnet) if self.ipv6_subnet is not None else None,
+            "public_ipv6": self.attrs.public_ipv6,
             "backend_type": self.attrs.effective_type,
             "vtep_mac": self.attrs.vtep_mac,
             "expiration": self.expiration,
@@ -276,6 +331,10 @@ class Lease:
 # ------------------------------------------------------------------------------------------------
 def _unicast_problem(address):
     ip = ipaddress.ip_address(address)
+    if ip.version == 6 and ip.is_link_local:
+        return "is a link-local address (a node needs a global IPv6 address other nodes can route to)"
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return "is an IPv4-mapped address"
     if ip.is_unspecified:
         return "is the unspecified address"
     if ip.is_multicast:
@@ -286,28 +345,58 @@ def _unicast_problem(address):
 
 
 _CLASS_E = ipaddress.IPv4Network("240.0.0.0/4")
+NO_IPV4 = "0.0.0.0"
 
 
-def lease_problem(lease, network, subnet_len):
-    """Why ``lease`` must not be used on its own merits (None when it may): its subnet must be a
-    ``/subnet_len`` inside ``network``, its PublicIP unicast, a vxlan VtepMAC a unicast MAC.
-    Conflicts between leases (overlaps, shared VtepMAC) are judged by :class:`LeaseBook`."""
-    subnet = lease.subnet
-    if network is not None and not subnet.subnet_of(network):
-        return "its subnet %s lies outside the network %s" % (subnet, network)
+def _family_problem(lease, version, network, subnet_len):
+    subnet = lease.subnet if version == 4 else lease.ipv6_subnet
+    lead = "" if version == 4 else "IPv6"
+    if not subnet.subnet_of(network):
+        return "its subnet %s lies outside the %snetwork %s" % (subnet, "IPv6 " if version == 6 else "", network)
     if subnet_len is not None and subnet.prefixlen != subnet_len:
-        return "its subnet %s is not a /%d (the configured SubnetLen)" % (subnet, subnet_len)
-    why = _unicast_problem(lease.attrs.public_ip)
+        return "its subnet %s is not a /%d (the configured %sSubnetLen)" % (subnet, subnet_len, lead)
+    address = lease.attrs.public_ip if version == 4 else lease.attrs.public_ipv6
+    if address is None:
+        if version == 4:
+            return "its PublicIP 0.0.0.0 is the unspecified address"
+        return "it has an IPv6 subnet but no PublicIPv6"
+    why = _unicast_problem(address)
     if why:
-        return "its PublicIP %s %s" % (lease.attrs.public_ip, why)
+        return "its PublicIP%s %s %s" % ("v6" * (version == 6), address, why)
     spec = BY_NAME.get(lease.attrs.backend_type)
     for key, kind in spec.lease_data if spec is not None else ():
-        value = lease.attrs.data(key)
+        value = lease.attrs.data(key, version)
         if kind == "mac" and value is not None:
             if int(value[:2], 16) & 1:
                 return "its %s %s is a multicast MAC" % (key, value)
             if value.replace(":", "").strip("0") == "":
                 return "its %s %s is all zeros" % (key, value)
+    return None
+
+
+def lease_problem(lease, network, subnet_len, network6=None, subnet_len6=None):
+    """Why ``lease`` must not be used on its own merits (None when it may): each subnet the network
+    uses must be a ``/subnet_len`` inside its network, the matching PublicIP (PublicIPv6) unicast, a
+    vxlan VtepMAC a unicast MAC.  ``network`` None with ``network6`` given is an IPv6-only network;
+    both None: no config is known, only the addresses are judged.  Conflicts between leases
+    (overlaps, shared VtepMAC) are judged by :class:`LeaseBook`."""
+    known = network is not None or network6 is not None
+    checked = []
+    if lease.subnet is not None and (network is not None or not known):
+        checked.append((4, network, subnet_len))
+    if lease.ipv6_subnet is not None and (network6 is not None or not known):
+        checked.append((6, network6, subnet_len6))
+    if not checked:
+        if lease.subnet is None:
+            return "it has no IPv4 subnet (an IPv6-only lease) and this network has no IPv6"
+        return "it has no IPv6 subnet and this network is IPv6-only"
+    for version, net, plen in checked:
+        if net is None:  # no config known: the address and the MACs only
+            net = ipaddress.ip_network("0.0.0.0/0" if version == 4 else "::/0")
+            plen = None
+        why = _family_problem(lease, version, net, plen)
+        if why:
+            return why
     return None
 
 
@@ -327,15 +416,17 @@ class LeaseBook:
     add (new, changed or no longer outvoted) and remove, and the leases newly refused with why.
     """
 
-    def __init__(self, network=None, subnet_len=None, own=None):
+    def __init__(self, network=None, subnet_len=None, own=None, network6=None, subnet_len6=None):
         self.network = network
         self.subnet_len = subnet_len
+        self.network6 = network6
+        self.subnet_len6 = subnet_len6
         self.own = own
         self.leases = {}  # key name -> Lease: every parsed lease of another node
         self.accepted = {}  # key name -> Lease
         self.rejected = {}  # key name -> reason (parsed leases and keys/values that do not parse)
-        self._by_subnet = {}  # IPv4Network -> key name of the accepted lease holding it
-        self._by_identity = {}  # (key, value) of BackendData no two nodes share -> accepted lease using it
+        self._by_subnet = {}  # IPv4Network / IPv6Network -> key name of the accepted lease holding it
+        self._by_identity = {}  # (family, key, value) of BackendData no two nodes share -> accepted lease
         self._outvoted = set()  # rejected for a conflict: looked at again when the winner leaves
 
     # -- queries ----------------------------------------------------------------------------------
@@ -410,41 +501,50 @@ class LeaseBook:
         return change
 
     def _unindex(self, lease):
-        if self._by_subnet.get(lease.subnet) == lease.key_name:
-            del self._by_subnet[lease.subnet]
-        mac = self._identity(lease)
-        if mac is not None and self._by_identity.get(mac) == lease.key_name:
-            del self._by_identity[mac]
+        for subnet in lease.subnets():
+            if self._by_subnet.get(subnet) == lease.key_name:
+                del self._by_subnet[subnet]
+        for mac in self._identities(lease):
+            if self._by_identity.get(mac) == lease.key_name:
+                del self._by_identity[mac]
 
     @staticmethod
-    def _identity(lease):
-        return lease.attrs.identity
+    def _identities(lease):
+        """(family, BackendData key, value) entries no other node may share."""
+        return [(version,) + ident for version, ident in ((4, lease.attrs.identity), (6, lease.attrs.identity6))
+                if ident is not None]
 
     def _judge(self, lease, change, old_reason):
         name = lease.key_name
-        why = lease_problem(lease, self.network, self.subnet_len)
+        why = lease_problem(lease, self.network, self.subnet_len, self.network6, self.subnet_len6)
         own = self.own
-        mac = self._identity(lease)
+        macs = self._identities(lease)
         if why is None and own is not None:
-            if lease.subnet.overlaps(own.subnet):
-                why = "its subnet %s overlaps this node's own lease %s" % (lease.subnet, own.subnet)
-            elif mac is not None and mac == own.attrs.identity:
-                why = "its %s %s is this node's own" % mac
+            for mine, theirs in zip((own.subnet, own.ipv6_subnet), (lease.subnet, lease.ipv6_subnet)):
+                if mine is not None and theirs is not None and theirs.overlaps(mine):
+                    why = "its subnet %s overlaps this node's own lease %s" % (theirs, mine)
+                    break
+            else:
+                shared = set(macs) & set(self._identities(own))
+                if shared:
+                    why = "its %s %s is this node's own" % sorted(shared)[0][1:]
         if why is not None:
             self._refuse(name, why, change, old_reason)
             return
         rivals = []
-        holder = self._by_subnet.get(lease.subnet)
-        if holder is not None and holder != name:
-            rivals.append((self.accepted[holder], "overlaps"))
-        holder = self._by_identity.get(mac) if mac is not None else None
-        if holder is not None and holder != name and all(r[0].key_name != holder for r in rivals):
-            rivals.append((self.accepted[holder], "shares its %s %s with" % mac))
+        for subnet in lease.subnets():
+            holder = self._by_subnet.get(subnet)
+            if holder is not None and holder != name and all(r[0].key_name != holder for r in rivals):
+                rivals.append((self.accepted[holder], "overlaps"))
+        for mac in macs:
+            holder = self._by_identity.get(mac)
+            if holder is not None and holder != name and all(r[0].key_name != holder for r in rivals):
+                rivals.append((self.accepted[holder], "shares its %s %s with" % mac[1:]))
         older = [(r, how) for r, how in rivals if _age(r) < _age(lease)]
         if older:
             rival, how = older[0]
             self._outvoted.add(name)
-            self._refuse(name, "it %s the older lease %s of %s" % (how, rival.subnet, rival.attrs.public_ip),
+            self._refuse(name, "it %s the older lease %s of %s" % (how, rival.label, rival.attrs.address),
                          change, old_reason)
             return
         for rival, how in rivals:  # younger rivals give way
@@ -452,12 +552,13 @@ class LeaseBook:
             self._unindex(rival)
             change.removed.append(rival)
             self._outvoted.add(rival.key_name)
-            reason = "it %s the older lease %s of %s" % (how, lease.subnet, lease.attrs.public_ip)
+            reason = "it %s the older lease %s of %s" % (how, lease.label, lease.attrs.address)
             self.rejected[rival.key_name] = reason
             change.rejected.append((rival.key_name, reason))
         self.accepted[name] = lease
-        self._by_subnet[lease.subnet] = name
-        if mac is not None:
+        for subnet in lease.subnets():
+            self._by_subnet[subnet] = name
+        for mac in macs:
             self._by_identity[mac] = name
         change.added.append(lease)
 
@@ -496,8 +597,8 @@ class Change:
         return self
 
 
-def judge_leases(leases, network=None, subnet_len=None):
+def judge_leases(leases, network=None, subnet_len=None, network6=None, subnet_len6=None):
     """Batch verdicts (for modules): (accepted leases, {key name: reason} for the refused ones)."""
-    book = LeaseBook(network, subnet_len)
+    book = LeaseBook(network, subnet_len, network6=network6, subnet_len6=subnet_len6)
     book.replace_all(leases)
     return book.usable(), dict(book.rejected)

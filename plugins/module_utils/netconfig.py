@@ -15,6 +15,15 @@ The rules follow Go flanneld's ``subnet.ParseConfig`` for IPv4:
   values must lie inside the network and sit on a SubnetLen boundary.
 * ``Backend.Type`` defaults to ``udp``.
 
+IPv6 follows Go flanneld v0.20 (``EnableIPv6``; ``EnableIPv4`` defaults to true):
+
+* ``IPv6Network`` is required with EnableIPv6; a prefix longer than /124 is an error.
+* ``IPv6SubnetLen`` given: at most 126 and at least the prefix + 2.  Not given: /64 when the prefix is
+  /62 or shorter, else prefix + 2.
+* ``IPv6SubnetMin``/``IPv6SubnetMax`` default to the network plus one subnet and the last subnet;
+  explicit values must lie inside the network on an IPv6SubnetLen boundary.
+* ``EnableIPv4: false`` with EnableIPv6 is an IPv6-only network (``Network`` is then not needed).
+
 Every error is a single line naming the field, the value and the rule (``ConfigError``).
 """
 
@@ -66,63 +75,48 @@ def _want_int(field, value):
     return value
 
 
-def _want_ipv4(field, value):
+def _want_addr(field, value, version):
+    name = "IPv%d" % version
     if not isinstance(value, str):
-        _fail(field, value, "must be an IPv4 address in a string, like \"10.1.0.0\"")
+        example = "10.1.0.0" if version == 4 else "fc00::"
+        _fail(field, value, "must be an %s address in a string, like \"%s\"" % (name, example))
     try:
-        return ipaddress.IPv4Address(value)
+        addr = ipaddress.ip_address(value)
     except ValueError:
-        _fail(field, value, "is not an IPv4 address")
+        addr = None
+    if addr is None or addr.version != version:
+        _fail(field, value, "is not an %s address" % name)
+    return addr
 
 
-class NetworkConfig:
-    """A validated network config with every default filled in."""
+# Per family: (bits, longest network prefix, longest SubnetLen, example CIDR, usual SubnetLen).  A
+# network too small for four subnets of the usual length gets prefix + 2 by default.
+_FAMILY = {
+    4: (32, 28, 30, "10.1.0.0/16", 24),
+    6: (128, 124, 126, "fc00::/48", 64),
+}
 
-    def __init__(self, network, subnet_len, subnet_min, subnet_max, backend_type, backend):
-        self.network = network  # ipaddress.IPv4Network
+
+class Pool:
+    """One address family's subnet pool: Network, SubnetLen, SubnetMin, SubnetMax."""
+
+    def __init__(self, network, subnet_len, subnet_min, subnet_max):
+        self.network = network  # ipaddress.IPv4Network or IPv6Network
         self.subnet_len = subnet_len  # int
-        self.subnet_min = subnet_min  # ipaddress.IPv4Address
-        self.subnet_max = subnet_max  # ipaddress.IPv4Address
-        self.backend_type = backend_type  # str
-        self.backend = backend  # dict: Go option name -> value, defaults filled (None = unset)
+        self.subnet_min = subnet_min  # address of the first subnet handed out
+        self.subnet_max = subnet_max  # address of the last subnet handed out
 
-    def __eq__(self, other):
-        return isinstance(other, NetworkConfig) and self.to_dict() == other.to_dict()
-
-    def __ne__(self, other):
-        return not self == other
-
-    def __repr__(self):
-        return "NetworkConfig(%s)" % self.to_json()
+    @property
+    def version(self):
+        return self.network.version
 
     @property
     def subnet_size(self):
-        return 1 << (32 - self.subnet_len)
-
-    def to_dict(self, defaults=True):
-        """The effective config with Go's key names; ``defaults=False`` leaves out backend options
-        that are unset (None)."""
-        backend = {"Type": self.backend_type}
-        for name, value in self.backend.items():
-            if value is not None or defaults:
-                backend[name] = value
-        return {
-            "Network": str(self.network),
-            "SubnetLen": self.subnet_len,
-            "SubnetMin": str(self.subnet_min),
-            "SubnetMax": str(self.subnet_max),
-            "Backend": backend,
-        }
-
-    def to_json(self):
-        return json.dumps(self.to_dict(defaults=False), sort_keys=False, separators=(",", ":"))
-
-    def option(self, name):
-        return self.backend.get(name)
+        return 1 << (self.network.max_prefixlen - self.subnet_len)
 
     def contains(self, subnet):
-        """Whether ``subnet`` (an IPv4Network) is a lease this config would hand out."""
-        if subnet.version != 4 or subnet.prefixlen != self.subnet_len:
+        """Whether ``subnet`` is a lease this pool would hand out."""
+        if subnet is None or subnet.version != self.version or subnet.prefixlen != self.subnet_len:
             return False
         if not subnet.subnet_of(self.network):
             return False
@@ -133,12 +127,172 @@ class NetworkConfig:
         step = self.subnet_size
         addr = int(self.subnet_min)
         last = int(self.subnet_max)
+        make = ipaddress.IPv4Network if self.version == 4 else ipaddress.IPv6Network
         while addr <= last:
-            yield ipaddress.IPv4Network((addr, self.subnet_len))
+            yield make((addr, self.subnet_len))
             addr += step
 
     def capacity(self):
         return (int(self.subnet_max) - int(self.subnet_min)) // self.subnet_size + 1
+
+
+def _parse_pool(cfg, version):
+    """The pool of one family from the folded config; keys carry an ``IPv6`` prefix for IPv6."""
+    bits, max_prefix, max_len, example, usual = _FAMILY[version]
+    key = "Network" if version == 4 else "IPv6Network"
+    lead = "" if version == 4 else "IPv6"
+    name = "IPv%d" % version
+    raw_net = cfg.get(key)
+    if raw_net in (None, ""):
+        if version == 4:
+            raise ConfigError("invalid network config: Network is missing; give the overlay range, "
+                              "like {\"Network\": \"%s\"} (or \"EnableIPv4\": false for an IPv6-only network)"
+                              % example)
+        raise ConfigError("invalid network config: IPv6Network is missing; EnableIPv6 needs the IPv6 overlay "
+                          "range, like {\"IPv6Network\": \"%s\"}" % example)
+    if not isinstance(raw_net, str):
+        _fail(key, raw_net, "must be an %s CIDR in a string, like \"%s\"" % (name, example))
+    if "/" not in raw_net:
+        _fail(key, raw_net, "needs a prefix length, like \"%s\"" % example)
+    try:
+        network = ipaddress.ip_network(raw_net, strict=False)
+    except ValueError:
+        network = None
+    if network is None or network.version != version:
+        _fail(key, raw_net, "is not an %s CIDR like \"%s\"" % (name, example))
+    prefix = network.prefixlen
+
+    len_key = lead + "SubnetLen"
+    subnet_len = cfg.get(len_key)
+    if subnet_len is not None:
+        subnet_len = _want_int(len_key, subnet_len)
+    if subnet_len:  # 0 means "not given", as in Go
+        if subnet_len > max_len:
+            _fail(len_key, subnet_len, "must be %d or less (each host needs room for a gateway and containers)"
+                  % max_len)
+        if subnet_len < prefix + 2:
+            _fail(len_key, subnet_len, "must be at least the %s prefix + 2 (/%d) so the network "
+                  "holds four subnets or more" % (key, prefix + 2))
+    else:
+        if subnet_len is not None and subnet_len < 0:
+            _fail(len_key, subnet_len, "must be a positive prefix length")
+        if prefix > max_prefix:
+            _fail(key, raw_net, "is too small: the prefix must be /%d or shorter" % max_prefix)
+        subnet_len = usual if prefix <= usual - 2 else prefix + 2
+
+    size = 1 << (bits - subnet_len)
+    bounds = {}
+    for which, default in (("SubnetMin", int(network.network_address) + size),
+                           ("SubnetMax", int(network.broadcast_address) + 1 - size)):
+        field = lead + which
+        value = cfg.get(field)
+        if value in (None, "") or (isinstance(value, str) and value in ("0.0.0.0", "::")):
+            bounds[which] = ipaddress.ip_address(default) if version == 6 else ipaddress.IPv4Address(default)
+            continue
+        addr = _want_addr(field, value, version)
+        if addr not in network:
+            _fail(field, value, "is outside %s %s" % (key, network))
+        if int(addr) % size:
+            _fail(field, value, "is not on a /%d (%s) boundary" % (subnet_len, len_key))
+        bounds[which] = addr
+    if bounds["SubnetMin"] > bounds["SubnetMax"]:
+        _fail(lead + "SubnetMin", str(bounds["SubnetMin"]), "is above %sSubnetMax %s" % (lead, bounds["SubnetMax"]))
+    return Pool(network, subnet_len, bounds["SubnetMin"], bounds["SubnetMax"])
+
+
+class NetworkConfig:
+    """A validated network config with every default filled in.
+
+    ``pool4``/``pool6`` are the IPv4 and IPv6 pools (None when that family is off); ``network``,
+    ``subnet_len``, ``subnet_min``, ``subnet_max``, ``contains()``, ``subnets()`` and ``capacity()``
+    speak of the IPv4 pool (None / empty for an IPv6-only network)."""
+
+    def __init__(self, network, subnet_len, subnet_min, subnet_max, backend_type, backend, pool6=None):
+        self.pool4 = Pool(network, subnet_len, subnet_min, subnet_max) if network is not None else None
+        self.pool6 = pool6
+        self.backend_type = backend_type  # str
+        self.backend = backend  # dict: Go option name -> value, defaults filled (None = unset)
+
+    @property
+    def enable_ipv4(self):
+        return self.pool4 is not None
+
+    @property
+    def enable_ipv6(self):
+        return self.pool6 is not None
+
+    def pools(self):
+        """The enabled pools, IPv4 first."""
+        return [pool for pool in (self.pool4, self.pool6) if pool is not None]
+
+    def pool(self, version):
+        return self.pool4 if version == 4 else self.pool6
+
+    def _v4(self, name, default=None):
+        return getattr(self.pool4, name) if self.pool4 is not None else default
+
+    network = property(lambda self: self._v4("network"))
+    subnet_len = property(lambda self: self._v4("subnet_len"))
+    subnet_min = property(lambda self: self._v4("subnet_min"))
+    subnet_max = property(lambda self: self._v4("subnet_max"))
+    subnet_size = property(lambda self: self._v4("subnet_size"))
+    ipv6_network = property(lambda self: self.pool6.network if self.pool6 is not None else None)
+    ipv6_subnet_len = property(lambda self: self.pool6.subnet_len if self.pool6 is not None else None)
+
+    def __eq__(self, other):
+        return isinstance(other, NetworkConfig) and self.to_dict() == other.to_dict()
+
+    def __ne__(self, other):
+        return not self == other
+
+    def __repr__(self):
+        return "NetworkConfig(%s)" % self.to_json()
+
+    def to_dict(self, defaults=True):
+        """The effective config with Go's key names; ``defaults=False`` leaves out backend options
+        that are unset (None).  An IPv4-only config has no EnableIPv4/EnableIPv6 keys."""
+        backend = {"Type": self.backend_type}
+        for name, value in self.backend.items():
+            if value is not None or defaults:
+                backend[name] = value
+        out = {}
+        if self.pool4 is not None:
+            out.update({"Network": str(self.pool4.network), "SubnetLen": self.pool4.subnet_len,
+                        "SubnetMin": str(self.pool4.subnet_min), "SubnetMax": str(self.pool4.subnet_max)})
+        else:
+            out["EnableIPv4"] = False
+        if self.pool6 is not None:
+            out.update({"EnableIPv6": True, "IPv6Network": str(self.pool6.network),
+                        "IPv6SubnetLen": self.pool6.subnet_len, "IPv6SubnetMin": str(self.pool6.subnet_min),
+                        "IPv6SubnetMax": str(self.pool6.subnet_max)})
+        out["Backend"] = backend
+        return out
+
+    def to_json(self):
+        return json.dumps(self.to_dict(defaults=False), sort_keys=False, separators=(",", ":"))
+
+    def option(self, name):
+        return self.backend.get(name)
+
+    def contains(self, subnet):
+        """Whether ``subnet`` (an IPv4Network) is a lease this config would hand out."""
+        return self.pool4 is not None and self.pool4.contains(subnet)
+
+    def subnets(self):
+        """Every IPv4 subnet from SubnetMin to SubnetMax, in order."""
+        return self.pool4.subnets() if self.pool4 is not None else iter(())
+
+    def capacity(self):
+        return self.pool4.capacity() if self.pool4 is not None else 0
+
+
+def _want_bool(cfg, key, default):
+    value = cfg.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        _fail(key, value, "must be true or false")
+    return value
 
 
 def parse_config(data):
@@ -162,62 +316,26 @@ def parse_config(data):
     cfg = _fold_keys(data, TOP_LEVEL_KEYS + IPV6_KEYS, "")
     for key in cfg:
         if key not in TOP_LEVEL_KEYS and key not in IPV6_KEYS:
-            _fail(key, cfg[key], "unknown key (known: %s)" % ", ".join(TOP_LEVEL_KEYS))
-    if cfg.get("EnableIPv6") not in (None, False):
-        _fail("EnableIPv6", cfg["EnableIPv6"], "IPv6 networks are not supported by pyflannel; remove it")
-    if cfg.get("EnableIPv4") not in (None, True):
-        _fail("EnableIPv4", cfg["EnableIPv4"], "pyflannel needs an IPv4 network; remove it or set true")
-
-    if "Network" not in cfg or cfg["Network"] in (None, ""):
-        raise ConfigError("invalid network config: Network is missing; give the overlay range, "
-                          "like {\"Network\": \"10.1.0.0/16\"}")
-    raw_net = cfg["Network"]
-    if not isinstance(raw_net, str):
-        _fail("Network", raw_net, "must be an IPv4 CIDR in a string, like \"10.1.0.0/16\"")
-    if "/" not in raw_net:
-        _fail("Network", raw_net, "needs a prefix length, like \"10.1.0.0/16\"")
-    try:
-        network = ipaddress.IPv4Network(raw_net, strict=False)
-    except ValueError:
-        _fail("Network", raw_net, "is not an IPv4 CIDR like \"10.1.0.0/16\"")
-    prefix = network.prefixlen
-
-    subnet_len = cfg.get("SubnetLen")
-    if subnet_len is not None:
-        subnet_len = _want_int("SubnetLen", subnet_len)
-    if subnet_len:  # 0 means "not given", as in Go
-        if subnet_len > 30:
-            _fail("SubnetLen", subnet_len, "must be 30 or less (each host needs room for a gateway and containers)")
-        if subnet_len < prefix + 2:
-            _fail("SubnetLen", subnet_len, "must be at least the Network prefix + 2 (/%d) so the network "
-                  "holds four subnets or more" % (prefix + 2))
-    else:
-        if subnet_len is not None and subnet_len < 0:
-            _fail("SubnetLen", subnet_len, "must be a positive prefix length")
-        if prefix > 28:
-            _fail("Network", raw_net, "is too small: the prefix must be /28 or shorter")
-        subnet_len = 24 if prefix <= 22 else prefix + 2
-
-    size = 1 << (32 - subnet_len)
-    mask = (0xFFFFFFFF << (32 - subnet_len)) & 0xFFFFFFFF
-    bounds = {}
-    for name, default in (("SubnetMin", int(network.network_address) + size),
-                          ("SubnetMax", int(network.broadcast_address) + 1 - size)):
-        value = cfg.get(name)
-        if value in (None, "", "0.0.0.0"):
-            bounds[name] = ipaddress.IPv4Address(default)
-            continue
-        addr = _want_ipv4(name, value)
-        if addr not in network:
-            _fail(name, value, "is outside Network %s" % network)
-        if int(addr) & mask != int(addr):
-            _fail(name, value, "is not on a /%d (SubnetLen) boundary" % subnet_len)
-        bounds[name] = addr
-    if bounds["SubnetMin"] > bounds["SubnetMax"]:
-        _fail("SubnetMin", str(bounds["SubnetMin"]), "is above SubnetMax %s" % bounds["SubnetMax"])
+            _fail(key, cfg[key], "unknown key (known: %s)" % ", ".join(TOP_LEVEL_KEYS + IPV6_KEYS))
+    enable4 = _want_bool(cfg, "EnableIPv4", True)
+    enable6 = _want_bool(cfg, "EnableIPv6", False)
+    if not enable4 and not enable6:
+        _fail("EnableIPv4", False, "a network needs IPv4 or IPv6: set EnableIPv4 or EnableIPv6 to true")
+    pool4 = _parse_pool(cfg, 4) if enable4 else None
+    pool6 = _parse_pool(cfg, 6) if enable6 else None
 
     backend_type, backend = parse_backend(cfg.get("Backend"))
-    return NetworkConfig(network, subnet_len, bounds["SubnetMin"], bounds["SubnetMax"], backend_type, backend)
+    families = BY_NAME[backend_type].families
+    if pool6 is not None and 6 not in families:
+        _fail("EnableIPv6", True, "the %s backend carries IPv4 only; use one of %s for IPv6"
+              % (backend_type, ", ".join(b.name for b in BACKENDS if 6 in b.families)))
+    if pool4 is None and not BY_NAME[backend_type].ipv6_only:
+        _fail("EnableIPv4", False, "the %s backend cannot run an IPv6-only network; use one of %s or set "
+              "EnableIPv4 to true" % (backend_type, ", ".join(b.name for b in BACKENDS if b.ipv6_only)))
+    if pool4 is None:
+        return NetworkConfig(None, None, None, None, backend_type, backend, pool6)
+    return NetworkConfig(pool4.network, pool4.subnet_len, pool4.subnet_min, pool4.subnet_max, backend_type,
+                         backend, pool6)
 
 
 def parse_backend(raw):
