@@ -62,6 +62,7 @@ FLAGS: List[Flag] = [
     Flag("iface-regex", "list", [], "regex of the interface (IP or name) to use; repeatable, tried after --iface"),
     Flag("iface-can-reach", "str", "", "use the interface (and source address) of the route to this address"),
     Flag("public-ip", "str", "", "IP accessible by other nodes for inter-host communication"),
+    Flag("public-ipv6", "str", "", "IPv6 accessible by other nodes for inter-host communication"),
     Flag("subnet-file", "str", "/run/flannel/subnet.env", "filename where env variables (subnet, MTU, ...) "
          "will be written to"),
     Flag("subnet-lease-renew-margin", "int", 60, "subnet lease renewal margin, in minutes (1..1439)",

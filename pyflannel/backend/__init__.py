@@ -41,9 +41,15 @@ class ExternalInterface:
 
     name: str
     index: int
-    address: str  # the interface's IPv4 address used for sending/binding
-    public_ip: str  # what other nodes use to reach us (``--public-ip``; usually == address)
+    # the interface's IPv4 address used for sending/binding; None only on an IPv6-only network
+    # (``iface.select(want_ipv4=False)``) when the interface has no IPv4 address
+    address: Optional[str]
+    public_ip: Optional[str]  # what other nodes use to reach us (``--public-ip``; usually == address)
     mtu: int
+    # the interface's global IPv6 address (canonical text), when IPv6 is wanted and the interface has one
+    address6: Optional[str] = None
+    # what other nodes reach us at over IPv6 (``--public-ipv6``; usually == address6)
+    public_ipv6: Optional[str] = None
 
 
 class BackendError(Exception):

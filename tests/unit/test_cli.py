@@ -96,3 +96,23 @@ def test_glog_line_format():
     logger.warning("hello %s", "world")
     line = stream.getvalue().rstrip("\n")
     assert re.match(r"^W\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ test_cli\.py:\d+\] hello world$", line), line
+
+
+def test_public_ipv6_flag_and_environment():
+    assert parse_args([], {}).public_ipv6 == ""
+    assert parse_args(["--public-ipv6", "fd00::5"], {}).public_ipv6 == "fd00::5"
+    assert parse_args(["-public-ipv6=fd00::6"], {}).public_ipv6 == "fd00::6"
+    env = {"FLANNELD_PUBLIC_IPV6": "fd00::7", "FLANNELD_PUBLIC_IP": "10.0.0.7"}
+    o = parse_args([], env)
+    assert (o.public_ip, o.public_ipv6) == ("10.0.0.7", "fd00::7")
+    assert parse_args(["--public-ipv6", "fd00::8"], env).public_ipv6 == "fd00::8"  # the command line wins
+    with pytest.raises(UsageError) as err:
+        parse_args(["--public-ipv6"], {})
+    assert "needs an argument" in str(err.value)
+
+
+def test_public_ipv6_in_help(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "-public-ipv6 string" in out
+    assert out.index("-public-ip string") < out.index("-public-ipv6 string")
