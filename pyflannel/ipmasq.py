@@ -14,6 +14,15 @@
     -A FLANNEL-FWD -s C -m comment --comment "flanneld forward" -j ACCEPT
     -A FLANNEL-FWD -d C -m comment --comment "flanneld forward" -j ACCEPT
 
+The address family is a parameter: an IPv6 network and subnet give the same rule set through
+``ip6tables-restore`` / ``ip6tables-save`` with the IPv6 multicast range ``ff00::/8`` in place of
+``224.0.0.0/4`` — Go flanneld's current ``masqIP6Rules`` / ``forwardRules`` (pkg/trafficmngr/iptables).
+Go v0.20's ``MasqIP6Rules`` (network/iptables.go) had the older order of its IPv4 list (RETURN
+``-s C -d C``, MASQUERADE ``-s C ! -d ff00::/8``, RETURN ``! -s C -d P``, MASQUERADE ``! -s C -d C``);
+we keep both families in the one shape above, as the IPv4 rules already follow current Go.  The two families live in
+separate kernel tables, so an IPv4 and an IPv6 ``IPTables`` object on one host never touch each
+other's rules; ``--random-fully`` support is detected per object, i.e. per binary.
+
 Our chains are rewritten as a whole (declaring a chain in a ``--noflush`` restore empties it), so
 rules for an old network or subnet disappear with the next ``ensure()``.  ``ensure()`` compares
 with ``iptables-save`` first and only writes when something differs.
@@ -25,7 +34,7 @@ import ipaddress
 import logging
 import shutil
 import subprocess
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 log = logging.getLogger("pyflannel.ipmasq")
 
@@ -34,36 +43,62 @@ FWD_CHAIN = "FLANNEL-FWD"
 MASQ_COMMENT = '-m comment --comment "flanneld masq"'
 FWD_COMMENT = '-m comment --comment "flanneld forward"'
 KUBE_PROXY_MARK = "0x4000/0x4000"
+MULTICAST = {4: "224.0.0.0/4", 6: "ff00::/8"}
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 
 class IPTablesError(Exception):
     """iptables refused our rules; ``str()`` is one line."""
 
 
-def _run(cmd: List[str], data: Optional[str] = None) -> str:
+def _run(cmd: List[str], data: Optional[str] = None, family: int = 4, nat: bool = False) -> str:
+    """Run one iptables tool; any failure is an ``IPTablesError`` of one line.  For IPv6 the line
+    says what is needed (ip6tables, and for the nat table the kernel's IPv6 NAT)."""
     try:
         proc = subprocess.run(cmd, input=data, capture_output=True, text=True, timeout=30, check=False)
     except FileNotFoundError:
-        raise IPTablesError("%s is not installed: install the iptables package" % cmd[0]) from None
+        hint = "" if family == 4 else " (IPv6 masquerading and forward rules need ip6tables)"
+        raise IPTablesError("%s is not installed: install the iptables package%s" % (cmd[0], hint)) from None
     except subprocess.TimeoutExpired:
         raise IPTablesError("%s did not finish within 30 s (xtables lock held?)" % " ".join(cmd)) from None
     if proc.returncode != 0:
-        raise IPTablesError("%s failed: %s" % (" ".join(cmd), " ".join(proc.stderr.split()) or proc.returncode))
+        detail = " ".join(proc.stderr.split()) or str(proc.returncode)
+        hint = ""
+        if family == 6 and nat and "random-fully" not in detail.lower():
+            hint = "; IPv6 masquerading needs ip6tables nat support (kernel ip6table_nat/nf_nat)"
+        raise IPTablesError("%s failed: %s%s" % (" ".join(cmd), detail, hint))
     return proc.stdout
 
 
-class IPTables:
-    """The rules for one (network, subnet); ``ensure()`` installs or repairs, ``remove()`` deletes."""
+def _family_of(network: Network, subnet: Network) -> Tuple[int, Network, Network]:
+    """Both as network objects of one family (strict, like ``IPv4Network(x)``), or a one-line error."""
+    try:
+        net = ipaddress.ip_network(network)
+        sub = ipaddress.ip_network(subnet)
+    except ValueError as err:
+        raise ValueError("ip-masq rules: %s" % err) from None
+    if net.version != sub.version:
+        raise ValueError("ip-masq rules: network %s and subnet %s are of different address families" % (net, sub))
+    return net.version, net, sub
 
-    def __init__(self, network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, masq: bool,
-                 forward: bool) -> None:
-        self.network = ipaddress.IPv4Network(network)
-        self.subnet = ipaddress.IPv4Network(subnet)
+
+class IPTables:
+    """The rules for one (network, subnet) of one address family (derived from them: IPv4 → iptables,
+    IPv6 → ip6tables); ``ensure()`` installs or repairs, ``remove()`` deletes."""
+
+    def __init__(self, network: Network, subnet: Network, masq: bool, forward: bool) -> None:
+        self.family, self.network, self.subnet = _family_of(network, subnet)
         self.masq = masq
         self.forward = forward
         self.random_fully = True
-        self.restore = shutil.which("iptables-restore") or "iptables-restore"
-        self.save = shutil.which("iptables-save") or "iptables-save"
+        self.multicast = MULTICAST[self.family]
+        self.tool = "iptables" if self.family == 4 else "ip6tables"
+        self.restore = shutil.which(self.tool + "-restore") or self.tool + "-restore"
+        self.save = shutil.which(self.tool + "-save") or self.tool + "-save"
+
+    def _run(self, table: str, cmd: List[str], data: Optional[str] = None) -> str:
+        return _run(cmd, data, self.family, table == "nat")
 
     # -- the rules, in iptables-save's own spelling -------------------------------------------------
     def masq_rules(self) -> List[str]:
@@ -74,7 +109,7 @@ class IPTables:
             "-A %s -s %s -d %s %s -j RETURN" % (MASQ_CHAIN, p, c, MASQ_COMMENT),
             "-A %s -s %s -d %s %s -j RETURN" % (MASQ_CHAIN, c, p, MASQ_COMMENT),
             "-A %s ! -s %s -d %s %s -j RETURN" % (MASQ_CHAIN, c, p, MASQ_COMMENT),
-            "-A %s -s %s ! -d 224.0.0.0/4 %s -j MASQUERADE%s" % (MASQ_CHAIN, c, MASQ_COMMENT, random),
+            "-A %s -s %s ! -d %s %s -j MASQUERADE%s" % (MASQ_CHAIN, c, self.multicast, MASQ_COMMENT, random),
             "-A %s ! -s %s -d %s %s -j MASQUERADE%s" % (MASQ_CHAIN, c, c, MASQ_COMMENT, random),
         ]
 
@@ -91,7 +126,7 @@ class IPTables:
     # -- reading the current state ---------------------------------------------------------------
     def _current(self, table: str, chain: str, parent: str) -> Tuple[bool, List[str], int]:
         """(chain exists, its rules, how many jumps from ``parent`` to it)."""
-        text = _run([self.save, "-t", table])
+        text = self._run(table, [self.save, "-t", table])
         exists = False
         rules: List[str] = []
         jumps = 0
@@ -117,7 +152,7 @@ class IPTables:
             lines.append(("-I %s 1 %s" % (parent, spec)) if insert else ("-A %s %s" % (parent, spec)))
         lines += wanted
         lines.append("COMMIT")
-        _run([self.restore, "--noflush", "-w", "5"], "\n".join(lines) + "\n")
+        self._run(table, [self.restore, "--noflush", "-w", "5"], "\n".join(lines) + "\n")
 
     def _remove_table(self, table: str, chain: str, parent: str, jump: str) -> bool:
         exists, _rules, jumps = self._current(table, chain, parent)
@@ -129,7 +164,7 @@ class IPTables:
         if exists:
             lines += [":%s - [0:0]" % chain, "-X %s" % chain]
         lines.append("COMMIT")
-        _run([self.restore, "--noflush", "-w", "5"], "\n".join(lines) + "\n")
+        self._run(table, [self.restore, "--noflush", "-w", "5"], "\n".join(lines) + "\n")
         return True
 
     # -- public -----------------------------------------------------------------------------------
@@ -144,7 +179,7 @@ class IPTables:
                     text = str(err).lower()
                     if not self.random_fully or ("random-fully" not in text and "unknown" not in text):
                         raise
-                    log.info("this iptables does not support MASQUERADE --random-fully; using plain MASQUERADE")
+                    log.info("this %s does not support MASQUERADE --random-fully; using plain MASQUERADE", self.tool)
                     self.random_fully = False
                     self._apply("nat", MASQ_CHAIN, "POSTROUTING", self.MASQ_JUMP, self.masq_rules(), insert=True)
                 changed = True
@@ -164,7 +199,7 @@ class IPTables:
         return changed
 
     def remove(self) -> None:
-        """Delete both chains and the jumps to them."""
+        """Delete both chains and the jumps to them (of this object's family only)."""
         self._remove_table("nat", MASQ_CHAIN, "POSTROUTING", self.MASQ_JUMP)
         self._remove_table("filter", FWD_CHAIN, "FORWARD", self.FWD_JUMP)
 

@@ -8,6 +8,7 @@ import os
 import secrets
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -48,7 +49,60 @@ MASQ = '-m comment --comment "flanneld masq"'
 FWD = '-m comment --comment "flanneld forward"'
 
 
-def expected(c: str, p: str) -> list:
+SCRIPT6 = r"""
+import ipaddress, json, subprocess, sys
+from pyflannel.ipmasq import IPTables
+steps = []
+def rules(tool):
+    text = subprocess.run([tool + "-save"], capture_output=True, text=True, check=True).stdout
+    return [l for l in text.splitlines() if "flanneld" in l or l.startswith(":FLANNEL")]
+def step(name, changed):
+    steps.append((name, changed, rules("iptables"), rules("ip6tables")))
+t4 = IPTables(ipaddress.IPv4Network("10.100.0.0/16"), ipaddress.IPv4Network("10.100.5.0/24"), True, True)
+t6 = IPTables(ipaddress.IPv6Network("fd00:100::/48"), ipaddress.IPv6Network("fd00:100:0:5::/64"), True, True)
+assert (t4.family, t4.tool, t6.family, t6.tool) == (4, "iptables", 6, "ip6tables")
+step("v4 first", t4.ensure())
+step("v6 first", t6.ensure())
+step("v6 again", t6.ensure())
+step("v4 again", t4.ensure())
+subprocess.run(["ip6tables", "-t", "nat", "-D", "FLANNEL-POSTRTG", "2"], check=True)
+subprocess.run(["ip6tables", "-t", "filter", "-D", "FORWARD", "1"], check=True)
+step("v4 after v6 damage", t4.ensure())
+step("v6 repaired", t6.ensure())
+subprocess.run(["ip6tables", "-t", "nat", "-A", "POSTROUTING", "-s", "2001:db8::/64", "-j", "MASQUERADE"], check=True)
+subprocess.run(["ip6tables", "-t", "nat", "-A", "POSTROUTING", "-m", "comment", "--comment", "flanneld masq",
+                "-j", "FLANNEL-POSTRTG"], check=True)
+step("v6 dedup", t6.ensure())
+t6b = IPTables(ipaddress.IPv6Network("fd00:200::/48"), ipaddress.IPv6Network("fd00:200:0:9::/64"), True, True)
+step("v6 moved", t6b.ensure())
+t6.ensure()
+t6.remove()
+step("v6 removed", t4.ensure())
+t6.remove()  # a second remove() is a no-op
+t4.remove()
+step("v4 removed", None)
+save6 = subprocess.run(["ip6tables-save"], capture_output=True, text=True, check=True).stdout
+print(json.dumps({"steps": steps, "save6": save6}))
+"""
+
+C6, P6 = "fd00:100::/48", "fd00:100:0:5::/64"
+
+
+def run_in_namespace(script: str) -> Any:
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root for a network namespace: run make test as root")
+    ns = "pfl-ipt-%s" % secrets.token_hex(3)
+    sh("ip", "netns", "add", ns)
+    try:
+        proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", script], cwd=REPO,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+    finally:
+        sh("ip", "netns", "del", ns, check=False)
+
+
+def expected(c: str, p: str, multicast: str = "224.0.0.0/4") -> list:
     return [
         ":FLANNEL-FWD - [0:0]",
         "-A FORWARD %s -j FLANNEL-FWD" % FWD,
@@ -60,23 +114,13 @@ def expected(c: str, p: str) -> list:
         "-A FLANNEL-POSTRTG -s %s -d %s %s -j RETURN" % (p, c, MASQ),
         "-A FLANNEL-POSTRTG -s %s -d %s %s -j RETURN" % (c, p, MASQ),
         "-A FLANNEL-POSTRTG ! -s %s -d %s %s -j RETURN" % (c, p, MASQ),
-        "-A FLANNEL-POSTRTG -s %s ! -d 224.0.0.0/4 %s -j MASQUERADE --random-fully" % (c, MASQ),
+        "-A FLANNEL-POSTRTG -s %s ! -d %s %s -j MASQUERADE --random-fully" % (c, multicast, MASQ),
         "-A FLANNEL-POSTRTG ! -s %s -d %s %s -j MASQUERADE --random-fully" % (c, c, MASQ),
     ]
 
 
 def test_ipmasq_rules_in_a_namespace() -> None:
-    if os.geteuid() != 0:
-        pytest.fail("this test needs root for a network namespace: run make test as root")
-    ns = "pfl-ipt-%s" % secrets.token_hex(3)
-    sh("ip", "netns", "add", ns)
-    try:
-        proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", SCRIPT], cwd=REPO,
-                              capture_output=True, text=True, timeout=120, check=False)
-        assert proc.returncode == 0, proc.stderr
-        steps = {name: (changed, state) for name, changed, state in json.loads(proc.stdout)}
-    finally:
-        sh("ip", "netns", "del", ns, check=False)
+    steps = {name: (changed, state) for name, changed, state in run_in_namespace(SCRIPT)}
     assert steps["first"] == (True, expected(C, P))
     assert steps["again"] == (False, expected(C, P))
     assert steps["repaired"] == (True, expected(C, P))
@@ -88,3 +132,22 @@ def test_ipmasq_rules_in_a_namespace() -> None:
     removed = steps["removed"][1]
     assert "FLANNEL" not in removed and "flanneld" not in removed
     assert "-A POSTROUTING -s 192.0.2.0/24 -j MASQUERADE" in removed
+
+
+def test_ip6masq_rules_beside_ipv4_in_a_namespace() -> None:
+    out = run_in_namespace(SCRIPT6)
+    steps = {name: (changed, v4, v6) for name, changed, v4, v6 in out["steps"]}
+    v4, v6 = expected(C, P), expected(C6, P6, "ff00::/8")
+    assert steps["v4 first"] == (True, v4, [])
+    assert steps["v6 first"] == (True, v4, v6)
+    assert steps["v6 again"] == (False, v4, v6)
+    assert steps["v4 again"] == (False, v4, v6)
+    # damage to the IPv6 rules is not the IPv4 object's business, and the IPv6 object repairs it
+    changed, state4, state6 = steps["v4 after v6 damage"]
+    assert changed is False and state4 == v4 and state6 != v6
+    assert steps["v6 repaired"] == (True, v4, v6)
+    assert steps["v6 dedup"] == (True, v4, v6)
+    assert steps["v6 moved"] == (True, v4, expected("fd00:200::/48", "fd00:200:0:9::/64", "ff00::/8"))
+    assert steps["v6 removed"] == (False, v4, [])
+    assert steps["v4 removed"] == (None, [], [])
+    assert "-A POSTROUTING -s 2001:db8::/64 -j MASQUERADE" in out["save6"]
