@@ -9,6 +9,10 @@ Layout (every name carries a random suffix, so concurrent runs never collide)::
                    router; optional eth1 on segment C (172.30.3.1N, no router: one L2 segment);
                    an empty bridge ``docker0`` (the docker stand-in; gets FLANNEL_SUBNET's first address)
 
+``TestBed(..., ipv6=True)`` gives every host/router segment address an IPv6 twin (``nodad``, /64):
+fd00:30:1::1N for 172.30.1.1N (``Host.address6``; ``Host.address6_2`` on eth1), the router fd00:30:N::fe
+with IPv6 forwarding, and IPv6 default routes via it.  etcd stays IPv4-only.
+
 The test bed itself uses iproute2 (``ip``) to build the namespaces — it is scaffolding, and checking
 the agents' netlink work with an independent tool is a feature.  Everything is torn down by
 ``destroy()``, which is safe to call after any failure and more than once (it also deletes the
@@ -29,6 +33,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 SEGMENTS = {"A": "172.30.1", "B": "172.30.2", "C": "172.30.3"}
 ROUTER_ID = 254
+# the IPv6 twins (TestBed(ipv6=True)): segment prefix fd00:30:N::/64, host N at ::1N, router at ::fe
+SEGMENTS6 = {"A": "fd00:30:1", "B": "fd00:30:2", "C": "fd00:30:3"}
+ROUTER_ID6 = "fe"
 
 
 def sh(*cmd: str, check: bool = True, timeout: float = 30, **kwargs: Any) -> subprocess.CompletedProcess:
@@ -48,6 +55,10 @@ class Host:
         self.address = "%s.%d" % (SEGMENTS[segment], 10 + n)
         self.second = second
         self.address2 = "%s.%d" % (SEGMENTS[second], 10 + n) if second else None
+        # IPv6 twins of address/address2 (None unless TestBed(ipv6=True))
+        self.address6: Optional[str] = "%s::1%d" % (SEGMENTS6[segment], n) if bed.ipv6 else None
+        self.address6_2: Optional[str] = ("%s::1%d" % (SEGMENTS6[second], n)
+                                          if bed.ipv6 and second else None)
         self.procs: List[subprocess.Popen] = []
         self.dir = os.path.join(bed.dir, "h%d" % n)
         os.makedirs(self.dir, exist_ok=True)
@@ -76,6 +87,9 @@ class Host:
     def routes(self) -> List[Dict[str, Any]]:
         return self.ip_json("-4", "route", "show")
 
+    def routes6(self) -> List[Dict[str, Any]]:
+        return self.ip_json("-6", "route", "show")
+
     def link(self, name: str) -> Optional[Dict[str, Any]]:
         proc = sh(*self.cmd("ip", "-j", "-d", "link", "show", "dev", name), check=False)
         if proc.returncode != 0:
@@ -88,15 +102,30 @@ class Host:
 
     def ping(self, target: str, source: Optional[str] = None, count: int = 3, interval: float = 0.2,
              deadline: int = 10) -> subprocess.CompletedProcess:
+        """ping ``target`` (``ping -6`` for an IPv6 target) from ``source`` if given."""
         args = ["ping", "-n", "-c", str(count), "-i", str(interval), "-w", str(deadline)]
+        if ":" in target:
+            args.insert(1, "-6")
         if source:
             args += ["-I", source]
         return self.run(*args, target, check=False, timeout=deadline + 10)
 
-    def set_bridge_address(self, address: str) -> None:
-        """Give the docker stand-in bridge FLANNEL_SUBNET's first address (e.g. ``10.100.3.1/24``)."""
-        self.run("ip", "addr", "flush", "dev", "docker0")
-        self.run("ip", "addr", "add", address, "dev", "docker0")
+    def ping6(self, target: str, source: Optional[str] = None, count: int = 3, interval: float = 0.2,
+              deadline: int = 10) -> subprocess.CompletedProcess:
+        """``ping -6``: ``ping`` for an IPv6 target."""
+        return self.ping(target, source=source, count=count, interval=interval, deadline=deadline)
+
+    def set_bridge_address(self, address: str, address6: Optional[str] = None) -> None:
+        """Give the docker stand-in bridge FLANNEL_SUBNET's first address (e.g. ``10.100.3.1/24``); an
+        IPv6 ``address`` (e.g. ``fd10::1/64``) replaces only the bridge's global IPv6 addresses (an IPv4
+        one only the IPv4 ones); ``address6`` sets the IPv6 one too."""
+        for addr in [address] + ([address6] if address6 else []):
+            if ":" in addr:
+                self.run("ip", "-6", "addr", "flush", "dev", "docker0", "scope", "global")
+                self.run("ip", "addr", "add", addr, "dev", "docker0", "nodad")
+            else:
+                self.run("ip", "-4", "addr", "flush", "dev", "docker0")
+                self.run("ip", "addr", "add", addr, "dev", "docker0")
 
     def stop_procs(self) -> None:
         for proc in self.procs:
@@ -123,7 +152,8 @@ class TestBed:
     __test__ = False  # not a pytest test class
 
     def __init__(self, segments: List[str], second: Optional[List[Optional[str]]] = None,
-                 workdir: Optional[str] = None) -> None:
+                 workdir: Optional[str] = None, ipv6: bool = False) -> None:
+        self.ipv6 = ipv6
         self.sfx = secrets.token_hex(3)
         self.dir = workdir or "/tmp/pfl-%s" % self.sfx
         os.makedirs(self.dir, exist_ok=True)
@@ -145,12 +175,15 @@ class TestBed:
         self.namespaces.append(name)
         sh("ip", "-n", name, "link", "set", "lo", "up")
 
-    def _plug(self, ns: str, ifname: str, segment: str, address: str, tag: str) -> None:
+    def _plug(self, ns: str, ifname: str, segment: str, address: str, tag: str,
+              address6: Optional[str] = None) -> None:
         """A veth from ``ns`` (named ``ifname``) into the switch's bridge for ``segment``."""
         port = "%s-%s" % (tag, self.sfx)
         sh("ip", "-n", self.switch, "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns)
         sh("ip", "-n", self.switch, "link", "set", port, "master", "br" + segment, "up")
         sh("ip", "-n", ns, "addr", "add", address + "/24", "dev", ifname)
+        if address6:
+            sh("ip", "-n", ns, "addr", "add", address6 + "/64", "dev", ifname, "nodad")
         sh("ip", "-n", ns, "link", "set", ifname, "up")
 
     def _build(self, segments: List[str], second: List[Optional[str]]) -> None:
@@ -159,23 +192,33 @@ class TestBed:
             sh("ip", "-n", self.switch, "link", "add", "br" + seg, "type", "bridge")
             sh("ip", "-n", self.switch, "link", "set", "br" + seg, "up")
         self._netns(self.router)
-        self._plug(self.router, "ethA", "A", "%s.%d" % (SEGMENTS["A"], ROUTER_ID), "ra")
-        self._plug(self.router, "ethB", "B", "%s.%d" % (SEGMENTS["B"], ROUTER_ID), "rb")
+        self._plug(self.router, "ethA", "A", "%s.%d" % (SEGMENTS["A"], ROUTER_ID), "ra", self._router6("A"))
+        self._plug(self.router, "ethB", "B", "%s.%d" % (SEGMENTS["B"], ROUTER_ID), "rb", self._router6("B"))
         sh("ip", "netns", "exec", self.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        if self.ipv6:
+            sh("ip", "netns", "exec", self.router, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
         self._netns(self.etcd_ns)
         self._plug(self.etcd_ns, "eth0", "A", self.etcd_address, "et")
         sh("ip", "-n", self.etcd_ns, "route", "add", "default", "via", "%s.%d" % (SEGMENTS["A"], ROUTER_ID))
         for i, seg in enumerate(segments, start=1):
             host = Host(self, i, seg, second[i - 1])
             self._netns(host.ns)
-            self._plug(host.ns, "eth0", seg, host.address, "h%d" % i)
+            self._plug(host.ns, "eth0", seg, host.address, "h%d" % i, host.address6)
             sh("ip", "-n", host.ns, "route", "add", "default", "via", "%s.%d" % (SEGMENTS[seg], ROUTER_ID))
+            if self.ipv6:
+                sh("ip", "-n", host.ns, "-6", "route", "add", "default", "via", self._router6(seg))
             if host.second:
-                self._plug(host.ns, "eth1", host.second, host.address2, "g%d" % i)
+                self._plug(host.ns, "eth1", host.second, host.address2, "g%d" % i, host.address6_2)
             sh("ip", "-n", host.ns, "link", "add", "docker0", "type", "bridge")
             sh("ip", "-n", host.ns, "link", "set", "docker0", "up")
             host.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+            if self.ipv6:
+                host.run("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
             self.hosts.append(host)
+
+    def _router6(self, segment: str) -> Optional[str]:
+        """The router's IPv6 address on ``segment`` (None without ipv6)."""
+        return "%s::%s" % (SEGMENTS6[segment], ROUTER_ID6) if self.ipv6 else None
 
     def destroy(self) -> None:
         for host in self.hosts:
@@ -226,7 +269,8 @@ def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.2, what:
 
 
 def first_address(subnet: str) -> str:
-    net = ipaddress.IPv4Network(subnet)
+    """``10.1.2.0/24`` -> ``10.1.2.1/24``; ``fd10:0:0:2::/64`` -> ``fd10:0:0:2::1/64``."""
+    net = ipaddress.ip_network(subnet)
     return "%s/%d" % (net.network_address + 1, net.prefixlen)
 
 
