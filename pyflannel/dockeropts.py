@@ -7,11 +7,23 @@ Same flags and byte-identical output as Go flanneld's mk-docker-opts.sh, partial
     DOCKER_OPT_IPMASQ="--ip-masq=true"
     DOCKER_OPT_MTU="--mtu=1472"
     DOCKER_OPTS=" --bip=10.1.74.1/24 --ip-masq=true --mtu=1472"
+
+A subnet file with FLANNEL_IPV6_SUBNET (dual stack, or IPv6 only without FLANNEL_SUBNET) adds docker's
+IPv6 options, one docker argument per variable like the others (Go's mk-docker-opts.sh has no IPv6
+handling; the names sort so that the combined option reads ``--ipv6 --fixed-cidr-v6=...``)::
+
+    DOCKER_OPT_BIP="--bip=10.1.74.1/24"
+    DOCKER_OPT_IPMASQ="--ip-masq=true"
+    DOCKER_OPT_IPV6="--ipv6"
+    DOCKER_OPT_IPV6_CIDR="--fixed-cidr-v6=fc00:0:0:3::1/64"
+    DOCKER_OPT_MTU="--mtu=1472"
+    DOCKER_OPTS=" --bip=10.1.74.1/24 --ip-masq=true --ipv6 --fixed-cidr-v6=fc00:0:0:3::1/64 --mtu=1472"
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import sys
 from typing import Dict, List, Optional
@@ -23,7 +35,8 @@ USAGE = """usage: mk-docker-opts [-f FILE] [-d FILE] [-i] [-c] [-m] [-k KEY]
 Generate docker daemon options from the flannel subnet file.
   -f FILE  flannel env file to read (default /run/flannel/subnet.env)
   -d FILE  docker env file to write (default /run/docker_opts.env)
-  -i       write the individual options (DOCKER_OPT_BIP, DOCKER_OPT_IPMASQ, DOCKER_OPT_MTU) only
+  -i       write the individual options (DOCKER_OPT_BIP, DOCKER_OPT_IPMASQ, DOCKER_OPT_MTU, and with
+           FLANNEL_IPV6_SUBNET DOCKER_OPT_IPV6, DOCKER_OPT_IPV6_CIDR) only
   -c       write the combined option (DOCKER_OPTS) only
   -k KEY   name of the combined option (default DOCKER_OPTS)
   -m       leave --ip-masq out (older docker versions)
@@ -33,6 +46,18 @@ Generate docker daemon options from the flannel subnet file.
 
 class OptsError(Exception):
     pass
+
+
+def _is_ipv6_interface(value: str) -> bool:
+    """``fc00:0:0:3::1/64``: an IPv6 address with an explicit prefix length (no IPv4, no list, no zone)."""
+    _address, sep, length = value.partition("/")
+    if not sep or not length.isdigit() or "%" in value or value != value.strip():
+        return False
+    try:
+        ipaddress.IPv6Interface(value)
+    except ValueError:
+        return False
+    return True
 
 
 def render(env: Dict[str, str], individual: bool = True, combined: bool = True, key: str = "DOCKER_OPTS",
@@ -55,6 +80,13 @@ def render(env: Dict[str, str], individual: bool = True, combined: bool = True, 
         else:
             raise OptsError("Invalid value of FLANNEL_IPMASQ: %s (must be true or false)" % flannel_masq)
         opts["DOCKER_OPT_IPMASQ"] = "--ip-masq=" + docker_masq
+    ipv6_subnet = env.get("FLANNEL_IPV6_SUBNET", "")
+    if ipv6_subnet:
+        if not _is_ipv6_interface(ipv6_subnet):
+            raise OptsError("Invalid value of FLANNEL_IPV6_SUBNET: %s (must be an IPv6 address with its prefix "
+                            "length, e.g. fc00:0:0:3::1/64)" % ipv6_subnet)
+        opts["DOCKER_OPT_IPV6"] = "--ipv6"
+        opts["DOCKER_OPT_IPV6_CIDR"] = "--fixed-cidr-v6=" + ipv6_subnet
     mtu = env.get("FLANNEL_MTU", "")
     if mtu:
         opts["DOCKER_OPT_MTU"] = "--mtu=" + mtu

@@ -105,3 +105,69 @@ def test_console_script(files):
     subprocess.run([exe, "-f", str(src), "-d", str(dst)], check=True)
     assert dst.read_bytes() == DEFAULT
     assert oct(dst.stat().st_mode & 0o777) == oct(0o644)
+
+
+ENV6 = ENV.replace(b"FLANNEL_MTU=", b"FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:3::1/64\n"
+                                    b"FLANNEL_MTU=")
+
+DUAL = (b'DOCKER_OPT_BIP="--bip=10.1.74.1/24"\n'
+        b'DOCKER_OPT_IPMASQ="--ip-masq=true"\n'
+        b'DOCKER_OPT_IPV6="--ipv6"\n'
+        b'DOCKER_OPT_IPV6_CIDR="--fixed-cidr-v6=fc00:0:0:3::1/64"\n'
+        b'DOCKER_OPT_MTU="--mtu=1472"\n'
+        b'DOCKER_OPTS=" --bip=10.1.74.1/24 --ip-masq=true --ipv6 --fixed-cidr-v6=fc00:0:0:3::1/64 --mtu=1472"\n')
+
+
+def test_dual_stack_adds_ipv6_options(files):
+    src, _dst = files
+    src.write_bytes(ENV6)
+    assert run(files) == DUAL
+    assert run(files, "-i") == DUAL[:DUAL.index(b"DOCKER_OPTS=")]
+    assert run(files, "-c") == DUAL[DUAL.index(b"DOCKER_OPTS="):]
+    assert run(files, "-c", "-m") == (b'DOCKER_OPTS=" --bip=10.1.74.1/24 --ipv6 --fixed-cidr-v6=fc00:0:0:3::1/64 '
+                                      b'--mtu=1472"\n')
+
+
+def test_ipv6_only_file_gives_ipv6_options_and_the_rest(files):
+    src, _dst = files
+    src.write_bytes(b"FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:3::1/64\nFLANNEL_MTU=1450\n"
+                    b"FLANNEL_IPMASQ=true\n")
+    assert run(files) == (b'DOCKER_OPT_IPMASQ="--ip-masq=false"\n'
+                          b'DOCKER_OPT_IPV6="--ipv6"\n'
+                          b'DOCKER_OPT_IPV6_CIDR="--fixed-cidr-v6=fc00:0:0:3::1/64"\n'
+                          b'DOCKER_OPT_MTU="--mtu=1450"\n'
+                          b'DOCKER_OPTS=" --ip-masq=false --ipv6 --fixed-cidr-v6=fc00:0:0:3::1/64 --mtu=1450"\n')
+
+
+def test_quoted_ipv6_subnet_and_only_network_line(files):
+    src, _dst = files
+    src.write_bytes(ENV6.replace(b"=fc00:0:0:3::1/64", b'="fc00:0:0:3::1/64"'))
+    assert run(files) == DUAL
+    # FLANNEL_IPV6_NETWORK alone (or an empty FLANNEL_IPV6_SUBNET) adds nothing
+    src.write_bytes(ENV.replace(b"FLANNEL_MTU=", b"FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=\nFLANNEL_MTU="))
+    assert run(files) == DEFAULT
+
+
+def test_ipv4_only_file_unchanged(files):
+    assert run(files) == DEFAULT
+    assert b"ipv6" not in run(files, "-i")
+
+
+@pytest.mark.parametrize("bad", [b"banana", b"fc00:0:0:3::1", b"10.1.74.1/24", b"fc00:0:0:3::1/129",
+                                 b"fc00::1/64,fd00::1/64", b"fe80::1%eth0/64", b"fc00::1/ 64", b"fc00::1/0x40"])
+def test_bad_ipv6_subnet_is_one_line_and_writes_nothing(files, capsys, bad):
+    src, dst = files
+    src.write_bytes(ENV6.replace(b"fc00:0:0:3::1/64", bad))
+    assert main(["-f", str(src), "-d", str(dst)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("mk-docker-opts: Invalid value of FLANNEL_IPV6_SUBNET: %s " % bad.decode())
+    assert not dst.exists()
+
+
+def test_bad_ipv6_subnet_keeps_an_existing_output_file(files, capsys):
+    src, dst = files
+    assert run(files) == DEFAULT
+    src.write_bytes(ENV6.replace(b"fc00:0:0:3::1/64", b"banana"))
+    assert main(["-f", str(src), "-d", str(dst)]) == 1
+    assert dst.read_bytes() == DEFAULT
