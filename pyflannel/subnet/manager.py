@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from pyflannel import etcdstore
+from pyflannel import etcdstore, subnetenv
 from pyflannel.etcdstore import KV, EtcdStore, StateLost, StoreError, Unreachable, WatchExpired
 from pyflannel.leases import (
     LEASE_TTL,
@@ -41,6 +41,7 @@ from pyflannel.leases import (
     normalize_prefix,
     parse_subnet_key,
     subnet_key,
+    subnet_key_name,
     subnets_dir,
 )
 from pyflannel.netconfig import ConfigError, NetworkConfig, parse_config
@@ -120,21 +121,16 @@ def lease_from_kv(kv: KV) -> Lease:
 
 def read_subnet_file(path: Optional[str]) -> Optional[ipaddress.IPv4Network]:
     """The subnet of ``FLANNEL_SUBNET`` in an existing subnet.env, or None."""
-    if not path:
-        return None
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        name, sep, value = line.partition("=")
-        if sep and name.strip() == "FLANNEL_SUBNET":
-            try:
-                return ipaddress.IPv4Interface(value.strip().strip('"')).network
-            except ValueError:
-                return None
-    return None
+    return subnetenv.previous_subnets(path)[0]
+
+
+def fits(config: NetworkConfig, lease: Lease) -> bool:
+    """Whether ``lease`` is one ``config`` would hand out: a subnet in each enabled family's pool and
+    none in a disabled one (a dual-stack lease does not fit once IPv6 is switched off)."""
+    for pool, subnet in ((config.pool4, lease.subnet), (config.pool6, lease.ipv6_subnet)):
+        if (pool is None) != (subnet is None) or (pool is not None and not pool.contains(subnet)):
+            return False
+    return True
 
 
 class Backoff:
@@ -221,8 +217,9 @@ class LeaseManager:
     def subnets_dir(self) -> str:
         return subnets_dir(self.prefix)
 
-    def key_of(self, subnet: ipaddress.IPv4Network) -> str:
-        return subnet_key(self.prefix, subnet)
+    def key_of(self, subnet: Optional[ipaddress.IPv4Network],
+               ipv6_subnet: Optional[ipaddress.IPv6Network] = None) -> str:
+        return subnet_key(self.prefix, subnet, ipv6_subnet)
 
     def _error(self, err: Exception) -> None:
         self.stats["etcd_errors"] += 1
@@ -302,22 +299,24 @@ class LeaseManager:
 
     # -- acquire ----------------------------------------------------------------------------------
     def try_acquire(self, config: NetworkConfig, attrs: LeaseAttrs) -> Lease:
-        """One acquire round, exactly as Go flanneld: reuse by PublicIP, then the subnet file, then a
-        random free subnet among the first 100; create atomically, retrying lost races up to 10
-        times.  Raises OutOfSubnets, StoreError, or SubnetError after 10 lost races."""
+        """One acquire round, exactly as Go flanneld: reuse by PublicIP (PublicIPv6 on an IPv6-only
+        network), then the subnet file's subnets, then a random free subnet among the first 100 of
+        each family; create atomically, retrying lost races up to 10 times.  Raises OutOfSubnets,
+        StoreError, or SubnetError after 10 lost races."""
         value_ttl = self.ttl
         value = encode_lease(attrs, self.store.api)
-        taken: Optional[_Taken] = None
+        taken: Optional[List[_Taken]] = None
+        node = attrs.address
         for _attempt in range(RACE_TRIES):
             self.stats["acquire_attempts"] += 1
             if taken is not None:
                 # A lost race: the list is still good apart from what others created since; the
-                # subnet we lost is marked taken and the next candidate is tried without a new list
-                # (the create stays atomic, so a stale list can only cost another lost race).
-                subnet = self._pick(config, taken, None)
-                kv = self._create(subnet, value, value_ttl, taken)
+                # subnets we lost are marked taken and the next candidates are tried without a new
+                # list (the create stays atomic, so a stale list can only cost another lost race).
+                wanted = self._pick(config, taken, (None, None))
+                kv = self._create(wanted, value, value_ttl, taken)
                 if kv is not None:
-                    log.info("acquired lease %s for %s", subnet, attrs.public_ip)
+                    log.info("acquired lease %s for %s", _label(wanted), node)
                     return self._own(kv, attrs, acquired=True)
                 continue
             leases, list_revision = self.list_leases()
@@ -326,19 +325,19 @@ class LeaseManager:
             self._primed = (leases, list_revision) if self.store.api == "v3" else None
 
             # 1. a lease with our PublicIP
-            mine = [lease for lease in leases if lease.attrs.public_ip == attrs.public_ip]
-            mine.sort(key=lambda lease: (not lease.reservation, int(lease.subnet.network_address)))
+            mine = [lease for lease in leases if lease.attrs.address == node]
+            mine.sort(key=lambda lease: (not lease.reservation, lease.key_name))
             chosen = None
             for lease in mine:
-                if chosen is None and config.contains(lease.subnet):
+                if chosen is None and fits(config, lease):
                     chosen = lease
                     continue
                 if lease.reservation:
                     log.warning("reservation %s for %s does not fit the network config %s; leaving it alone",
-                                lease.subnet, attrs.public_ip, config.network)
+                                lease.label, node, _networks(config))
                     continue
-                why = "no longer fits the network config" if not config.contains(lease.subnet) else "is a duplicate"
-                log.info("deleting lease %s of %s: it %s", lease.subnet, attrs.public_ip, why)
+                why = "no longer fits the network config" if not fits(config, lease) else "is a duplicate"
+                log.info("deleting lease %s of %s: it %s", lease.label, node, why)
                 self._delete_quietly(lease)
             if chosen is not None:
                 kv = chosen._kv  # type: ignore[attr-defined]
@@ -350,54 +349,92 @@ class LeaseManager:
                 if new is None:
                     continue  # expired or deleted just now: list again
                 verb = "reservation" if chosen.reservation else "lease"
-                log.info("found %s %s for %s, reusing it", verb, chosen.subnet, attrs.public_ip)
+                log.info("found %s %s for %s, reusing it", verb, chosen.label, node)
                 return self._own(new, attrs, acquired=True)
 
-            # 2. the subnet of the previous run (subnet file), 3. random among the first 100 free ones
-            taken = _Taken(lease.subnet for lease in leases)
-            previous = read_subnet_file(self.subnet_file)
-            subnet = self._pick(config, taken, previous)
-            kv = self._create(subnet, value, value_ttl, taken)
+            # 2. the subnets of the previous run (subnet file), 3. random among the first 100 free ones
+            taken = [_Taken((lease.subnet for lease in leases if lease.subnet is not None), 32),
+                     _Taken((lease.ipv6_subnet for lease in leases if lease.ipv6_subnet is not None), 128)]
+            previous = subnetenv.previous_subnets(self.subnet_file)
+            wanted = self._pick(config, taken, previous)
+            kv = self._create(wanted, value, value_ttl, taken)
+            if kv is not None and config.pool4 is not None and config.pool6 is not None:
+                kv = self._keep_if_first(kv, wanted, taken)
             if kv is not None:
-                log.info("acquired lease %s for %s%s", subnet, attrs.public_ip,
-                         " (previous subnet from %s)" % self.subnet_file if subnet == previous else "")
+                reused = [net for net in wanted if net is not None and net in previous]
+                log.info("acquired lease %s for %s%s", _label(wanted), node,
+                         " (previous subnet from %s)" % self.subnet_file if reused else "")
                 return self._own(kv, attrs, acquired=True)
         raise SubnetError("lost the race for a free subnet %d times in a row; backing off" % RACE_TRIES)
 
-    def _pick(self, config: NetworkConfig, taken: _Taken,
-              previous: Optional[ipaddress.IPv4Network]) -> ipaddress.IPv4Network:
-        if previous is not None and config.contains(previous) and not taken.overlaps(previous):
+    def _pick(self, config: NetworkConfig, taken: List[_Taken],
+              previous: Tuple[Optional[ipaddress.IPv4Network], Optional[ipaddress.IPv6Network]]) -> _Wanted:
+        """A free subnet of each enabled family (None for a disabled one)."""
+        out: List[Optional[ipaddress._BaseNetwork]] = []
+        for pool, held, before in zip((config.pool4, config.pool6), taken, previous):
+            out.append(None if pool is None else self._pick_in(pool, held, before))
+        return out[0], out[1]  # type: ignore[return-value]
+
+    def _pick_in(self, pool, taken: _Taken, previous):
+        if previous is not None and pool.contains(previous) and not taken.overlaps(previous):
             return previous
         candidates: List[int] = []
-        plen = config.subnet_len
-        size = config.subnet_size
+        plen = pool.subnet_len
+        size = pool.subnet_size
         same = taken.by_len.get(plen, set())
         mixed = any(length != plen for length in taken.by_len)  # leases of another SubnetLen exist
-        addr, last = int(config.subnet_min), int(config.subnet_max)
+        make = ipaddress.IPv4Network if pool.version == 4 else ipaddress.IPv6Network
+        addr, last = int(pool.subnet_min), int(pool.subnet_max)
         while addr <= last:
-            if addr not in same and not (mixed and taken.overlaps(ipaddress.IPv4Network((addr, plen)))):
+            if addr not in same and not (mixed and taken.overlaps(make((addr, plen)))):
                 candidates.append(addr)
                 if len(candidates) >= MAX_CANDIDATES:
                     break
             addr += size
         if not candidates:
+            lead = "" if pool.version == 4 else "IPv6"
             raise OutOfSubnets(
                 "failed to acquire lease: out of subnets in %s (all %d subnets from %s to %s are taken); "
-                "free a lease or raise SubnetMax in %s — retrying"
-                % (config.network, config.capacity(), config.subnet_min, config.subnet_max, self.config_key))
-        return ipaddress.IPv4Network((random.choice(candidates), plen))
+                "free a lease or raise %sSubnetMax in %s — retrying"
+                % (pool.network, pool.capacity(), pool.subnet_min, pool.subnet_max, lead, self.config_key))
+        return make((random.choice(candidates), plen))
 
-    def _create(self, subnet: ipaddress.IPv4Network, value: str, ttl: int, taken: _Taken) -> Optional[KV]:
-        """Atomic create; None (and ``subnet`` marked taken) when another node was first."""
+    def _create(self, wanted: _Wanted, value: str, ttl: int, taken: List[_Taken]) -> Optional[KV]:
+        """Atomic create; None (and the subnets marked taken) when another node was first."""
         try:
-            kv = self.store.create(self.key_of(subnet), value, ttl)
+            kv = self.store.create(self.key_of(*wanted), value, ttl)
         except StoreError as err:
             self._error(err)
             raise
         if kv is None:
             self.stats["lost_races"] += 1
-            taken.add(subnet)
-            log.debug("lost the race for %s, trying again", subnet)
+            _mark(taken, wanted)
+            log.debug("lost the race for %s, trying again", _label(wanted))
+        return kv
+
+    def _keep_if_first(self, kv: KV, wanted: _Wanted, taken: List[_Taken]) -> Optional[KV]:
+        """Dual stack: the atomic create guards the key, which names both subnets, so another node may
+        have taken one of our two subnets with a different partner at the same time.  The older
+        lease keeps it; ours, if younger, is deleted (None: pick again)."""
+        try:
+            leases, _revision = self.list_leases()
+        except StoreError:
+            return kv  # cannot tell now: the validator of every node still judges older-wins
+        name = subnet_key_name(*wanted)
+        ours = [lease for lease in leases if lease.key_name == name]
+        if not ours:
+            return kv
+        for other in leases:
+            if other.key_name == name or other.created >= ours[0].created:
+                continue
+            if any(a is not None and b is not None and a.overlaps(b)
+                   for a, b in zip(wanted, (other.subnet, other.ipv6_subnet))):
+                self.stats["lost_races"] += 1
+                log.info("lease %s overlaps the older lease %s of %s; choosing again", _label(wanted),
+                         other.label, other.attrs.address)
+                self._delete_quietly(ours[0])
+                _mark(taken, (other.subnet, other.ipv6_subnet))
+                return None
         return kv
 
     def acquire(self, attrs: LeaseAttrs, stop: Optional[threading.Event] = None) -> Lease:
@@ -434,16 +471,17 @@ class LeaseManager:
         if acquired or previous is None or previous.key_name != lease.key_name:
             config = self.config
             self.book = LeaseBook(config.network if config is not None else None,
-                                  config.subnet_len if config is not None else None, own=lease)
+                                  config.subnet_len if config is not None else None, own=lease,
+                                  network6=config.ipv6_network if config is not None else None,
+                                  subnet_len6=config.ipv6_subnet_len if config is not None else None)
         return lease
 
     def _delete_quietly(self, lease: Lease) -> None:
         try:
-            self.store.delete(self.key_of(lease.subnet) if lease.ipv6_subnet is None
-                              else self.subnets_dir + lease.key_name)
+            self.store.delete(self.subnets_dir + lease.key_name)
         except StoreError as err:
             self._error(err)
-            log.warning("could not delete lease %s: %s", lease.subnet, err)
+            log.warning("could not delete lease %s: %s", lease.label, err)
 
     # -- renew ------------------------------------------------------------------------------------
     def _margin(self) -> float:
@@ -486,10 +524,10 @@ class LeaseManager:
             self._renew_at = time.time() + self.retry_interval()
             raise
         if kv is None:
-            return self.restore("our lease %s was gone from etcd when we renewed it" % self.lease.subnet)
+            return self.restore("our lease %s was gone from etcd when we renewed it" % self.lease.label)
         self.stats["renewals"] += 1
         lease = self._own(kv, self.attrs)
-        log.info("renewed lease %s, expires %s", lease.subnet,
+        log.info("renewed lease %s, expires %s", lease.label,
                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lease.expiration or 0)))
         return lease
 
@@ -509,9 +547,9 @@ class LeaseManager:
                     kv = self.store.create(key, value, self.ttl)
                 else:
                     holder = self._holder(current)
-                    if holder != attrs.public_ip:
+                    if holder != attrs.address:
                         raise LeaseLost("our lease %s now belongs to %s"
-                                        % (lease.subnet, holder or "an unreadable value"))
+                                        % (lease.label, holder or "an unreadable value"))
                     kv = self.store.update(current, value, self.ttl if current.has_ttl else None)
             except StoreError as err:
                 self._error(err)
@@ -520,13 +558,13 @@ class LeaseManager:
                 self.stats["lease_restores"] += 1
                 log.warning("%s; wrote it back to etcd with the same subnet", why)
                 return self._own(kv, attrs)
-        raise StoreError("our lease %s kept changing while it was being written back" % lease.subnet)
+        raise StoreError("our lease %s kept changing while it was being written back" % lease.label)
 
     @staticmethod
     def _holder(kv: KV) -> Optional[str]:
         try:
             check_value_size(kv.value)
-            return _decode_value(kv.value).public_ip
+            return _decode_value(kv.value).address
         except LeaseFormatError:
             return None
 
@@ -558,10 +596,10 @@ class LeaseManager:
         if own is not None and self.lease is not None and primed is None:
             mine = [lease for lease in leases if lease.key_name == own]
             if not mine:
-                self.restore("our lease %s was missing from etcd" % self.lease.subnet)
+                self.restore("our lease %s was missing from etcd" % self.lease.label)
                 leases, revision = self.list_leases()
-            elif mine[0].attrs.public_ip != self.lease.attrs.public_ip:
-                raise LeaseLost("our lease %s now belongs to %s" % (self.lease.subnet, mine[0].attrs.public_ip))
+            elif mine[0].attrs.address != self.lease.attrs.address:
+                raise LeaseLost("our lease %s now belongs to %s" % (self.lease.label, mine[0].attrs.address))
         others = [lease for lease in leases if lease.key_name != own]
         change = self.book.replace_all(others, self._unparsed)
         self._log_rejected(change)
@@ -595,7 +633,7 @@ class LeaseManager:
             return False
         if kv is None:
             self.stats["etcd_state_losses"] += 1
-            log.warning("our lease %s is missing from etcd; listing the leases again", self.lease.subnet)
+            log.warning("our lease %s is missing from etcd; listing the leases again", self.lease.label)
             return False
         return True
 
@@ -660,16 +698,16 @@ class LeaseManager:
         own = self._own_key()
         if name == own and self.lease is not None:
             if ev.kind == "delete":
-                self.restore("our lease %s was deleted or expired in etcd (%s)" % (self.lease.subnet, ev.key))
+                self.restore("our lease %s was deleted or expired in etcd (%s)" % (self.lease.label, ev.key))
                 return []
             try:
                 check_value_size(ev.value)
                 attrs = _decode_value(ev.value)
             except LeaseFormatError:
                 attrs = None
-            if attrs is None or attrs.public_ip != self.lease.attrs.public_ip:
+            if attrs is None or attrs.address != self.lease.attrs.address:
                 raise LeaseLost("our lease %s was overwritten by %s" % (
-                    self.lease.subnet, attrs.public_ip if attrs is not None else "an unreadable value"))
+                    self.lease.label, attrs.address if attrs is not None else "an unreadable value"))
             if self._kv is not None:
                 self._kv.revision = ev.revision
             return []
@@ -692,19 +730,39 @@ class LeaseManager:
         return self._events(self.book.put(lease), ev.revision)
 
 
-class _Taken:
-    """The subnets held by leases, for fast overlap checks (most share the config's SubnetLen)."""
+_Wanted = Tuple[Optional[ipaddress.IPv4Network], Optional[ipaddress.IPv6Network]]
 
-    def __init__(self, subnets) -> None:
+
+def _label(wanted: _Wanted) -> str:
+    return " ".join(str(net) for net in wanted if net is not None)
+
+
+def _networks(config: NetworkConfig) -> str:
+    return " ".join(str(pool.network) for pool in config.pools())
+
+
+def _mark(taken: List[_Taken], subnets: Tuple[Optional[ipaddress._BaseNetwork], ...]) -> None:
+    for held, subnet in zip(taken, subnets):
+        if subnet is not None:
+            held.add(subnet)
+
+
+class _Taken:
+    """The subnets of one family held by leases, for fast overlap checks (most share the config's
+    SubnetLen)."""
+
+    def __init__(self, subnets, bits: int = 32) -> None:
+        self.bits = bits
         self.by_len: Dict[int, set] = {}
         for subnet in subnets:
             self.by_len.setdefault(subnet.prefixlen, set()).add(int(subnet.network_address))
 
-    def add(self, subnet: ipaddress.IPv4Network) -> None:
+    def add(self, subnet) -> None:
         self.by_len.setdefault(subnet.prefixlen, set()).add(int(subnet.network_address))
 
-    def overlaps(self, subnet: ipaddress.IPv4Network) -> bool:
+    def overlaps(self, subnet) -> bool:
         start = int(subnet.network_address)
+        bits = self.bits
         for plen, starts in self.by_len.items():
             if plen >= subnet.prefixlen:
                 # smaller (or equal) leases: any that start inside `subnet`
@@ -712,7 +770,7 @@ class _Taken:
                     if start in starts:
                         return True
                     continue
-                size = 1 << (32 - plen)
+                size = 1 << (bits - plen)
                 count = 1 << (plen - subnet.prefixlen)
                 if count <= len(starts):
                     if any(start + i * size in starts for i in range(count)):
@@ -720,7 +778,7 @@ class _Taken:
                 elif any(start <= s < start + subnet.num_addresses for s in starts):
                     return True
             else:
-                mask = (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF
+                mask = ((1 << bits) - 1) ^ ((1 << (bits - plen)) - 1)
                 if (start & mask) in starts:
                     return True
         return False
