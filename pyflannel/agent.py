@@ -7,7 +7,6 @@ does not disturb traffic), exit 0.  Our own lease lost: exit 1, so ``Restart=on-
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from pyflannel.etcdstore import StoreError, Unreachable
 from pyflannel.health import HealthServer, Metric
 from pyflannel.iface import IfaceError, select
 from pyflannel.leases import Lease
-from pyflannel.netconfig import ConfigError
+from pyflannel.netconfig import ConfigError, NetworkConfig
 from pyflannel.subnet import Backoff, LeaseEvent, LeaseLost, LeaseManager, NoConfig, Stopped
 
 log = logging.getLogger("pyflannel.agent")
@@ -59,7 +58,7 @@ class Agent:
         self.store: Optional[etcdstore.EtcdStore] = None
         self.manager: Optional[LeaseManager] = None
         self.backend: Optional[backends.Backend] = None
-        self.iptables: Any = None
+        self.iptables: List[Any] = []  # one IPTables per address family of the network
         self.health: Optional[HealthServer] = None
         self.lease: Optional[Lease] = None
         self.events: queue.Queue = queue.Queue()
@@ -147,17 +146,27 @@ class Agent:
         config = mgr.wait_config(self.stop)
         log.info("network config: %s", config.to_json())
         try:
-            ext = select(opts.iface, opts.iface_regex, opts.iface_can_reach or None, opts.public_ip or None)
+            ext = select(opts.iface, opts.iface_regex, opts.iface_can_reach or None, opts.public_ip or None,
+                         public_ipv6=getattr(opts, "public_ipv6", "") or None, want_ipv4=config.enable_ipv4,
+                         want_ipv6=config.enable_ipv6)
         except IfaceError as err:
             raise _Fatal(str(err)) from None
-        log.info("using interface %s (index %d, address %s, public IP %s, MTU %d)", ext.name, ext.index,
-                 ext.address, ext.public_ip, ext.mtu)
+        log.info("using interface %s (index %d, address %s, public IP %s%s, MTU %d)", ext.name, ext.index,
+                 ext.address, ext.public_ip,
+                 ", IPv6 address %s, public IPv6 %s" % (ext.address6, ext.public_ipv6) if config.enable_ipv6 else "",
+                 ext.mtu)
         try:
             backend = backends.create(config, ext, {"wireguard_key_file": getattr(opts, "wireguard_key_file", "")})
             backends.remove_leftovers(backend)
             attrs = backend.prepare()
         except backends.BackendError as err:
             raise _Fatal(str(err)) from None
+        # the lease names the node by the addresses of the network's families only
+        if not config.enable_ipv4:
+            attrs.public_ip = None
+        attrs.public_ipv6 = (attrs.public_ipv6 or ext.public_ipv6) if config.enable_ipv6 else None
+        if not config.enable_ipv6:
+            attrs.backend_v6_data = None
         self.backend = backend
 
         lease = mgr.acquire(attrs, self.stop)
@@ -168,18 +177,19 @@ class Agent:
         except backends.BackendError as err:
             raise _Fatal(str(err)) from None
 
-        self._setup_iptables(config.network, lease.subnet)
-        subnetenv.write(opts.subnet_file, config.network, lease.subnet, backend.mtu(), opts.ip_masq)
-        log.info("wrote %s (subnet %s, MTU %d)", opts.subnet_file, lease.subnet, backend.mtu())
+        self._setup_iptables(config, lease)
+        subnetenv.write(opts.subnet_file, config.network, lease.subnet, backend.mtu(), opts.ip_masq,
+                        ipv6_network=config.ipv6_network, ipv6_subnet=lease.ipv6_subnet)
+        log.info("wrote %s (subnet %s, MTU %d)", opts.subnet_file, lease.label, backend.mtu())
         self.config = config
         self.ready = True
         if sd_notify("READY=1"):
             log.info("notified systemd: READY=1")
-        log.info("running with lease %s (%s)", lease.subnet,
+        log.info("running with lease %s (%s)", lease.label,
                  "a reservation" if lease.reservation else "renewal at %s" % _clock(mgr.renew_at))
         return self._loop()
 
-    def _setup_iptables(self, network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network) -> None:
+    def _setup_iptables(self, config: NetworkConfig, lease: Lease) -> None:
         opts = self.opts
         if not (opts.ip_masq or opts.iptables_forward_rules):
             return
@@ -194,11 +204,15 @@ class Agent:
             log.warning("--iptables-forward-rules: pyflannel.ipmasq is missing in this build, no FORWARD rules "
                         "installed; pass --iptables-forward-rules=false to silence this")
             return
-        self.iptables = IPTables(network, subnet, opts.ip_masq, opts.iptables_forward_rules)
-        try:
-            self.iptables.ensure()
-        except Exception as err:
-            raise _Fatal("could not install the iptables rules: %s" % err) from None
+        for network, subnet in ((config.network, lease.subnet), (config.ipv6_network, lease.ipv6_subnet)):
+            if network is None or subnet is None:
+                continue
+            rules = IPTables(network, subnet, opts.ip_masq, opts.iptables_forward_rules)
+            try:
+                rules.ensure()
+            except Exception as err:
+                raise _Fatal("could not install the %s rules: %s" % (rules.tool, err)) from None
+            self.iptables.append(rules)
 
     # -- the main loop ----------------------------------------------------------------------------
     def _watch(self) -> None:
@@ -242,7 +256,7 @@ class Agent:
                     return self._lost(err)
                 except StoreError as err:  # during an outage the etcd facade has said it once already
                     log.log(logging.DEBUG if isinstance(err, Unreachable) else logging.ERROR,
-                            "failed to renew lease %s: %s; retrying in %.0f s", self.lease.subnet if self.lease
+                            "failed to renew lease %s: %s; retrying in %.0f s", self.lease.label if self.lease
                             else "?", err, mgr.retry_interval())
             now = time.monotonic()
             if now >= next_tick:
@@ -257,7 +271,7 @@ class Agent:
             if now >= next_config:
                 next_config = now + CONFIG_POLL
                 self._check_config()
-        log.info("stopped; lease %s is kept for the next start", self.lease.subnet if self.lease else "-")
+        log.info("stopped; lease %s is kept for the next start", self.lease.label if self.lease else "-")
         return 0
 
     def _lost(self, err: Exception) -> int:
@@ -277,12 +291,12 @@ class Agent:
                 # counted once the datapath has them: flannel_remote_leases tells "peers reachable"
                 self.leases = {lease.key_name: lease for lease in event.leases}
             elif event.kind == "added" and event.lease is not None:
-                log.info("lease added: %s of %s", event.lease.subnet, event.lease.attrs.public_ip)
+                log.info("lease added: %s of %s", event.lease.label, event.lease.attrs.address)
                 backend.lease_added(event.lease)
                 self.leases[event.lease.key_name] = event.lease
             elif event.kind == "removed" and event.lease is not None:
                 self.leases.pop(event.lease.key_name, None)
-                log.info("lease removed: %s of %s", event.lease.subnet, event.lease.attrs.public_ip)
+                log.info("lease removed: %s of %s", event.lease.label, event.lease.attrs.address)
                 backend.lease_removed(event.lease)
         except backends.BackendError as err:
             log.error("%s", err)
@@ -305,15 +319,17 @@ class Agent:
         except NoConfig:
             self._note("the network config %s was deleted from etcd; the agent keeps running with the config it "
                        "started with (%s); restore the config before restarting flanneld, or it waits for one"
-                       % (mgr.config_key, running.network))
+                       % (mgr.config_key, _nets(running)))
             return
         except ConfigError as err:
             self._note("the network config in %s is not valid: %s; the agent keeps running with the config it "
-                       "started with (%s); fix the config in etcd" % (mgr.config_key, err, running.network))
+                       "started with (%s); fix the config in etcd" % (mgr.config_key, err, _nets(running)))
             return
         changes = []
         for label, old, now in (("Network", running.network, new.network),
                                 ("SubnetLen", running.subnet_len, new.subnet_len),
+                                ("IPv6Network", running.ipv6_network, new.ipv6_network),
+                                ("IPv6SubnetLen", running.ipv6_subnet_len, new.ipv6_subnet_len),
                                 ("Backend", running.to_dict().get("Backend"), new.to_dict().get("Backend"))):
             if old != now:
                 changes.append("%s %s -> %s" % (label, _show(old), _show(now)))
@@ -324,13 +340,15 @@ class Agent:
             return
         limits = []
         for label, old, now in (("SubnetMin", running.subnet_min, new.subnet_min),
-                                ("SubnetMax", running.subnet_max, new.subnet_max)):
+                                ("SubnetMax", running.subnet_max, new.subnet_max),
+                                ("IPv6SubnetMin", _pool_attr(running, "subnet_min"), _pool_attr(new, "subnet_min")),
+                                ("IPv6SubnetMax", _pool_attr(running, "subnet_max"), _pool_attr(new, "subnet_max"))):
             if old != now:
                 limits.append("%s %s -> %s" % (label, old, now))
         if limits:
             self._note("the network config in %s changed (%s); this only matters for new leases, the agent keeps "
                        "its lease %s" % (mgr.config_key, ", ".join(limits),
-                                         self.lease.subnet if self.lease else "-"), level=logging.INFO)
+                                         self.lease.label if self.lease else "-"), level=logging.INFO)
             return
         if self._config_note is not None:
             log.info("the network config in %s matches the running config again", mgr.config_key)
@@ -342,14 +360,13 @@ class Agent:
             self._config_note = msg
 
     def _check_iptables(self) -> None:
-        if self.iptables is None:
-            return
-        try:
-            if self.iptables.ensure():
-                self.stats["iptables_repairs"] += 1
-                log.info("iptables rules were missing and have been restored")
-        except Exception as err:
-            log.error("checking the iptables rules failed: %s", err)
+        for rules in self.iptables:
+            try:
+                if rules.ensure():
+                    self.stats["iptables_repairs"] += 1
+                    log.info("%s rules were missing and have been restored", rules.tool)
+            except Exception as err:
+                log.error("checking the %s rules failed: %s", rules.tool, err)
 
     # -- observability ----------------------------------------------------------------------------
     def _health(self) -> Tuple[bool, Dict[str, Any]]:
@@ -360,7 +377,8 @@ class Agent:
         if lease is None or self.stop.is_set():
             body["status"] = "stopping" if self.stop.is_set() else "starting"
             return False, body
-        body.update(status="ok", subnet=str(lease.subnet), public_ip=lease.attrs.public_ip,
+        body.update(status="ok", subnet=_text(lease.subnet), public_ip=lease.attrs.public_ip,
+                    ipv6_subnet=_text(lease.ipv6_subnet), public_ipv6=lease.attrs.public_ipv6,
                     reservation=lease.reservation, lease_expiration=lease.expiration,
                     remote_leases=len(self.leases))
         if self.backend is not None:
@@ -406,9 +424,12 @@ class Agent:
         ]
         out.append(build_info(__version__, self.backend.name if self.backend is not None else ""))
         if lease is not None:
-            out.append(("flannel_lease_info", "gauge", "this node's lease: node name, subnet and public IP (always 1)",
-                        1.0, {"node": socket.gethostname(), "subnet": str(lease.subnet),
-                              "public_ip": str(lease.attrs.public_ip)}))
+            labels = {"node": socket.gethostname(), "subnet": _text(lease.subnet),
+                      "public_ip": _text(lease.attrs.public_ip)}
+            if lease.ipv6_subnet is not None:
+                labels.update(ipv6_subnet=str(lease.ipv6_subnet), public_ipv6=_text(lease.attrs.public_ipv6))
+            out.append(("flannel_lease_info", "gauge", "this node's lease: node name, subnets and public IPs "
+                        "(always 1)", 1.0, labels))
         if self.backend is not None:
             try:
                 out.extend(backend_metrics(self.backend.name, self.backend.metrics()))
@@ -423,13 +444,25 @@ SNAPSHOT_LOG_LINES = 10  # leases named one by one in a snapshot's log; the rest
 def _log_some(leases: List[Lease], what: str) -> None:
     """One line per lease for the first few, then one line with the count (thousands of peers)."""
     for lease in leases[:SNAPSHOT_LOG_LINES]:
-        log.info("lease %s of %s %s", lease.subnet, lease.attrs.public_ip, what)
+        log.info("lease %s of %s %s", lease.label, lease.attrs.address, what)
     if len(leases) > SNAPSHOT_LOG_LINES:
         log.info("... and %d more leases %s", len(leases) - SNAPSHOT_LOG_LINES, what)
 
 
 class _Fatal(Exception):
     """Start-up cannot continue; the message is one line for a person."""
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _nets(config: NetworkConfig) -> str:
+    return " ".join(str(pool.network) for pool in config.pools())
+
+
+def _pool_attr(config: NetworkConfig, name: str) -> Any:
+    return getattr(config.pool6, name) if config.pool6 is not None else None
 
 
 def _show(value: Any) -> str:

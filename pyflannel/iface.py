@@ -27,12 +27,15 @@ network, ``address6``/``public_ipv6`` are None unless IPv6 is wanted.  Addresses
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import socket
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from pyflannel import netlink
 from pyflannel.backend import ExternalInterface
+
+log = logging.getLogger("pyflannel.iface")
 
 
 class IfaceError(Exception):
@@ -233,16 +236,17 @@ def select(ifaces: Sequence[str] = (), regexes: Sequence[str] = (), can_reach: O
     if public_ip and not _is_ipv4(public_ip):
         raise IfaceError("--public-ip %r is not an IPv4 address; give the address other nodes reach "
                          "this one at" % public_ip)
-    if public_ip and not want_ipv4:
-        raise IfaceError("--public-ip %s is set but this network is IPv6-only; drop --public-ip (use --public-ipv6 "
-                         "for the IPv6 address other nodes reach this one at)" % public_ip)
+    if public_ip and not want_ipv4:  # one set of flags for every network: say it, and carry on
+        log.warning("--public-ip %s is ignored: this network is IPv6-only (--public-ipv6 gives the IPv6 address "
+                    "other nodes reach this one at)", public_ip)
+        public_ip = None
     if public_ipv6 and not _is_ipv6(public_ipv6):
         raise IfaceError("--public-ipv6 %r is not an IPv6 address; give the IPv6 address other nodes reach "
                          "this one at" % public_ipv6)
     if public_ipv6 and not want_ipv6:
-        raise IfaceError("--public-ipv6 %s is set but this network does not use IPv6 (its config has no "
-                         "EnableIPv6/IPv6Network); drop --public-ipv6 or enable IPv6 in the network config"
-                         % public_ipv6)
+        log.warning("--public-ipv6 %s is ignored: this network does not use IPv6 (its config has no EnableIPv6)",
+                    public_ipv6)
+        public_ipv6 = None
     if can_reach and _ip(can_reach) is None:
         raise IfaceError("--iface-can-reach %r is not an IP address (IPv4 or IPv6); give an address this node "
                          "must reach" % can_reach)

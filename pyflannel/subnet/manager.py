@@ -328,6 +328,7 @@ class LeaseManager:
             mine = [lease for lease in leases if lease.attrs.address == node]
             mine.sort(key=lambda lease: (not lease.reservation, lease.key_name))
             chosen = None
+            dropped = set()  # our own leases deleted just now: their subnets are free for us again
             for lease in mine:
                 if chosen is None and fits(config, lease):
                     chosen = lease
@@ -339,6 +340,7 @@ class LeaseManager:
                 why = "no longer fits the network config" if not fits(config, lease) else "is a duplicate"
                 log.info("deleting lease %s of %s: it %s", lease.label, node, why)
                 self._delete_quietly(lease)
+                dropped.add(lease.key_name)
             if chosen is not None:
                 kv = chosen._kv  # type: ignore[attr-defined]
                 try:
@@ -353,8 +355,9 @@ class LeaseManager:
                 return self._own(new, attrs, acquired=True)
 
             # 2. the subnets of the previous run (subnet file), 3. random among the first 100 free ones
-            taken = [_Taken((lease.subnet for lease in leases if lease.subnet is not None), 32),
-                     _Taken((lease.ipv6_subnet for lease in leases if lease.ipv6_subnet is not None), 128)]
+            held = [lease for lease in leases if lease.key_name not in dropped]
+            taken = [_Taken((lease.subnet for lease in held if lease.subnet is not None), 32),
+                     _Taken((lease.ipv6_subnet for lease in held if lease.ipv6_subnet is not None), 128)]
             previous = subnetenv.previous_subnets(self.subnet_file)
             wanted = self._pick(config, taken, previous)
             kv = self._create(wanted, value, value_ttl, taken)
