@@ -71,7 +71,20 @@ class Backend:
 
     # -- life cycle -----------------------------------------------------------------------------
     def prepare(self) -> LeaseAttrs:
-        return LeaseAttrs(self.ext_iface.public_ip, self.spec.lease_type if self.spec else self.name)
+        """The lease to publish: PublicIP when the network has IPv4 (else none: "0.0.0.0"), PublicIPv6
+        when it has IPv6 (as Go v0.20)."""
+        return LeaseAttrs(self.ext_iface.public_ip if self.enable_ipv4 else None,
+                          self.spec.lease_type if self.spec else self.name,
+                          public_ipv6=self.ext_iface.public_ipv6 if self.enable_ipv6 else None)
+
+    @property
+    def enable_ipv4(self) -> bool:
+        """The network carries IPv4 (a config without EnableIPv4/EnableIPv6 keys does)."""
+        return bool(getattr(self.config, "enable_ipv4", True))
+
+    @property
+    def enable_ipv6(self) -> bool:
+        return bool(getattr(self.config, "enable_ipv6", False))
 
     def mtu(self) -> int:
         """The MTU containers must use on this network (FLANNEL_MTU): the ``MTU`` option, else the
@@ -84,26 +97,42 @@ class Backend:
 
     # -- helpers for subclasses -------------------------------------------------------------------
     def is_remote(self, lease: Lease) -> bool:
-        """A lease of this backend type that is not our own."""
+        """A lease of this backend type that is not our own: it shares no subnet (IPv4 or IPv6) with our
+        lease (for leases as the store keeps them: its key name differs from ours)."""
         if lease.attrs.backend_type != (self.spec.lease_type if self.spec else self.name):
             return False
-        return self.lease is None or lease.subnet != self.lease.subnet
+        if self.lease is None:
+            return True
+        ours = [net for net in (self.lease.subnet, getattr(self.lease, "ipv6_subnet", None)) if net is not None]
+        theirs = [net for net in (lease.subnet, getattr(lease, "ipv6_subnet", None)) if net is not None]
+        return not any(net in ours for net in theirs)
 
-    def settle_device(self, msg: Any, dev: str) -> int:
-        """Give the device ``msg`` (named ``dev``) our MTU, bring it up and, once we hold a lease, make the
-        lease subnet's network address (as a /32) its only address; returns how many had to change."""
+    def own_subnet(self, version: int = 4) -> Any:
+        """Our lease's IPv4 (``version=6``: IPv6) subnet, None without a lease or that family."""
+        if self.lease is None:
+            return None
+        return self.lease.subnet if version == 4 else getattr(self.lease, "ipv6_subnet", None)
+
+    def settle_device(self, msg: Any, dev: str, version: int = 4, mtu: Optional[int] = None) -> int:
+        """Give the device ``msg`` (named ``dev``) our MTU (``mtu`` if given, else :meth:`mtu`), bring it up
+        and, once we hold a lease, make the lease subnet's network address (as a /32) its only address;
+        ``version=6``: the IPv6 subnet's network address as a /128 (its only global IPv6 address; IPv4
+        and link-local addresses stay); returns how many had to change."""
         index = msg["index"]
         changed = 0
-        if msg.get_attr("IFLA_MTU") != self.mtu():
-            netlink.set_link(index, mtu=self.mtu())
+        want_mtu = self.mtu() if mtu is None else mtu
+        if msg.get_attr("IFLA_MTU") != want_mtu:
+            netlink.set_link(index, mtu=want_mtu)
             changed += 1
         if not msg["flags"] & 1:
             netlink.set_link(index, state="up")
             changed += 1
-        if self.lease is not None:
-            own = ipaddress.IPv4Interface("%s/32" % self.lease.subnet.network_address)
+        subnet = self.own_subnet(version)
+        if subnet is not None:
+            own: Any = (ipaddress.IPv4Interface("%s/32" % subnet.network_address) if version == 4
+                        else ipaddress.IPv6Interface("%s/128" % subnet.network_address))
             if netlink.set_only_address(index, own):
-                log.info("%s has address %s (lease %s)", dev, own, self.lease.subnet)
+                log.info("%s has address %s (lease %s)", dev, own, subnet)
                 changed += 1
         return changed
 

@@ -1,6 +1,8 @@
 """The route-backend base: one route per remote lease, the wanted set and its reconcile loop.
 
-A route backend (host-gw, vxlan) says per lease which :class:`Hop` it wants (:meth:`RouteBackend.hop_for`);
+A route backend (host-gw, vxlan) says per lease which :class:`Hop` s it wants (:meth:`RouteBackend.hops_for`:
+one per address family the lease and the network share; the wanted set is keyed by destination subnet,
+IPv4 and IPv6 side by side);
 this base installs it, removes it when the lease goes, makes the kernel's routes (tagged with the
 catalogue's route protocol id for the backend) match the wanted set exactly on every snapshot, and
 repairs them from ``tick()``.  Backends that need more per hop than a route (vxlan's neighbour and fdb
@@ -19,8 +21,8 @@ subnets changed.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -37,13 +39,19 @@ CHEAP_CHECK = 0.02  # seconds: a full check this cheap runs on every tick
 FEW_HOPS = 100  # with this many wanted hops or fewer the full check runs on every tick, however busy the CPU
 SHOWN = 10  # routes named one by one in the log per pass; the rest are counted
 
-Net = ipaddress.IPv4Network
+Net = Any  # ipaddress.IPv4Network or IPv6Network
+
+
+def _net_order(net: Any) -> Tuple[int, Any]:
+    """A sort key for a mix of IPv4 and IPv6 networks (IPv4 first)."""
+    return (net.version, net)
 
 
 @dataclass(frozen=True)
 class Hop:
-    """What one remote lease needs: ``dst via gateway dev oif [onlink]``, plus, for a VTEP behind an
-    overlay device, the MAC and underlay address (``vtep_mac``, ``underlay``)."""
+    """What one remote lease needs in one address family: ``dst via gateway dev oif [onlink]``, plus, for a
+    VTEP behind an overlay device, the MAC and underlay address (``vtep_mac``, ``underlay``).  The family is
+    the one of ``dst``; ``gateway``/``underlay`` are canonical address text."""
 
     dst: Net
     gateway: str
@@ -79,8 +87,14 @@ class RouteBackend(Backend):
 
     # -- what subclasses say --------------------------------------------------------------------------
     def hop_for(self, lease: Lease) -> Optional[Hop]:
-        """The hop a remote lease needs, or None to ignore the lease."""
+        """The (IPv4) hop a remote lease needs, or None to ignore the lease (a backend carrying IPv6
+        overrides :meth:`hops_for` instead)."""
         raise NotImplementedError
+
+    def hops_for(self, lease: Lease) -> List[Hop]:
+        """The hops a remote lease needs, at most one per address family (none: ignore the lease)."""
+        hop = self.hop_for(lease)
+        return [hop] if hop is not None else []
 
     def describe(self, hop: Hop) -> str:
         return "via %s dev %s%s" % (hop.gateway, self._dev_name(hop.oif), " onlink" if hop.onlink else "")
@@ -110,38 +124,43 @@ class RouteBackend(Backend):
 
     def lease_added(self, lease: Lease) -> None:
         with self._lock:
-            hop = self.hop_for(lease)
-            old = self._want.get(lease.subnet)
-            if hop is None:
-                if old is not None:
-                    self._uninstall(self._want.pop(lease.subnet))
-                return
-            if old == hop:
-                return  # unchanged (the node restarted and rewrote its lease): no route churn
-            self._want[lease.subnet] = hop
-            if old is not None:
-                self.uninstall_extra(old)  # after the swap: an extra the new hop shares is kept
+            hops = {hop.dst: hop for hop in self.hops_for(lease)}
             fresh: List[Failure] = []
-            nets = self._networks()
-            if self._install(hop, nets, fresh):
-                log.info("%s: lease %s: %s", self.name, lease.subnet, self.describe(hop))
+            nets: Optional[List[Net]] = None
+            for subnet in lease.subnets():
+                hop = hops.get(subnet)
+                old = self._want.get(subnet)
+                if hop is None:
+                    if old is not None:
+                        self._unreachable.discard(subnet)
+                        self._uninstall(self._want.pop(subnet))
+                    continue
+                if old == hop:
+                    continue  # unchanged (the node restarted and rewrote its lease): no route churn
+                self._want[subnet] = hop
+                if old is not None:
+                    self.uninstall_extra(old)  # after the swap: an extra the new hop shares is kept
+                if nets is None:
+                    nets = self._networks()
+                if self._install(hop, nets, fresh):
+                    log.info("%s: lease %s: %s", self.name, subnet, self.describe(hop))
             self._report(fresh)
 
     def lease_removed(self, lease: Lease) -> None:
         with self._lock:
-            old = self._want.pop(lease.subnet, None)
-            self._unreachable.discard(lease.subnet)
-            if old is not None:
-                self._uninstall(old)
-                log.info("%s: lease %s gone: its route removed", self.name, lease.subnet)
+            for subnet in lease.subnets():
+                old = self._want.pop(subnet, None)
+                self._unreachable.discard(subnet)
+                if old is not None:
+                    self._uninstall(old)
+                    log.info("%s: lease %s gone: its route removed", self.name, subnet)
 
     def sync(self, leases: List[Lease]) -> None:
         with self._lock:
             want = {}
             for lease in leases:
-                hop = self.hop_for(lease)
-                if hop is not None:
-                    want[lease.subnet] = hop
+                for hop in self.hops_for(lease):
+                    want[hop.dst] = hop
             self._want = want
             self._unreachable &= set(want)
             self._reconcile()
@@ -170,7 +189,8 @@ class RouteBackend(Backend):
 
     def status(self) -> Dict[str, Any]:
         return {"backend": self.name, "interface": self.ext_iface.name, "mtu": self.mtu(),
-                "remote_leases": len(self._want), "unreachable_leases": sorted(str(s) for s in self._unreachable)}
+                "remote_leases": len(self._want),
+                "unreachable_leases": [str(s) for s in sorted(self._unreachable, key=_net_order)]}
 
     def metrics(self) -> Dict[str, float]:
         return {"datapath_remote_leases": float(len(self._want)),
@@ -179,8 +199,24 @@ class RouteBackend(Backend):
 
     # -- the loop ---------------------------------------------------------------------------------------
     def _networks(self) -> List[Net]:
-        """The external interface's connected subnets: one address dump, judged per hop in Python."""
-        return netlink.connected_networks(self.ext_iface.index)
+        """The external interface's connected subnets (IPv4, and IPv6 when the network has IPv6): one
+        address dump per family, judged per hop in Python."""
+        nets = netlink.connected_networks(self.ext_iface.index) if self.enable_ipv4 else []
+        if self.enable_ipv6:
+            nets = nets + netlink.connected_networks(self.ext_iface.index, socket.AF_INET6)
+        return nets
+
+    def _our_routes(self) -> List[Dict[str, Any]]:
+        """The kernel's routes of our protocol, both families (a network that no longer has IPv6 must
+        not keep IPv6 routes); a kernel without IPv6 has none of those."""
+        out = netlink.routes(self.proto)
+        try:
+            out += netlink.routes(self.proto, socket.AF_INET6)
+        except Exception as err:  # IPv6 disabled in the kernel (ipv6.disable=1)
+            if self.enable_ipv6:
+                raise
+            log.debug("no IPv6 route dump: %s", err)
+        return out
 
     def _install(self, hop: Hop, nets: List[Net], fresh: List[Failure]) -> bool:
         """Program ``hop``; one that cannot be goes to ``fresh`` (once, until it works again)."""
@@ -215,7 +251,10 @@ class RouteBackend(Backend):
         failed = [(s, g, err) for s, g, err in fresh if err]
         name, iface = self.name, self.ext_iface.name
         if off:
-            where = ", ".join(str(a) for a in netlink.ipv4_addresses(self.ext_iface.index)) or "no address"
+            addrs: List[Any] = list(netlink.ipv4_addresses(self.ext_iface.index))
+            if any(s.version == 6 for s, _g in off):
+                addrs += netlink.global_addresses(self.ext_iface.index, socket.AF_INET6, usable=False)
+            where = ", ".join(str(a) for a in addrs) or "no address"
             if len(off) == 1:
                 log.error("%s: lease %s has next hop %s, which is not on-link on %s (%s); %s",
                           name, off[0][0], off[0][1], iface, where, self.offlink_advice)
@@ -236,7 +275,7 @@ class RouteBackend(Backend):
             return 0  # the interface's subnets did not change: the same hops are still off-link
         fresh: List[Failure] = []
         changed = 0
-        for dst in sorted(self._unreachable):
+        for dst in sorted(self._unreachable, key=_net_order):
             hop = self._want.get(dst)
             if hop is not None and self._install(hop, nets, fresh):
                 changed += 1
@@ -250,7 +289,7 @@ class RouteBackend(Backend):
         began = time.monotonic()
         nets = self._networks()
         fresh: List[Failure] = []
-        have: Dict[Net, Optional[Dict[str, Any]]] = {r["dst"]: r for r in netlink.routes(self.proto)}
+        have: Dict[Net, Optional[Dict[str, Any]]] = {r["dst"]: r for r in self._our_routes()}
         stale = 0  # routes, neighbours, fdb entries nobody wants
         for dst, route in list(have.items()):
             hop = self._want.get(dst)

@@ -3,11 +3,14 @@ stdout line — the agent's life cycle without etcd, so the datapaths can be tes
 
 Run as ``ip netns exec NS .venv/bin/python -m tests.integration.backend_driver``.  Commands::
 
-    {"op": "create", "config": {...network config...}, "iface": "eth0", "public_ip": null}
+    {"op": "create", "config": {...network config...}, "iface": "eth0", "public_ip": null,
+     "ipv6": false, "public_ipv6": null}
         -> {"ok": true, "lease_value": "<lease JSON to publish>"}   (remove_leftovers + prepare)
-    {"op": "configure", "subnet": "10.100.1.0/24"}
-    {"op": "sync", "leases": [{"subnet": "...", "value": "<lease JSON>"}, ...]}
-    {"op": "add" | "remove", "subnet": "...", "value": "..."}
+        "ipv6": true (implied by a config with EnableIPv6) gives the interface's global IPv6 address
+        to the backend (ExternalInterface.address6 / public_ipv6)
+    {"op": "configure", "subnet": "10.100.1.0/24", "subnet6": "fd10:0:0:1::/64"}   (either may be null)
+    {"op": "sync", "leases": [{"subnet": "...", "subnet6": "...", "value": "<lease JSON>"}, ...]}
+    {"op": "add" | "remove", "subnet": "...", "subnet6": "...", "value": "..."}
     {"op": "tick"} | {"op": "status"} | {"op": "close"} | {"op": "cleanup"}
 
 Errors reply ``{"ok": false, "error": "<the one line>"}``; logs go to stderr.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import socket
 import sys
 from typing import Any, Dict, Optional
 
@@ -27,16 +31,28 @@ from pyflannel.leases import Lease, decode_lease, encode_lease
 from pyflannel.netconfig import parse_config
 
 
-def ext_iface(name: str, public_ip: Optional[str]) -> backends.ExternalInterface:
+def ext_iface(name: str, public_ip: Optional[str], ipv6: bool = False,
+              public_ipv6: Optional[str] = None) -> backends.ExternalInterface:
     msg = netlink.link_by_name(name)
     if msg is None:
         raise backends.BackendError("no interface %s" % name)
-    address = str(netlink.ipv4_addresses(msg["index"])[0].ip)
-    return backends.ExternalInterface(name, msg["index"], address, public_ip or address, msg.get_attr("IFLA_MTU"))
+    v4 = netlink.ipv4_addresses(msg["index"])
+    address = str(v4[0].ip) if v4 else None
+    address6 = None
+    if ipv6:
+        v6 = netlink.global_addresses(msg["index"], socket.AF_INET6)
+        address6 = str(v6[0].ip) if v6 else None
+    return backends.ExternalInterface(name, msg["index"], address, public_ip or address, msg.get_attr("IFLA_MTU"),
+                                      address6=address6, public_ipv6=public_ipv6 or address6)
+
+
+def _net(text: Optional[str], make: Any) -> Any:
+    return make(text) if text else None
 
 
 def lease(item: Dict[str, Any]) -> Lease:
-    return Lease(ipaddress.IPv4Network(item["subnet"]), decode_lease(item["value"]))
+    return Lease(_net(item.get("subnet"), ipaddress.IPv4Network), decode_lease(item["value"]),
+                 ipv6_subnet=_net(item.get("subnet6"), ipaddress.IPv6Network))
 
 
 def main() -> int:
@@ -51,13 +67,16 @@ def main() -> int:
         try:
             if op == "create":
                 config = parse_config(cmd["config"])
-                be = backends.create(config, ext_iface(cmd["iface"], cmd.get("public_ip")))
+                ipv6 = bool(cmd.get("ipv6", config.enable_ipv6))
+                be = backends.create(config, ext_iface(cmd["iface"], cmd.get("public_ip"), ipv6,
+                                                       cmd.get("public_ipv6")))
                 backends.remove_leftovers(be)
                 reply["lease_value"] = encode_lease(be.prepare(), "v3")
                 reply["mtu"] = be.mtu()
             elif op == "configure":
                 assert be is not None
-                be.configure(Lease(ipaddress.IPv4Network(cmd["subnet"]), be.prepare()))
+                be.configure(Lease(_net(cmd.get("subnet"), ipaddress.IPv4Network), be.prepare(),
+                                   ipv6_subnet=_net(cmd.get("subnet6"), ipaddress.IPv6Network)))
             elif op == "sync":
                 assert be is not None
                 be.sync([lease(item) for item in cmd["leases"]])

@@ -292,16 +292,28 @@ class BackendDriver:
         host.procs.append(self.proc)
 
     @classmethod
-    def up(cls, host: Host, network: str, backend: Dict[str, Any], subnet: str, others: List[Dict[str, str]],
-           env: Optional[Dict[str, str]] = None, wrap: Optional[List[str]] = None) -> BackendDriver:
+    def up(cls, host: Host, network: Optional[str], backend: Dict[str, Any], subnet: Optional[str],
+           others: List[Dict[str, Any]], env: Optional[Dict[str, str]] = None, wrap: Optional[List[str]] = None,
+           subnet6: Optional[str] = None, config: Optional[Dict[str, Any]] = None) -> BackendDriver:
         """A driver whose backend is created on ``eth0``, configured with the lease ``subnet`` (its first
-        address on the host's bridge) and synced with ``others``; ``.lease_value`` is its lease JSON."""
+        address on the host's bridge) and synced with ``others``; ``.lease_value`` is its lease JSON.
+
+        IPv6: ``config`` adds keys to the network config (``{"EnableIPv6": True, "IPv6Network": ...}``,
+        ``"EnableIPv4": False`` with ``network=None`` and ``subnet=None`` for IPv6-only) and ``subnet6``
+        is the lease's IPv6 subnet (its first address goes on the bridge too)."""
         driver = cls(host, env=env, wrap=wrap)
-        reply = driver.call("create", config={"Network": network, "Backend": backend}, iface="eth0")
+        cfg: Dict[str, Any] = {"Backend": backend}
+        if network:
+            cfg["Network"] = network
+        cfg.update(config or {})
+        reply = driver.call("create", config=cfg, iface="eth0", ipv6=bool(subnet6 or cfg.get("EnableIPv6")))
         assert reply["ok"], reply
         driver.lease_value = reply["lease_value"]
-        assert driver.call("configure", subnet=subnet)["ok"]
-        host.set_bridge_address(subnet.replace(".0/24", ".1/24"))
+        assert driver.call("configure", subnet=subnet, subnet6=subnet6)["ok"]
+        if subnet:
+            host.set_bridge_address(subnet.replace(".0/24", ".1/24"))
+        if subnet6:
+            host.set_bridge_address(first_address(subnet6))
         assert driver.call("sync", leases=others)["ok"]
         return driver
 
