@@ -1,42 +1,60 @@
-"""wireguard backend: one encrypted device ``flannel-wg``, one WireGuard peer per remote lease.
+"""wireguard backend: encrypted WireGuard devices, one peer per remote lease on each.
 
-Compatible with Go flanneld v0.20's wireguard backend (IPv4):
+Compatible with Go flanneld v0.20's wireguard backend, IPv4 and IPv6:
 
-* device ``flannel-wg``, address = the lease subnet's network address as a /32, MTU = interface MTU
-  - 80 (or the ``MTU`` option), one scope-link route for the whole Network via the device, tagged
-  with the catalogue's route protocol (0x6F) so a later start or another backend can find it again;
-* the private key lives in a key file (``--wireguard-key-file``, else ``$WIREGUARD_KEY_FILE``, else
-  ``/run/flannel/wgkey``): base64 of 32 bytes on one line, mode 0400, made when missing; our lease
-  publishes the public key as ``BackendData.PublicKey``;
-* per remote wireguard lease one peer: PublicKey from the lease, Endpoint ``PublicIP:ListenPort``,
-  AllowedIPs = the lease's subnet, PresharedKey = the ``PSK`` option (every peer), PersistentKeepalive
-  = ``PersistentKeepaliveInterval`` when > 0.  Leases of other backend types are ignored.
+* ``Mode separate`` (the default): one device per address family.  IPv4: ``flannel-wg`` on
+  ``ListenPort`` (51820), address = the lease subnet's network address as a /32, one route for the
+  Network; per remote lease a peer with Endpoint ``PublicIP:ListenPort`` and AllowedIPs = its IPv4
+  subnet.  IPv6 (``EnableIPv6``): ``flannel-wg-v6`` on ``ListenPortV6`` (51821), the same private key,
+  address = the IPv6 subnet's network address as a /128, one route for the IPv6Network; peers with
+  Endpoint ``[PublicIPv6]:ListenPortV6`` and AllowedIPs = their IPv6 subnet.  An IPv6-only network has
+  only ``flannel-wg-v6``.
+* ``Mode auto``, ``ipv4``, ``ipv6``: one device ``flannel-wg`` on ``ListenPort`` carrying both families:
+  its addresses and routes are those of both, each peer's AllowedIPs hold both subnets of its lease, and
+  the Endpoint is the peer's PublicIP (ipv4), ``[PublicIPv6]`` (ipv6) or, in auto, what Go's
+  selectPublicEndpoint picks (IPv4 unless the peer has only IPv6, or its IPv4 is private while both
+  ends' IPv6 are not) — except that a node without an IPv4 address of its own uses IPv6.
+* MTU = interface MTU - 80 on every device (Go counts 80 for either underlay: a 40-byte IPv6 header
+  + 8 UDP + 32 WireGuard, an IPv4 one is smaller), or the ``MTU`` option; routes are tagged with the
+  catalogue's route protocol (0x6F) in both families, so a later start or another backend finds them.
+* The private key lives in a key file (``--wireguard-key-file``, else ``$WIREGUARD_KEY_FILE``, else
+  ``/run/flannel/wgkey``): base64 of 32 bytes on one line, mode 0400, made when missing.  Our lease
+  publishes the public key as ``BackendData.PublicKey`` (IPv4 networks) and ``BackendV6Data.PublicKey``
+  (IPv6 networks), whatever the mode, as Go does.
+* PresharedKey = the ``PSK`` option (every peer), PersistentKeepalive = ``PersistentKeepaliveInterval``
+  when > 0.  Leases of other backend types are ignored.
 
 Kernel or userspace.  The kernel's WireGuard is used when ``ip link add … type wireguard`` works.
 When it does not (no module: many containers, small VMs, this project's test machine), Debian's
-``wireguard-go`` runs the device in userspace: as the transient systemd unit
-``flannel-wireguard-go`` when the agent runs under systemd (so a restart of flanneld.service does not
-take the tunnel down), else as a detached process of its own session.  Both speak the same UAPI, and
-``wg`` (wireguard-tools) drives both, so there is one configuration code path.  An existing working
-``flannel-wg`` is adopted on start (same key, same ifindex, same wireguard-go process: no flap).
+``wireguard-go`` runs each device in userspace (its UAPI socket /run/wireguard/<device>.sock): as the
+transient systemd unit ``flannel-wireguard-go`` (``flannel-wireguard-go-v6`` for flannel-wg-v6) when the
+agent runs under systemd (so a restart of flanneld.service does not take the tunnels down), else as a
+detached process of its own session.  Both speak the same UAPI, and ``wg`` (wireguard-tools) drives
+both, so there is one configuration code path.  An existing working device is adopted on start (same
+key, same ifindex, same wireguard-go process: no flap); a device the current mode does not use (e.g.
+flannel-wg-v6 after a switch to Mode auto) is removed with its wireguard-go.
 
-How the peers are kept in step:
+How the peers are kept in step (per device):
 
-* ``sync()`` (a whole snapshot) and ``tick()`` (repairs) are declarative: they read ``wg show
-  flannel-wg dump``, compare it with the wanted state and, only when something differs, apply the
-  full state with one ``wg syncconf flannel-wg /dev/stdin`` (syncconf changes only the peers that
-  differ, so the sessions of unchanged peers survive; it does set the listen port again, which makes
-  wireguard-go rebind its UDP socket, hence no syncconf while the dump already matches).
-* ``lease_added()``/``lease_removed()`` change one peer with one ``wg set`` — O(1) per watch event,
-  so thousands of leases arriving one by one cost thousands of small commands, not thousands of full
-  resyncs of thousands of peers.
+* ``sync()`` (a whole snapshot) and ``tick()`` (repairs) are declarative: they read ``wg show <dev>
+  dump``, compare it with the wanted state and, only when something differs, apply the full state with
+  one ``wg syncconf <dev> /dev/stdin`` (syncconf changes only the peers that differ, so the sessions of
+  unchanged peers survive; it does set the listen port again, which makes wireguard-go rebind its UDP
+  socket, hence no syncconf while the dump already matches).
+* ``lease_added()``/``lease_removed()`` change one peer with one ``wg set`` per device — O(1) per watch
+  event, so thousands of leases arriving one by one cost thousands of small commands, not thousands of
+  full resyncs of thousands of peers.
 * The private key and the PSK only ever travel on a pipe (``/dev/stdin``): never on a command line,
   never in a file other than the key file.
 * ``tick()`` tolerates an endpoint that differs from the lease's (WireGuard roams to where a peer's
   authenticated packets come from, e.g. behind NAT); a missing endpoint is repaired.
-* ``tick()`` also resets a peer whose session only works one way (see :meth:`_unstick`: after two
+* ``tick()`` also resets a peer whose session only works one way (see :meth:`Device.unstick`: after two
   handshakes crossed, wireguard-go was seen here sending for up to the 120 s rekey with a session the
   other end had dropped).
+
+A device here may carry both families (Mode auto/ipv4/ipv6), so this module settles addresses and
+judges remote leases itself (``_settle``, ``_is_remote``, both IPv6-only-lease safe) instead of using
+the Backend base's one-family helpers.
 """
 
 from __future__ import annotations
@@ -46,10 +64,11 @@ import ipaddress
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from pyflannel import catalogue, netlink
@@ -59,7 +78,12 @@ from pyflannel.leases import Lease, LeaseAttrs
 log = logging.getLogger("pyflannel.backend.wireguard")
 
 DEVICE = "flannel-wg"
+DEVICE_V6 = "flannel-wg-v6"
+DEVICES = (DEVICE, DEVICE_V6)
 UNIT = "flannel-wireguard-go"
+UNIT_V6 = "flannel-wireguard-go-v6"
+UNITS = {DEVICE: UNIT, DEVICE_V6: UNIT_V6}
+MODES = ("separate", "auto", "ipv4", "ipv6")
 SOCKET_DIR = "/run/wireguard"
 DEFAULT_KEY_FILE = "/run/flannel/wgkey"
 KEY_FILE_ENV = "WIREGUARD_KEY_FILE"
@@ -67,6 +91,10 @@ ZERO_KEY = base64.b64encode(bytes(32)).decode("ascii")  # "no pre-shared key" in
 SOCKET_WAIT = 10.0  # seconds wireguard-go may take to create its TUN and UAPI socket
 WG_TIMEOUT = 30.0
 STUCK_AFTER = 20.0  # seconds of sending without anything coming back before a peer's session is reset
+AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+# what Go's net.IP.IsPrivate() calls private (RFC 1918, RFC 4193): auto mode's endpoint choice uses it
+_PRIVATE = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("172.16.0.0/12"),
+            ipaddress.ip_network("192.168.0.0/16"), ipaddress.ip_network("fc00::/7"))
 
 
 # -- the private key file ---------------------------------------------------------------------------
@@ -177,10 +205,14 @@ def public_key(private: str) -> str:
 @dataclass(frozen=True)
 class Peer:
     public_key: str
-    endpoint: str  # "PublicIP:port"
-    allowed_ip: str  # the lease's subnet, e.g. "10.100.2.0/24"
+    endpoint: str  # "PublicIP:port" or "[PublicIPv6]:port"
+    allowed_ips: Tuple[str, ...]  # the lease's subnet(s) this device carries, e.g. ("10.100.2.0/24",)
     psk: str  # base64; ZERO_KEY = none
     keepalive: int  # seconds, 0 = off
+
+    @property
+    def label(self) -> str:
+        return ",".join(self.allowed_ips)
 
 
 def render_config(private: str, listen_port: int, peers: List[Peer]) -> str:
@@ -189,7 +221,7 @@ def render_config(private: str, listen_port: int, peers: List[Peer]) -> str:
     lines = ["[Interface]", "PrivateKey = %s" % private, "ListenPort = %d" % listen_port]
     for peer in sorted(peers, key=lambda p: p.public_key):
         lines += ["", "[Peer]", "PublicKey = %s" % peer.public_key, "PresharedKey = %s" % peer.psk,
-                  "Endpoint = %s" % peer.endpoint, "AllowedIPs = %s" % peer.allowed_ip,
+                  "Endpoint = %s" % peer.endpoint, "AllowedIPs = %s" % ", ".join(peer.allowed_ips),
                   "PersistentKeepalive = %d" % peer.keepalive]
     return "\n".join(lines) + "\n"
 
@@ -199,6 +231,13 @@ class Dump:
     private_key: str
     listen_port: int
     peers: Dict[str, Dict[str, Any]]  # public key -> {psk, endpoint, allowed (set), handshake, rx, tx, keepalive}
+
+
+def _canonical_net(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        return text
 
 
 def parse_dump(text: str) -> Dump:
@@ -211,7 +250,7 @@ def parse_dump(text: str) -> Dump:
     for row in rows[1:]:
         if len(row) < 8:
             continue
-        allowed = set() if row[3] == "(none)" else {a for a in row[3].split(",") if a}
+        allowed = set() if row[3] == "(none)" else {_canonical_net(a) for a in row[3].split(",") if a}
         peers[row[0]] = {"psk": ZERO_KEY if row[1] == "(none)" else row[1],
                          "endpoint": "" if row[2] == "(none)" else row[2], "allowed": allowed,
                          "handshake": int(row[4]) if row[4].isdigit() else 0,
@@ -234,21 +273,55 @@ def dump_differences(dump: Dump, private: str, listen_port: int, peers: List[Pee
     for key, peer in wanted.items():
         have = dump.peers.get(key)
         if have is None:
-            out.append("missing peer %s (%s)" % (key, peer.allowed_ip))
-        elif (have["allowed"] != {peer.allowed_ip} or have["psk"] != peer.psk or have["keepalive"] != peer.keepalive
-              or not have["endpoint"]):
-            out.append("peer %s (%s) altered" % (key, peer.allowed_ip))
+            out.append("missing peer %s (%s)" % (key, peer.label))
+        elif (have["allowed"] != {_canonical_net(a) for a in peer.allowed_ips} or have["psk"] != peer.psk
+              or have["keepalive"] != peer.keepalive or not have["endpoint"]):
+            out.append("peer %s (%s) altered" % (key, peer.label))
     return out
 
 
+def endpoint(address: str, port: int) -> str:
+    """``192.0.2.1:51820`` or ``[2001:db8::1]:51821``."""
+    return ("[%s]:%d" if ":" in address else "%s:%d") % (address, port)
+
+
+def is_private(address: str) -> bool:
+    """Go's ``net.IP.IsPrivate()``: RFC 1918 IPv4 or RFC 4193 (fc00::/7) IPv6."""
+    ip = ipaddress.ip_address(address)
+    return any(ip.version == net.version and ip in net for net in _PRIVATE)
+
+
+def select_endpoint(peer_ip: Optional[str], peer_ipv6: Optional[str], own_ip: Optional[str],
+                    own_ipv6: Optional[str]) -> Optional[str]:
+    """Mode auto's underlay address for a peer (Go's selectPublicEndpoint): the only one it has; of two,
+    its IPv4 when that is public, else its IPv6 when both ends' IPv6 are public, else its IPv4.  Unlike
+    Go, a node without an address of one family uses the other (Go would try IPv4 without having one)."""
+    if peer_ip is None or peer_ipv6 is None:
+        return peer_ip or peer_ipv6
+    if own_ip is None and own_ipv6 is not None:
+        return peer_ipv6
+    if own_ipv6 is None:
+        return peer_ip
+    if not is_private(peer_ip):
+        return peer_ip
+    if not is_private(peer_ipv6) and not is_private(own_ipv6):
+        return peer_ipv6
+    return peer_ip
+
+
 # -- the device: kernel or wireguard-go -------------------------------------------------------------
-def _socket_path() -> str:
-    return os.path.join(SOCKET_DIR, DEVICE + ".sock")
+def unit_for(dev: str) -> str:
+    """The transient systemd unit that runs wireguard-go for ``dev``."""
+    return UNITS.get(dev, "%s-%s" % (UNIT, dev))
 
 
-def _device_answers() -> bool:
+def _socket_path(dev: str = DEVICE) -> str:
+    return os.path.join(SOCKET_DIR, dev + ".sock")
+
+
+def _device_answers(dev: str = DEVICE) -> bool:
     try:
-        return wg("show", DEVICE, "listen-port", check=False).returncode == 0
+        return wg("show", dev, "listen-port", check=False).returncode == 0
     except BackendError:
         return False
 
@@ -271,146 +344,371 @@ def _systemctl(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["systemctl", *args], capture_output=True, text=True, timeout=30, check=False)
 
 
-def stop_unit() -> bool:
-    """Stop the transient wireguard-go unit if there is one (True when it was running)."""
+def stop_unit(unit: str = UNIT) -> bool:
+    """Stop the transient wireguard-go unit ``unit`` if there is one (True when it was running)."""
     if not shutil.which("systemctl") or not os.path.isdir("/run/systemd/system"):
         return False
-    active = _systemctl("is-active", "--quiet", UNIT + ".service").returncode == 0
+    active = _systemctl("is-active", "--quiet", unit + ".service").returncode == 0
     if active:
-        _systemctl("stop", UNIT + ".service")
-    _systemctl("reset-failed", UNIT + ".service")  # a failed unit of that name would block systemd-run
+        _systemctl("stop", unit + ".service")
+    _systemctl("reset-failed", unit + ".service")  # a failed unit of that name would block systemd-run
     return active
 
 
-@register("wireguard")
-class WireguardBackend(Backend):
-    def __init__(self, config: Any, ext_iface: ExternalInterface, settings: Optional[Dict[str, Any]] = None) -> None:
-        super().__init__(config, ext_iface, settings)
-        mode = config.option("Mode") or "separate"
-        if mode == "ipv6":
-            raise BackendError("wireguard Mode ipv6 needs IPv6 support, which this pyflannel does not have yet; use "
-                               "Mode separate (the default), auto or ipv4")
-        self.mode = mode
-        self.listen_port = int(config.option("ListenPort") or 51820)
-        self.psk = config.option("PSK") or ZERO_KEY
-        self.keepalive = int(config.option("PersistentKeepaliveInterval") or 0)
-        self.key_file = key_file_path(self.settings)
-        self.private = ""
-        self.public = ""
-        self.dev = DEVICE
-        self.index = 0
-        self.implementation = ""
-        self.proc: Optional[subprocess.Popen] = None  # wireguard-go, when this process started it detached
-        self._want: Dict[ipaddress.IPv4Network, Peer] = {}
-        self._traffic: Dict[str, Tuple[int, int, float]] = {}  # key -> (rx, tx, waiting for an answer since)
-        self._lock = threading.RLock()
-        self.repairs = 0
-        self.syncs = 0
+def remove_device(dev: str) -> Tuple[bool, bool]:
+    """Delete ``dev`` when it is a WireGuard device (kernel or wireguard-go's TUN; deleting the link ends
+    the wireguard-go serving it) and stop its unit; (device removed, unit stopped)."""
+    msg = netlink.link_by_name(dev)
+    removed = msg is not None and netlink.link_kind(msg) in ("wireguard", "tun")
+    if removed:
+        netlink.delete_link(dev)
+    return removed, stop_unit(unit_for(dev))
 
-    # -- device -----------------------------------------------------------------------------------
-    def _adopt(self) -> Optional[Any]:
-        """The existing flannel-wg if it works (kernel device, or a TUN whose wireguard-go answers)."""
-        msg = netlink.link_by_name(self.dev)
+
+@dataclass
+class Device:
+    """One WireGuard device: its name, listen port, the address families it carries (``(4,)``, ``(6,)``
+    or ``(4, 6)``) and, at run time, its ifindex, implementation and wanted peers (lease key -> Peer)."""
+
+    name: str
+    listen_port: int
+    families: Tuple[int, ...]
+    private: str = ""
+    index: int = 0
+    implementation: str = ""
+    proc: Optional[subprocess.Popen] = None  # wireguard-go, when this process started it detached
+    want: Dict[str, Peer] = field(default_factory=dict)
+    traffic: Dict[str, Tuple[int, int, float]] = field(default_factory=dict)  # key -> (rx, tx, waiting since)
+    syncs: int = 0
+
+    @property
+    def unit(self) -> str:
+        return unit_for(self.name)
+
+    # -- the link and its wireguard-go ----------------------------------------------------------------
+    def adopt(self) -> Optional[Any]:
+        """The existing device if it works (kernel device, or a TUN whose wireguard-go answers)."""
+        msg = netlink.link_by_name(self.name)
         if msg is None:
             return None
         kind = netlink.link_kind(msg)
-        if kind == "wireguard" or (kind == "tun" and _device_answers()):
+        if kind == "wireguard" or (kind == "tun" and _device_answers(self.name)):
             self.implementation = "kernel" if kind == "wireguard" else "wireguard-go"
             return msg
-        log.info("%s exists but is not a working WireGuard device (kind %s): recreating it", self.dev, kind)
-        netlink.delete_link(self.dev)
+        log.info("%s exists but is not a working WireGuard device (kind %s): recreating it", self.name, kind)
+        netlink.delete_link(self.name)
         return None
 
-    def _create(self) -> Any:
-        kernel_error = netlink.create_link(self.dev, "wireguard")
+    def create(self) -> Any:
+        kernel_error = netlink.create_link(self.name, "wireguard")
         if kernel_error is None:
             self.implementation = "kernel"
-            log.info("%s: using the kernel's WireGuard", self.dev)
+            log.info("%s: using the kernel's WireGuard", self.name)
         else:
-            self._start_wireguard_go(kernel_error)
-        msg = netlink.link_by_name(self.dev)
+            self.start_wireguard_go(kernel_error)
+        msg = netlink.link_by_name(self.name)
         if msg is None:
-            raise BackendError("%s vanished right after it was created" % self.dev)
+            raise BackendError("%s vanished right after it was created" % self.name)
         return msg
 
-    def _start_wireguard_go(self, kernel_error: str) -> None:
+    def start_wireguard_go(self, kernel_error: str) -> None:
         binary = shutil.which("wireguard-go")
         if not binary:
             raise BackendError(
                 "cannot create %s: no kernel WireGuard (%s) and wireguard-go is not installed; install the "
                 "wireguard-go package (userspace WireGuard) or load the wireguard kernel module"
-                % (self.dev, kernel_error))
+                % (self.name, kernel_error))
         self.implementation = "wireguard-go"
         if under_systemd():
-            stop_unit()  # a unit left over from a device that is gone
+            stop_unit(self.unit)  # a unit left over from a device that is gone
             proc = subprocess.run(
-                ["systemd-run", "--unit", UNIT, "--collect", "--quiet", "--description",
-                 "userspace WireGuard for flanneld's %s" % self.dev, "-p", "Restart=no",
-                 binary, "-f", self.dev], capture_output=True, text=True, timeout=30, check=False)
+                ["systemd-run", "--unit", self.unit, "--collect", "--quiet", "--description",
+                 "userspace WireGuard for flanneld's %s" % self.name, "-p", "Restart=no",
+                 binary, "-f", self.name], capture_output=True, text=True, timeout=30, check=False)
             if proc.returncode != 0:
                 raise BackendError("cannot start wireguard-go for %s as the transient unit %s: %s"
-                                   % (self.dev, UNIT, (proc.stderr or proc.stdout).strip()))
-            how = "as the transient systemd unit %s" % UNIT
+                                   % (self.name, self.unit, (proc.stderr or proc.stdout).strip()))
+            how = "as the transient systemd unit %s" % self.unit
         else:
-            self.proc = subprocess.Popen([binary, "-f", self.dev], stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen([binary, "-f", self.name], stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                          start_new_session=True, close_fds=True)
             how = "detached (pid %d)" % self.proc.pid
+        path = _socket_path(self.name)
         deadline = time.monotonic() + SOCKET_WAIT
-        while not (os.path.exists(_socket_path()) and netlink.link_by_name(self.dev) is not None
-                   and _device_answers()):
+        while not (os.path.exists(path) and netlink.link_by_name(self.name) is not None
+                   and _device_answers(self.name)):
             if self.proc is not None and self.proc.poll() is not None:
                 raise BackendError("wireguard-go for %s exited with status %s at start; is /dev/net/tun there and "
-                                   "another %s running?" % (self.dev, self.proc.returncode, self.dev))
+                                   "another %s running?" % (self.name, self.proc.returncode, self.name))
             if time.monotonic() > deadline:
-                raise BackendError("wireguard-go for %s did not create %s within %.0f s" % (
-                    self.dev, _socket_path(), SOCKET_WAIT))
+                raise BackendError("wireguard-go for %s did not create %s within %.0f s; check that "
+                                   "%s is writable and wireguard-go runs" % (self.name, path, SOCKET_WAIT, SOCKET_DIR))
             time.sleep(0.05)
-        log.info("%s: no kernel WireGuard (%s): running the userspace wireguard-go %s", self.dev, kernel_error, how)
+        log.info("%s: no kernel WireGuard (%s): running the userspace wireguard-go %s", self.name, kernel_error, how)
 
-    def _ensure_device(self) -> None:
-        msg = self._adopt()
+    def ensure(self) -> None:
+        msg = self.adopt()
         if msg is not None:
-            log.info("%s: reusing the existing device (%s, ifindex %d)", self.dev, self.implementation, msg["index"])
+            log.info("%s: reusing the existing device (%s, ifindex %d)", self.name, self.implementation,
+                     msg["index"])
         else:
-            msg = self._create()
+            msg = self.create()
         self.index = msg["index"]
-        self._apply_interface()
+        self.apply_interface()
 
-    def _dump(self) -> Dump:
+    def still_answers(self) -> bool:
+        """wireguard-go answers on its socket; asked again after a moment before it is declared dead (a
+        busy machine must not make us recreate a working device)."""
+        if _device_answers(self.name):
+            return True
+        time.sleep(0.5)
+        return _device_answers(self.name)
+
+    def repair_link(self) -> int:
+        """Bring back a vanished device (or wireguard-go); 1 when it had to be recreated."""
+        if self.proc is not None and self.proc.poll() is not None:
+            log.warning("wireguard-go for %s exited with status %s", self.name, self.proc.returncode)
+            self.proc = None
+        msg = netlink.link_by_name(self.name)
+        if msg is None or msg["index"] != self.index or (self.implementation == "wireguard-go"
+                                                         and not self.still_answers()):
+            log.warning("%s disappeared or stopped answering: recreating it", self.name)
+            if msg is not None:
+                netlink.delete_link(self.name)
+            self.index = 0
+            self.ensure()
+            return 1
+        self.apply_interface()
+        return 0
+
+    # -- wg -----------------------------------------------------------------------------------------
+    def dump(self) -> Dump:
         try:
-            return parse_dump(wg("show", self.dev, "dump").stdout)
+            return parse_dump(wg("show", self.name, "dump").stdout)
         except ValueError as err:
             raise BackendError(str(err)) from None
 
-    def _apply_interface(self) -> None:
+    def apply_interface(self) -> None:
         """Private key and listen port, set only where they differ (no rebind, no peer touched)."""
-        dump = self._dump()
+        dump = self.dump()
         args = []
         if dump.private_key != self.private:
             args += ["private-key", "/dev/stdin"]
         if dump.listen_port != self.listen_port:
             args += ["listen-port", str(self.listen_port)]
         if args:
-            wg("set", self.dev, *args, stdin=self.private + "\n")
+            wg("set", self.name, *args, stdin=self.private + "\n")
 
-    def _link_settings(self) -> int:
-        """MTU, up, address, the Network route; returns how many had to be changed."""
-        msg = netlink.link_by_name(self.dev)
+    def set_peer(self, peer: Peer) -> None:
+        psk = "/dev/stdin" if peer.psk != ZERO_KEY else "/dev/null"  # wg reads /dev/null as "no pre-shared key"
+        wg("set", self.name, "peer", peer.public_key, "preshared-key", psk, "endpoint", peer.endpoint,
+           "allowed-ips", ",".join(peer.allowed_ips),
+           "persistent-keepalive", str(peer.keepalive) if peer.keepalive else "off",
+           stdin=peer.psk + "\n" if peer.psk != ZERO_KEY else "")
+
+    def remove_peer(self, peer: Peer) -> None:
+        wg("set", self.name, "peer", peer.public_key, "remove")
+
+    def put(self, name: str, peer: Optional[Peer]) -> bool:
+        """The lease ``name`` wants ``peer`` (None: no peer) on this device; True when something changed."""
+        old = self.want.get(name)
+        if old == peer:
+            return False  # unchanged (the node restarted and rewrote its lease): nothing touched
+        if old is not None:
+            del self.want[name]
+            if peer is None or old.public_key != peer.public_key:
+                self.remove_peer(old)
+        if peer is None:
+            return old is not None
+        for other_name, other in list(self.want.items()):
+            if other.public_key == peer.public_key:  # the key moved to another lease
+                del self.want[other_name]
+        self.want[name] = peer
+        self.set_peer(peer)
+        return True
+
+    def drop(self, name: str) -> Optional[Peer]:
+        old = self.want.pop(name, None)
+        if old is not None:
+            self.remove_peer(old)
+        return old
+
+    def sync_peers(self, dump: Optional[Dump] = None) -> int:
+        """One ``wg syncconf`` of the whole wanted state when the device's dump differs; 1 if applied."""
+        dump = dump or self.dump()
+        peers = list(self.want.values())
+        diff = dump_differences(dump, self.private, self.listen_port, peers)
+        if not diff:
+            return 0
+        text = render_config(self.private, self.listen_port, peers)
+        wg("syncconf", self.name, "/dev/stdin", stdin=text)
+        self.syncs += 1
+        shown = diff[:3] + (["%d more" % (len(diff) - 3)] if len(diff) > 3 else [])
+        log.info("%s: synced %d peer(s) (%s)", self.name, len(peers), "; ".join(shown))
+        return 1
+
+    def unstick(self, dump: Dump) -> int:
+        """Reset a peer whose session only works one way; returns how many were reset.
+
+        When both ends start a handshake at the same moment, wireguard-go can end up sending with a
+        session the other end does not hold: our data goes out, nothing authenticated comes back,
+        and since the handshake reply did arrive neither side starts a new one before the 120 s
+        rekey.  A healthy peer answers within 10 s of our data (its data or a passive keepalive), so
+        a peer with a handshake, growing tx and unchanged rx for STUCK_AFTER seconds is removed and
+        added again: the next packet starts a fresh handshake."""
+        now = time.monotonic()
+        reset = 0
+        wanted = {p.public_key: p for p in self.want.values()}
+        for key in list(self.traffic):
+            if key not in dump.peers:
+                del self.traffic[key]
+        for key, have in dump.peers.items():
+            rx, tx = have["rx"], have["tx"]
+            seen = self.traffic.get(key)
+            if seen is None or rx != seen[0] or not have["handshake"]:
+                self.traffic[key] = (rx, tx, 0.0)
+            elif tx != seen[1] and not seen[2]:
+                self.traffic[key] = (rx, tx, now)  # we send, and wait for an answer from here on
+            elif seen[2] and now - seen[2] >= STUCK_AFTER and key in wanted:
+                log.warning("%s: peer %s (%s) sent nothing back for %.0f s while we sent %d bytes: resetting its "
+                            "session", self.name, key, wanted[key].label, now - seen[2], tx - seen[1])
+                self.remove_peer(wanted[key])
+                self.set_peer(wanted[key])
+                del self.traffic[key]
+                reset += 1
+        return reset
+
+
+def plan_devices(mode: str, enable_ipv4: bool, enable_ipv6: bool, listen_port: int,
+                 listen_port_v6: int) -> List[Device]:
+    """The devices a mode uses: separate, one per enabled family (flannel-wg for IPv4 on ListenPort,
+    flannel-wg-v6 for IPv6 on ListenPortV6); the other modes, flannel-wg on ListenPort for both."""
+    families = tuple(v for v, on in ((4, enable_ipv4), (6, enable_ipv6)) if on)
+    if mode != "separate":
+        return [Device(DEVICE, listen_port, families)]
+    out = []
+    if enable_ipv4:
+        out.append(Device(DEVICE, listen_port, (4,)))
+    if enable_ipv6:
+        out.append(Device(DEVICE_V6, listen_port_v6, (6,)))
+    return out
+
+
+def mode_problem(mode: str, enable_ipv4: bool, enable_ipv6: bool, ext: ExternalInterface) -> Optional[str]:
+    """Why ``mode`` cannot work on this network and interface (one line), or None."""
+    if mode not in MODES:
+        return "wireguard Mode %r is not one of %s; fix Backend.Mode in the network config" % (mode, ", ".join(MODES))
+    if mode == "ipv4":
+        if not enable_ipv4:
+            return ("wireguard Mode ipv4 sends over IPv4, but this network is IPv6-only (EnableIPv4 false) and its "
+                    "leases carry no IPv4 address; use Mode separate, auto or ipv6")
+        if not ext.public_ip:
+            return ("wireguard Mode ipv4 sends over IPv4, but interface %s has no IPv4 address; give it one, pass "
+                    "--public-ip, or use Mode separate, auto or ipv6" % ext.name)
+    if mode == "ipv6":
+        if not enable_ipv6:
+            return ("wireguard Mode ipv6 sends over IPv6, but this network has no IPv6 (EnableIPv6 and IPv6Network "
+                    "in the network config), so no lease carries a PublicIPv6; enable IPv6 or use Mode separate, "
+                    "auto or ipv4")
+        if not ext.public_ipv6:
+            return ("wireguard Mode ipv6 sends over IPv6, but interface %s has no IPv6 address other nodes reach this "
+                    "one at; give it a global IPv6 address, pass --public-ipv6, or use Mode separate, auto or ipv4"
+                    % ext.name)
+    if mode == "separate" and enable_ipv6 and not ext.public_ipv6:
+        return ("wireguard's %s (Mode separate on a network with IPv6) sends over IPv6, but interface %s has no IPv6 "
+                "address other nodes reach this one at; give it a global IPv6 address, pass --public-ipv6, or use "
+                "Mode auto or ipv4" % (DEVICE_V6, ext.name))
+    if mode == "separate" and enable_ipv4 and not ext.public_ip:
+        return ("wireguard's %s (Mode separate on a network with IPv4) sends over IPv4, but interface %s has no IPv4 "
+                "address; give it one, pass --public-ip, or use Mode auto or ipv6" % (DEVICE, ext.name))
+    return None
+
+
+@register("wireguard")
+class WireguardBackend(Backend):
+    def __init__(self, config: Any, ext_iface: ExternalInterface, settings: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__(config, ext_iface, settings)
+        self.mode = config.option("Mode") or "separate"
+        self.use_ipv4 = bool(config.enable_ipv4)
+        self.use_ipv6 = bool(config.enable_ipv6)
+        problem = mode_problem(self.mode, self.use_ipv4, self.use_ipv6, ext_iface)
+        if problem:
+            raise BackendError(problem)
+        self.listen_port = int(config.option("ListenPort") or 51820)
+        self.listen_port_v6 = int(config.option("ListenPortV6") or 51821)
+        self.psk = config.option("PSK") or ZERO_KEY
+        self.keepalive = int(config.option("PersistentKeepaliveInterval") or 0)
+        self.key_file = key_file_path(self.settings)
+        self.private = ""
+        self.public = ""
+        self.devices = plan_devices(self.mode, self.use_ipv4, self.use_ipv6, self.listen_port,
+                                    self.listen_port_v6)
+        self.dev = self.devices[0].name
+        self._lock = threading.RLock()
+        self._prepared = False
+        self.repairs = 0
+
+    @property
+    def syncs(self) -> int:
+        return sum(d.syncs for d in self.devices)
+
+    def device(self, name: str) -> Optional[Device]:
+        return next((d for d in self.devices if d.name == name), None)
+
+    # -- addresses and routes -------------------------------------------------------------------------
+    def _settle(self, device: Device) -> int:
+        """MTU, up and, once we hold a lease, the lease's /32 and/or /128 (per the families the device
+        carries) as its only address of that family; returns how many had to change."""
+        msg = netlink.link_by_name(device.name)
         if msg is None:
             return 0
-        changed = self.settle_device(msg, self.dev)
+        changed = 0
+        if msg.get_attr("IFLA_MTU") != self.mtu():
+            netlink.set_link(device.index, mtu=self.mtu())
+            changed += 1
+        if not msg["flags"] & 1:
+            netlink.set_link(device.index, state="up")
+            changed += 1
+        lease = self.lease
+        if lease is None:
+            return changed
+        for version, subnet in ((4, lease.subnet), (6, lease.ipv6_subnet)):
+            if subnet is None or version not in device.families:
+                continue
+            own = ipaddress.ip_interface("%s/%d" % (subnet.network_address, 32 if version == 4 else 128))
+            if netlink.set_only_address(device.index, own):
+                log.info("%s has address %s (lease %s)", device.name, own, subnet)
+                changed += 1
+        return changed
+
+    def _wanted_routes(self) -> Dict[Any, int]:
+        """Network (per enabled family) -> ifindex of the device carrying it."""
+        out: Dict[Any, int] = {}
+        for version, network in ((4, self.config.network), (6, self.config.ipv6_network)):
+            dev = next((d for d in self.devices if version in d.families), None)
+            if network is not None and dev is not None and dev.index:
+                out[network] = dev.index
+        return out
+
+    def _link_settings(self) -> int:
+        """MTU, up, addresses of every device, the route(s) of the network(s); returns how many changed."""
+        changed = sum(self._settle(d) for d in self.devices if d.index)
         if self.lease is None:
             return changed
-        network = self.config.network
-        have = netlink.routes(netlink.RTPROT_WIREGUARD)
-        for r in have:
-            if r["dst"] != network or r["oif"] != self.index or r["gateway"]:
-                netlink.delete_route(r["dst"], oif=r["oif"], proto=netlink.RTPROT_WIREGUARD, gateway=r["gateway"])
-                changed += 1
-        if not any(r["dst"] == network and r["oif"] == self.index and not r["gateway"] for r in have):
-            netlink.replace_route(network, self.index, netlink.RTPROT_WIREGUARD)
-            changed += 1
+        wanted = self._wanted_routes()
+        for family in (socket.AF_INET, socket.AF_INET6):
+            have = netlink.routes(netlink.RTPROT_WIREGUARD, family)
+            for r in have:
+                if wanted.get(r["dst"]) != r["oif"] or r["gateway"]:
+                    netlink.delete_route(r["dst"], oif=r["oif"], proto=netlink.RTPROT_WIREGUARD, gateway=r["gateway"])
+                    changed += 1
+            for network, index in wanted.items():
+                if AF[network.version] != family:
+                    continue
+                if not any(r["dst"] == network and r["oif"] == index and not r["gateway"] for r in have):
+                    netlink.replace_route(network, index, netlink.RTPROT_WIREGUARD)
+                    changed += 1
         return changed
 
     # -- life cycle -------------------------------------------------------------------------------
@@ -422,181 +720,154 @@ class WireguardBackend(Backend):
                 self.public = public_key(self.private)
                 log.info("%s wireguard private key file %s (public key %s)",
                          "created the" if created else "using the", self.key_file, self.public)
-            if not self.index:
-                self._ensure_device()
+                for device in self.devices:
+                    device.private = self.private
+            if not self._prepared:
+                used = {d.name for d in self.devices}
+                for name in DEVICES:
+                    if name not in used and any(remove_device(name)):
+                        log.info("removed %s: Mode %s on this network does not use it", name, self.mode)
+                for device in self.devices:
+                    if not device.index:
+                        device.ensure()
                 self._link_settings()
-            return LeaseAttrs(self.ext_iface.public_ip, "wireguard", {"PublicKey": self.public})
+                self._prepared = True
+            data = {"PublicKey": self.public}
+            # each family's address and key only when the network has that family (as Go v0.20)
+            return LeaseAttrs(self.ext_iface.public_ip if self.use_ipv4 else None, "wireguard",
+                              data if self.use_ipv4 else None, self.ext_iface.public_ipv6 if self.use_ipv6 else None,
+                              dict(data) if self.use_ipv6 else None)
 
     def configure(self, lease: Lease) -> None:
         with self._lock:
             self.lease = lease
             self._link_settings()
-            old = self._want.pop(lease.subnet, None)
-            if old is not None:
-                self._remove_peer(old)
+            for device in self.devices:
+                device.drop(lease.key_name)
 
-    def _peer_for(self, lease: Lease) -> Optional[Peer]:
-        attrs = lease.attrs
-        key = attrs.data("PublicKey")
-        if not self.is_remote(lease) or not key or key == self.public:
+    def _is_remote(self, lease: Lease) -> bool:
+        """A wireguard lease that shares no subnet with ours (works for IPv6-only leases too)."""
+        if lease.attrs.backend_type != "wireguard":
+            return False
+        own = self.lease
+        return own is None or not set(lease.subnets()) & set(own.subnets())
+
+    def _peer_for(self, lease: Lease, device: Device) -> Optional[Peer]:
+        """The peer ``lease`` wants on ``device`` (None: none, e.g. another backend, no key, our own)."""
+        if not self._is_remote(lease):
             return None
-        return Peer(key, "%s:%d" % (attrs.public_ip, self.listen_port), str(lease.subnet), self.psk, self.keepalive)
-
-    def _set_peer(self, peer: Peer) -> None:
-        psk = "/dev/stdin" if peer.psk != ZERO_KEY else "/dev/null"  # wg reads /dev/null as "no pre-shared key"
-        wg("set", self.dev, "peer", peer.public_key, "preshared-key", psk, "endpoint", peer.endpoint,
-           "allowed-ips", peer.allowed_ip, "persistent-keepalive", str(peer.keepalive) if peer.keepalive else "off",
-           stdin=peer.psk + "\n" if peer.psk != ZERO_KEY else "")
-
-    def _remove_peer(self, peer: Peer) -> None:
-        wg("set", self.dev, "peer", peer.public_key, "remove")
+        attrs = lease.attrs
+        subnets = [net for net in lease.subnets() if net.version in device.families
+                   and (self.use_ipv4 if net.version == 4 else self.use_ipv6)]
+        if not subnets:
+            return None
+        version = 6 if any(net.version == 6 for net in subnets) else 4
+        # Go reads BackendV6Data's key when the lease has IPv6, else BackendData's (the same key in both);
+        # a lease with only the other one is still usable
+        key = attrs.data("PublicKey", version) or attrs.data("PublicKey", 4 if version == 6 else 6)
+        if not key or key == self.public:
+            return None
+        if device.families == (4,):
+            address = attrs.public_ip
+        elif device.families == (6,) or self.mode == "ipv6":
+            address = attrs.public_ipv6
+        elif self.mode == "ipv4":
+            address = attrs.public_ip
+        else:
+            address = select_endpoint(attrs.public_ip, attrs.public_ipv6, self.ext_iface.public_ip,
+                                      self.ext_iface.public_ipv6)
+        if not address:
+            log.warning("lease %s has no %s address for %s (Mode %s): no peer for it", lease.label,
+                        "IPv6" if device.families == (6,) or self.mode == "ipv6" else "IPv4", device.name, self.mode)
+            return None
+        return Peer(key, endpoint(address, device.listen_port), tuple(str(net) for net in subnets), self.psk,
+                    self.keepalive)
 
     def lease_added(self, lease: Lease) -> None:
         with self._lock:
-            peer = self._peer_for(lease)
-            old = self._want.get(lease.subnet)
-            if old == peer:
-                return  # unchanged (the node restarted and rewrote its lease): nothing touched
-            if old is not None:
-                del self._want[lease.subnet]
-                if peer is None or old.public_key != peer.public_key:
-                    self._remove_peer(old)
-            if peer is None:
-                return
-            for subnet, other in list(self._want.items()):
-                if other.public_key == peer.public_key:  # the key moved to another subnet
-                    del self._want[subnet]
-            self._want[lease.subnet] = peer
-            self._set_peer(peer)
-            log.info("lease %s: peer %s at %s", lease.subnet, peer.public_key, peer.endpoint)
+            for device in self.devices:
+                peer = self._peer_for(lease, device)
+                if device.put(lease.key_name, peer) and peer is not None:
+                    log.info("lease %s: peer %s at %s on %s", lease.label, peer.public_key, peer.endpoint,
+                             device.name)
 
     def lease_removed(self, lease: Lease) -> None:
         with self._lock:
-            old = self._want.pop(lease.subnet, None)
-            if old is not None:
-                self._remove_peer(old)
-                log.info("lease %s gone: removed its peer %s", lease.subnet, old.public_key)
+            for device in self.devices:
+                old = device.drop(lease.key_name)
+                if old is not None:
+                    log.info("lease %s gone: removed its peer %s from %s", lease.label, old.public_key, device.name)
 
     def sync(self, leases: List[Lease]) -> None:
         with self._lock:
-            want: Dict[ipaddress.IPv4Network, Peer] = {}
-            seen = set()
-            for lease in leases:
-                peer = self._peer_for(lease)
-                if peer is not None and peer.public_key not in seen:
-                    seen.add(peer.public_key)
-                    want[lease.subnet] = peer
-            self._want = want
-            self._sync_peers()
-
-    def _sync_peers(self, dump: Optional[Dump] = None) -> int:
-        """One ``wg syncconf`` of the whole wanted state when the device's dump differs; 1 if applied."""
-        dump = dump or self._dump()
-        peers = list(self._want.values())
-        diff = dump_differences(dump, self.private, self.listen_port, peers)
-        if not diff:
-            return 0
-        text = render_config(self.private, self.listen_port, peers)
-        wg("syncconf", self.dev, "/dev/stdin", stdin=text)
-        self.syncs += 1
-        shown = diff[:3] + (["%d more" % (len(diff) - 3)] if len(diff) > 3 else [])
-        log.info("%s: synced %d peer(s) (%s)", self.dev, len(peers), "; ".join(shown))
-        return 1
+            for device in self.devices:
+                want: Dict[str, Peer] = {}
+                seen = set()
+                for lease in leases:
+                    peer = self._peer_for(lease, device)
+                    if peer is not None and peer.public_key not in seen:
+                        seen.add(peer.public_key)
+                        want[lease.key_name] = peer
+                device.want = want
+                device.sync_peers()
 
     def tick(self) -> None:
-        """Bring back a vanished device (or wireguard-go), then its settings, route and peers."""
+        """Bring back a vanished device (or wireguard-go), then its settings, routes and peers."""
         with self._lock:
             if self.lease is None:
                 return
-            if self.proc is not None and self.proc.poll() is not None:
-                log.warning("wireguard-go for %s exited with status %s", self.dev, self.proc.returncode)
-                self.proc = None
-            msg = netlink.link_by_name(self.dev)
-            gone_quiet = self.implementation == "wireguard-go" and not self._still_answers()
-            if msg is None or msg["index"] != self.index or gone_quiet:
-                log.warning("%s disappeared or stopped answering: recreating it", self.dev)
-                if msg is not None:
-                    netlink.delete_link(self.dev)
-                self.index = 0
-                self._ensure_device()
-                self.repairs += 1
-            else:
-                self._apply_interface()
+            for device in self.devices:
+                self.repairs += device.repair_link()
             self.repairs += self._link_settings()
-            dump = self._dump()
-            self.repairs += self._sync_peers(dump) + self._unstick(dump)
-
-    def _unstick(self, dump: Dump) -> int:
-        """Reset a peer whose session only works one way; returns how many were reset.
-
-        When both ends start a handshake at the same moment, wireguard-go can end up sending with a
-        session the other end does not hold: our data goes out, nothing authenticated comes back,
-        and since the handshake reply did arrive neither side starts a new one before the 120 s
-        rekey.  A healthy peer answers within 10 s of our data (its data or a passive keepalive), so
-        a peer with a handshake, growing tx and unchanged rx for STUCK_AFTER seconds is removed and
-        added again: the next packet starts a fresh handshake."""
-        now = time.monotonic()
-        reset = 0
-        wanted = {p.public_key: p for p in self._want.values()}
-        for key in list(self._traffic):
-            if key not in dump.peers:
-                del self._traffic[key]
-        for key, have in dump.peers.items():
-            rx, tx = have["rx"], have["tx"]
-            seen = self._traffic.get(key)
-            if seen is None or rx != seen[0] or not have["handshake"]:
-                self._traffic[key] = (rx, tx, 0.0)
-            elif tx != seen[1] and not seen[2]:
-                self._traffic[key] = (rx, tx, now)  # we send, and wait for an answer from here on
-            elif seen[2] and now - seen[2] >= STUCK_AFTER and key in wanted:
-                log.warning("%s: peer %s (%s) sent nothing back for %.0f s while we sent %d bytes: resetting its "
-                            "session", self.dev, key, wanted[key].allowed_ip, now - seen[2], tx - seen[1])
-                self._remove_peer(wanted[key])
-                self._set_peer(wanted[key])
-                del self._traffic[key]
-                reset += 1
-        return reset
-
-    @staticmethod
-    def _still_answers() -> bool:
-        """wireguard-go answers on its socket; asked again after a moment before it is declared dead (a
-        busy machine must not make us recreate a working device)."""
-        if _device_answers():
-            return True
-        time.sleep(0.5)
-        return _device_answers()
+            for device in self.devices:
+                dump = device.dump()
+                self.repairs += device.sync_peers(dump) + device.unstick(dump)
 
     def cleanup(self) -> None:
         with self._lock:
             self._remove_all()
-            self._want = {}
-            self.index = 0
+            for device in self.devices:
+                device.want = {}
+                device.index = 0
+            self._prepared = False
 
     @staticmethod
-    def _remove_all() -> Tuple[bool, int, bool]:
+    def _remove_all() -> Tuple[List[str], int, List[str]]:
+        """Remove both devices (and their wireguard-go), every wireguard route of both families and both
+        units: (devices removed, routes removed, units stopped)."""
         routes = netlink.delete_routes(netlink.RTPROT_WIREGUARD)
-        msg = netlink.link_by_name(DEVICE)
-        removed = msg is not None and netlink.link_kind(msg) in ("wireguard", "tun")
-        if removed:
-            netlink.delete_link(DEVICE)  # ends a wireguard-go serving it
-        unit = stop_unit()
-        return removed, routes, unit
+        devices, units = [], []
+        for name in DEVICES:
+            removed, unit = remove_device(name)
+            if removed:
+                devices.append(name)
+            if unit:
+                units.append(unit_for(name))
+        return devices, routes, units
 
     @classmethod
     def remove_installed(cls, ext_iface: ExternalInterface) -> None:
-        removed, routes, unit = cls._remove_all()
-        if removed or routes or unit:
+        devices, routes, units = cls._remove_all()
+        if devices or routes or units:
             log.info("removed what an earlier wireguard backend left: %s, %d route(s)%s",
-                     DEVICE if removed else "no device", routes, ", unit %s" % UNIT if unit else "")
+                     ", ".join(devices) or "no device", routes, ", unit(s) %s" % ", ".join(units) if units else "")
 
     # -- observability ----------------------------------------------------------------------------
+    def _remote(self) -> int:
+        return len({name for d in self.devices for name in d.want})
+
     def status(self) -> Dict[str, Any]:
-        return {"backend": self.name, "device": self.dev, "implementation": self.implementation,
-                "public_key": self.public, "listen_port": self.listen_port, "key_file": self.key_file,
+        return {"backend": self.name, "mode": self.mode, "device": self.dev,
+                "implementation": self.devices[0].implementation, "public_key": self.public,
+                "listen_port": self.listen_port, "listen_port_v6": self.listen_port_v6, "key_file": self.key_file,
                 "psk": self.psk != ZERO_KEY, "persistent_keepalive": self.keepalive, "mtu": self.mtu(),
-                "peers": len(self._want), "remote_leases": len(self._want)}
+                "peers": self._remote(), "remote_leases": self._remote(),
+                "devices": {d.name: {"listen_port": d.listen_port, "families": list(d.families),
+                                     "implementation": d.implementation, "peers": len(d.want)}
+                            for d in self.devices}}
 
     def metrics(self) -> Dict[str, float]:
-        return {"datapath_remote_leases": float(len(self._want)), "datapath_repairs_total": float(self.repairs),
-                "wireguard_peers": float(len(self._want)), "wireguard_syncs_total": float(self.syncs),
-                "wireguard_userspace": 1.0 if self.implementation == "wireguard-go" else 0.0}
+        return {"datapath_remote_leases": float(self._remote()), "datapath_repairs_total": float(self.repairs),
+                "wireguard_peers": float(sum(len(d.want) for d in self.devices)),
+                "wireguard_syncs_total": float(self.syncs),
+                "wireguard_userspace": 1.0 if any(d.implementation == "wireguard-go" for d in self.devices) else 0.0}

@@ -20,11 +20,18 @@ PSK = "q2Xo0rO6fP1cB3bq6mkH0wKdQw4kVmXhP3n3mF1sA2U="
 KEY_A = base64.b64encode(b"\x01" * 32).decode()
 KEY_B = base64.b64encode(b"\x02" * 32).decode()
 IFACE = ExternalInterface("eth0", 2, "192.0.2.1", "192.0.2.1", 1500)
+IFACE6 = ExternalInterface("eth0", 2, "192.0.2.1", "192.0.2.1", 1500, "2001:db8::1", "2001:db8::1")
+IFACE6_ONLY = ExternalInterface("eth0", 2, None, None, 1500, "2001:db8::1", "2001:db8::1")
+V6 = {"EnableIPv6": True, "IPv6Network": "fd10::/48", "IPv6SubnetLen": 64}
+V6_ONLY = {"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fd10::/48", "IPv6SubnetLen": 64}
 
 
-def backend(**options):
-    config = parse_config({"Network": "10.100.0.0/16", "Backend": dict({"Type": "wireguard"}, **options)})
-    return wgb.WireguardBackend(config, IFACE, {"wireguard_key_file": "/nonexistent/wgkey"})
+def backend(iface=IFACE, net=None, **options):
+    config = dict({"Network": "10.100.0.0/16"}, **(net or {}))
+    if config.get("EnableIPv4") is False:
+        del config["Network"]
+    config["Backend"] = dict({"Type": "wireguard"}, **options)
+    return wgb.WireguardBackend(parse_config(config), iface, {"wireguard_key_file": "/nonexistent/wgkey"})
 
 
 def test_generated_keys_are_clamped_base64():
@@ -88,8 +95,8 @@ def test_public_key_matches_rfc7748_vector():
 
 
 def peers():
-    return [wgb.Peer(KEY_B, "192.0.2.3:51820", "10.100.3.0/24", wgb.ZERO_KEY, 0),
-            wgb.Peer(KEY_A, "192.0.2.2:51820", "10.100.2.0/24", PSK, 25)]
+    return [wgb.Peer(KEY_B, "192.0.2.3:51820", ("10.100.3.0/24",), wgb.ZERO_KEY, 0),
+            wgb.Peer(KEY_A, "192.0.2.2:51820", ("10.100.2.0/24",), PSK, 25)]
 
 
 def test_render_config_is_the_full_state_sorted_by_key():
@@ -127,44 +134,198 @@ def test_dump_differences():
         wgb.parse_dump("")
 
 
-def lease(subnet, key, btype="wireguard", ip="192.0.2.9"):
-    return Lease(ipaddress.IPv4Network(subnet), LeaseAttrs(ip, btype, {"PublicKey": key} if key else None))
+def test_dump_with_both_families_compares_canonical_subnets():
+    peer = wgb.Peer(KEY_B, "[2001:db8::3]:51820", ("10.100.3.0/24", "fd10:0:0:3::/64"), wgb.ZERO_KEY, 0)
+    dump = wgb.parse_dump("%s\tPUB\t51820\toff\n%s\t(none)\t[2001:db8::3]:51820\tfd10:0:0:3:0::/64,10.100.3.0/24\t"
+                          "0\t0\t0\toff\n" % (KEY_A, KEY_B))
+    assert dump.peers[KEY_B]["allowed"] == {"10.100.3.0/24", "fd10:0:0:3::/64"}
+    assert wgb.dump_differences(dump, KEY_A, 51820, [peer]) == []
+    one = wgb.Peer(KEY_B, peer.endpoint, ("10.100.3.0/24",), wgb.ZERO_KEY, 0)
+    assert wgb.dump_differences(dump, KEY_A, 51820, [one]) == ["peer %s (10.100.3.0/24) altered" % KEY_B]
+
+
+def lease(subnet, key, btype="wireguard", ip="192.0.2.9", subnet6=None, ip6=None, key6=None):
+    data = {"PublicKey": key} if key else None
+    data6 = {"PublicKey": key6} if key6 else None
+    return Lease(ipaddress.IPv4Network(subnet) if subnet else None, LeaseAttrs(ip, btype, data, ip6, data6),
+                 ipv6_subnet=ipaddress.IPv6Network(subnet6) if subnet6 else None)
+
+
+def peer_map(be, item):
+    """{device name: Peer or None} for one lease."""
+    return {d.name: be._peer_for(item, d) for d in be.devices}
 
 
 def test_which_leases_become_peers():
     be = backend(PSK=PSK, ListenPort=51999, PersistentKeepaliveInterval=9)
     be.public = KEY_A
     be.lease = lease("10.100.1.0/24", KEY_A)
-    assert be._peer_for(lease("10.100.2.0/24", KEY_B)) == wgb.Peer(KEY_B, "192.0.2.9:51999", "10.100.2.0/24",
-                                                                   PSK, 9)
-    assert be._peer_for(lease("10.100.1.0/24", KEY_B)) is None  # our own subnet
-    assert be._peer_for(lease("10.100.3.0/24", KEY_A)) is None  # our own key
-    assert be._peer_for(lease("10.100.4.0/24", None, "host-gw")) is None  # another backend type
-    assert be._peer_for(lease("10.100.5.0/24", None)) is None  # no key
+    (dev,) = be.devices
+    assert be._peer_for(lease("10.100.2.0/24", KEY_B), dev) == wgb.Peer(KEY_B, "192.0.2.9:51999", ("10.100.2.0/24",),
+                                                                        PSK, 9)
+    assert be._peer_for(lease("10.100.1.0/24", KEY_B), dev) is None  # our own subnet
+    assert be._peer_for(lease("10.100.3.0/24", KEY_A), dev) is None  # our own key
+    assert be._peer_for(lease("10.100.4.0/24", None, "host-gw"), dev) is None  # another backend type
+    assert be._peer_for(lease("10.100.5.0/24", None), dev) is None  # no key
+    # an IPv4 network ignores the IPv6 half of a dual-stack lease
+    both = lease("10.100.6.0/24", KEY_B, subnet6="fd10:0:0:6::/64", ip6="2001:db8::6", key6=KEY_B)
+    assert be._peer_for(both, dev).allowed_ips == ("10.100.6.0/24",)
 
 
 def test_defaults_and_mode():
     be = backend()
-    assert (be.listen_port, be.psk, be.keepalive, be.mtu()) == (51820, wgb.ZERO_KEY, 0, 1420)
+    assert (be.listen_port, be.listen_port_v6, be.psk, be.keepalive, be.mtu()) == (51820, 51821, wgb.ZERO_KEY, 0,
+                                                                                   1420)
+    assert be.mode == "separate" and [(d.name, d.listen_port, d.families) for d in be.devices] == [
+        ("flannel-wg", 51820, (4,))]
     assert backend(MTU=1300).mtu() == 1300
-    with pytest.raises(BackendError, match="Mode ipv6"):
-        backend(Mode="ipv6")
+    assert backend(Mode="auto").devices[0].families == (4,)
+
+
+@pytest.mark.parametrize("mode, net, iface, devices", [
+    ("separate", V6, IFACE6, [("flannel-wg", 51820, (4,)), ("flannel-wg-v6", 51821, (6,))]),
+    ("separate", V6_ONLY, IFACE6_ONLY, [("flannel-wg-v6", 51821, (6,))]),
+    ("auto", V6, IFACE6, [("flannel-wg", 51820, (4, 6))]),
+    ("ipv4", V6, IFACE6, [("flannel-wg", 51820, (4, 6))]),
+    ("ipv6", V6, IFACE6, [("flannel-wg", 51820, (4, 6))]),
+    ("auto", V6_ONLY, IFACE6_ONLY, [("flannel-wg", 51820, (6,))]),
+    ("ipv6", V6_ONLY, IFACE6_ONLY, [("flannel-wg", 51820, (6,))]),
+])
+def test_devices_per_mode(mode, net, iface, devices):
+    be = backend(iface, net, Mode=mode)
+    assert [(d.name, d.listen_port, d.families) for d in be.devices] == devices
+    assert len({wgb.unit_for(d.name) for d in be.devices}) == len(devices)  # one unit name per device
+    assert be.mtu() == 1420  # 80 bytes on either underlay, as Go
+
+
+@pytest.mark.parametrize("mode, net, iface, words", [
+    ("ipv4", V6_ONLY, IFACE6_ONLY, "IPv6-only"),
+    ("ipv4", None, ExternalInterface("eth0", 2, None, None, 1500, "2001:db8::1", "2001:db8::1"), "no IPv4 address"),
+    ("ipv6", None, IFACE, "no IPv6 (EnableIPv6"),
+    ("ipv6", V6, IFACE, "no IPv6 address other nodes reach"),
+    ("separate", V6, IFACE, "flannel-wg-v6"),
+])
+def test_a_mode_that_cannot_work_is_refused_in_one_line(mode, net, iface, words):
+    with pytest.raises(BackendError) as err:
+        backend(iface, net, Mode=mode)
+    text = str(err.value)
+    assert "\n" not in text and words in text and "Mode" in text and "use Mode" in text, text
+
+
+def test_mode_ipv6_is_accepted_with_ipv6():
+    assert backend(IFACE6, V6, Mode="ipv6").mode == "ipv6"
+
+
+DUAL = lease("10.100.2.0/24", KEY_B, ip="192.0.2.2", subnet6="fd10:0:0:2::/64", ip6="2001:db8::2", key6=KEY_B)
+
+
+def dual_backend(mode, net=V6, iface=IFACE6, **options):
+    be = backend(iface, net, Mode=mode, **options)
+    be.public = KEY_A
+    be.lease = lease("10.100.1.0/24", KEY_A, subnet6="fd10:0:0:1::/64", ip6="2001:db8::1", key6=KEY_A)
+    return be
+
+
+def test_separate_mode_peers_and_rendering():
+    be = dual_backend("separate", PSK=PSK)
+    got = peer_map(be, DUAL)
+    assert got == {"flannel-wg": wgb.Peer(KEY_B, "192.0.2.2:51820", ("10.100.2.0/24",), PSK, 0),
+                   "flannel-wg-v6": wgb.Peer(KEY_B, "[2001:db8::2]:51821", ("fd10:0:0:2::/64",), PSK, 0)}
+    assert wgb.render_config(KEY_A, 51821, [got["flannel-wg-v6"]]) == (
+        "[Interface]\nPrivateKey = %s\nListenPort = 51821\n\n[Peer]\nPublicKey = %s\nPresharedKey = %s\n"
+        "Endpoint = [2001:db8::2]:51821\nAllowedIPs = fd10:0:0:2::/64\nPersistentKeepalive = 0\n" % (KEY_A, KEY_B, PSK))
+    # a peer with no IPv6 half: only the IPv4 device peers with it
+    v4only = lease("10.100.3.0/24", KEY_B, ip="192.0.2.3")
+    assert peer_map(be, v4only)["flannel-wg-v6"] is None and peer_map(be, v4only)["flannel-wg"] is not None
+    # the v6 device takes the key from BackendV6Data
+    other = lease("10.100.4.0/24", KEY_B, ip="192.0.2.4", subnet6="fd10:0:0:4::/64", ip6="2001:db8::4",
+                  key6=PSK)
+    assert peer_map(be, other)["flannel-wg-v6"].public_key == PSK
+
+
+def test_separate_mode_ipv6_only():
+    be = backend(IFACE6_ONLY, V6_ONLY)
+    be.public = KEY_A
+    be.lease = lease(None, None, ip=None, subnet6="fd10:0:0:1::/64", ip6="2001:db8::1", key6=KEY_A)
+    item = lease(None, None, ip=None, subnet6="fd10:0:0:2::/64", ip6="2001:db8::2", key6=KEY_B)
+    assert peer_map(be, item) == {"flannel-wg-v6": wgb.Peer(KEY_B, "[2001:db8::2]:51821", ("fd10:0:0:2::/64",),
+                                                            wgb.ZERO_KEY, 0)}
+    mine = lease(None, None, ip=None, subnet6="fd10:0:0:1::/64", ip6="2001:db8::9", key6=KEY_B)
+    assert peer_map(be, mine) == {"flannel-wg-v6": None}  # shares our subnet: not a remote lease
+
+
+@pytest.mark.parametrize("mode, endpoint", [("auto", "192.0.2.2:51820"), ("ipv4", "192.0.2.2:51820"),
+                                            ("ipv6", "[2001:db8::2]:51820")])
+def test_one_device_modes_carry_both_subnets(mode, endpoint):
+    be = dual_backend(mode, ListenPortV6=52000)
+    (peer,) = peer_map(be, DUAL).values()
+    assert peer == wgb.Peer(KEY_B, endpoint, ("10.100.2.0/24", "fd10:0:0:2::/64"), wgb.ZERO_KEY, 0)
+    assert wgb.render_config(KEY_A, 51820, [peer]).splitlines()[7:10] == [
+        "Endpoint = %s" % endpoint, "AllowedIPs = 10.100.2.0/24, fd10:0:0:2::/64", "PersistentKeepalive = 0"]
+
+
+def test_one_device_modes_skip_a_peer_without_that_family():
+    v6only = lease(None, None, ip=None, subnet6="fd10:0:0:5::/64", ip6="2001:db8::5", key6=KEY_B)
+    assert peer_map(dual_backend("ipv4"), v6only) == {"flannel-wg": None}
+    auto = peer_map(dual_backend("auto"), v6only)["flannel-wg"]
+    assert auto.endpoint == "[2001:db8::5]:51820" and auto.allowed_ips == ("fd10:0:0:5::/64",)
+    v4only = lease("10.100.3.0/24", KEY_B, ip="192.0.2.3")
+    assert peer_map(dual_backend("ipv6"), v4only) == {"flannel-wg": None}
+    assert peer_map(dual_backend("auto"), v4only)["flannel-wg"].endpoint == "192.0.2.3:51820"
+
+
+def test_auto_endpoint_choice():
+    sel = wgb.select_endpoint
+    assert sel("192.0.2.2", None, "192.0.2.1", "2001:db8::1") == "192.0.2.2"
+    assert sel(None, "2001:db8::2", "192.0.2.1", "2001:db8::1") == "2001:db8::2"
+    assert sel("192.0.2.2", "2001:db8::2", "192.0.2.1", "2001:db8::1") == "192.0.2.2"  # public IPv4 first
+    assert sel("10.0.0.2", "2001:db8::2", "10.0.0.1", "2001:db8::1") == "2001:db8::2"  # private v4, public v6
+    assert sel("10.0.0.2", "fd00::2", "10.0.0.1", "fd00::1") == "10.0.0.2"  # both private: IPv4 (as Go)
+    assert sel("10.0.0.2", "2001:db8::2", "10.0.0.1", "fd00::1") == "10.0.0.2"  # our IPv6 is private
+    assert sel("192.0.2.2", "2001:db8::2", None, "2001:db8::1") == "2001:db8::2"  # we have no IPv4
+    assert sel("10.0.0.2", "2001:db8::2", "10.0.0.1", None) == "10.0.0.2"  # we have no IPv6
+    assert sel(None, None, "10.0.0.1", None) is None
+    assert [wgb.is_private(a) for a in ("172.16.0.1", "172.32.0.1", "fd00::1", "fe80::1", "2001:db8::1")] == [
+        True, False, True, False, False]
+    assert wgb.endpoint("2001:db8::2", 51821) == "[2001:db8::2]:51821" and wgb.endpoint("192.0.2.2", 1) == "192.0.2.2:1"
+
+
+@pytest.mark.parametrize("net, iface, mode, want", [
+    (None, IFACE, "separate", ("192.0.2.1", {"PublicKey": KEY_A}, None, None)),
+    (V6, IFACE6, "separate", ("192.0.2.1", {"PublicKey": KEY_A}, "2001:db8::1", {"PublicKey": KEY_A})),
+    (V6, IFACE6, "auto", ("192.0.2.1", {"PublicKey": KEY_A}, "2001:db8::1", {"PublicKey": KEY_A})),
+    (V6_ONLY, IFACE6_ONLY, "separate", (None, None, "2001:db8::1", {"PublicKey": KEY_A})),
+])
+def test_lease_attributes_per_family(monkeypatch, net, iface, mode, want):
+    be = backend(iface, net, Mode=mode)
+    monkeypatch.setattr(wgb, "wg_binary", lambda: "wg")
+    monkeypatch.setattr(wgb, "load_or_create_key", lambda path: (KEY_B, False))
+    monkeypatch.setattr(wgb, "public_key", lambda private: KEY_A)
+    removed = []
+    monkeypatch.setattr(wgb, "remove_device", lambda name: removed.append(name) or (False, False))
+    monkeypatch.setattr(wgb.Device, "ensure", lambda self: setattr(self, "index", 7))
+    monkeypatch.setattr(be, "_link_settings", lambda: 0)
+    attrs = be.prepare()
+    assert (attrs.public_ip, attrs.backend_data, attrs.public_ipv6, attrs.backend_v6_data) == want
+    assert attrs.backend_type == "wireguard" and all(d.private == KEY_B for d in be.devices)
+    # the device this mode does not use is removed (a mode switch leaves no flannel-wg-v6 behind)
+    assert sorted(removed + [d.name for d in be.devices]) == ["flannel-wg", "flannel-wg-v6"]
 
 
 def test_a_one_way_session_is_reset(monkeypatch):
-    be = backend()
-    peer = wgb.Peer(KEY_B, "192.0.2.3:51820", "10.100.3.0/24", wgb.ZERO_KEY, 0)
-    be._want = {ipaddress.IPv4Network("10.100.3.0/24"): peer}
+    dev = wgb.Device("flannel-wg", 51820, (4,), KEY_A)
+    peer = wgb.Peer(KEY_B, "192.0.2.3:51820", ("10.100.3.0/24",), wgb.ZERO_KEY, 0)
+    dev.want = {"10.100.3.0-24": peer}
     calls = []
-    monkeypatch.setattr(be, "_remove_peer", lambda p: calls.append(("remove", p.public_key)))
-    monkeypatch.setattr(be, "_set_peer", lambda p: calls.append(("set", p.public_key)))
+    monkeypatch.setattr(dev, "remove_peer", lambda p: calls.append(("remove", p.public_key)))
+    monkeypatch.setattr(dev, "set_peer", lambda p: calls.append(("set", p.public_key)))
     clock = [1000.0]
     monkeypatch.setattr(wgb.time, "monotonic", lambda: clock[0])
 
     def tick(rx, tx, handshake=1700000000, step=5.0):
         clock[0] += step
         line = "%s\t(none)\t192.0.2.3:51820\t10.100.3.0/24\t%d\t%d\t%d\toff\n" % (KEY_B, handshake, rx, tx)
-        return be._unstick(wgb.parse_dump("%s\tPUB\t51820\toff\n" % KEY_A + line))
+        return dev.unstick(wgb.parse_dump("%s\tPUB\t51820\toff\n" % KEY_A + line))
 
     # answers come back: never reset, however long we send
     assert [tick(100 * i, 200 * i) for i in range(1, 10)] == [0] * 9
@@ -176,3 +337,16 @@ def test_a_one_way_session_is_reset(monkeypatch):
     # no handshake yet (peer down): never reset
     calls.clear()
     assert [tick(900, 3000 + 100 * i, handshake=0) for i in range(8)] == [0] * 8 and calls == []
+
+
+def test_device_put_moves_a_key_and_keeps_an_unchanged_peer(monkeypatch):
+    dev = wgb.Device("flannel-wg-v6", 51821, (6,), KEY_A)
+    calls = []
+    monkeypatch.setattr(dev, "remove_peer", lambda p: calls.append(("remove", p.label)))
+    monkeypatch.setattr(dev, "set_peer", lambda p: calls.append(("set", p.label)))
+    peer = wgb.Peer(KEY_B, "[2001:db8::2]:51821", ("fd10:0:0:2::/64",), wgb.ZERO_KEY, 0)
+    assert dev.put("a", peer) and not dev.put("a", peer)
+    moved = wgb.Peer(KEY_B, "[2001:db8::2]:51821", ("fd10:0:0:3::/64",), wgb.ZERO_KEY, 0)
+    assert dev.put("b", moved) and list(dev.want) == ["b"]
+    assert dev.drop("b") == moved and dev.drop("b") is None
+    assert calls == [("set", "fd10:0:0:2::/64"), ("set", "fd10:0:0:3::/64"), ("remove", "fd10:0:0:3::/64")]
