@@ -373,7 +373,7 @@ class Device:
     name: str
     listen_port: int
     families: Tuple[int, ...]
-    private: str = ""
+    private: str = field(default="", repr=False)  # never in a repr or a log line
     index: int = 0
     implementation: str = ""
     proc: Optional[subprocess.Popen] = None  # wireguard-go, when this process started it detached

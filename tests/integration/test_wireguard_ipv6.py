@@ -1,6 +1,7 @@
 """The wireguard backend with IPv6 (Go v0.20): real wireguard-go devices in namespaces carrying real
 IPv4 and IPv6 packets, driven through tests.integration.backend_driver (the agent's life cycle without
-etcd: create/prepare, configure with the lease's IPv4 and/or IPv6 subnet, sync with the other leases).
+etcd: create/prepare, configure with the lease's IPv4 and/or IPv6 subnet, sync with the other leases),
+and once end to end with real flanneld agents and a real etcd.
 
 Each host runs in a mount namespace of its own with a private /run/wireguard (two devices per host
 here: flannel-wg.sock and flannel-wg-v6.sock), as in test_wireguard.py.  The bed has IPv6 twins of the
@@ -13,11 +14,23 @@ import os
 import shutil
 import subprocess
 import time
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from tests.integration.netns import BackendDriver, Host, TestBed, first_address, private_mount, sh, wait_for
+from tests.integration.netns import (
+    Agent,
+    BackendDriver,
+    Host,
+    TestBed,
+    etcdctl,
+    first_address,
+    private_mount,
+    put_config,
+    sh,
+    wait_for,
+    wait_peers,
+)
 
 pytestmark = [pytest.mark.integration]
 
@@ -113,26 +126,30 @@ def up(hosts: List[Host], cfg: Dict[str, Any]) -> List[Node]:
     return nodes
 
 
-def ping_mesh(nodes: List[Node], deadline: int = 40) -> Dict[str, str]:
-    """Every node pings every other node's bridge addresses (IPv4 and IPv6) from its own, in parallel,
-    with tick() on every node every few seconds meanwhile (it resets a session that only works one way
-    after crossed handshakes); returns {"h1->10.100.2.1": output} of the pings that failed."""
+Point = Tuple[Host, Optional[str], Optional[str]]  # a host and its bridge's IPv4 and IPv6 address
+
+
+def ping_mesh(points: List[Point], tick: Optional[Callable[[], None]] = None, deadline: int = 40) -> Dict[str, str]:
+    """Every host pings every other host's bridge addresses (IPv4 and IPv6) from its own, in parallel,
+    calling ``tick`` every few seconds meanwhile (the backends' tick() resets a session that only works
+    one way after crossed handshakes); returns {"h1->10.100.2.1": output} of the pings that failed."""
     procs = []
-    for a in nodes:
-        for b in nodes:
-            for src, dst in ((a.ip, b.ip), (a.ip6, b.ip6)):
-                if a is b or not src or not dst:
+    for a_host, a4, a6 in points:
+        for b_host, b4, b6 in points:
+            for src, dst in ((a4, b4), (a6, b6)):
+                if a_host is b_host or not src or not dst:
                     continue
-                cmd = a.host.cmd("ping", "-n", *(["-6"] if ":" in dst else []), "-c", "3", "-i", "0.2", "-w",
+                cmd = a_host.cmd("ping", "-n", *(["-6"] if ":" in dst else []), "-c", "3", "-i", "0.2", "-w",
                                  str(deadline), "-I", src, dst)
-                procs.append(("%s->%s" % (a.host.ns, dst),
+                procs.append(("%s->%s" % (a_host.ns, dst),
                               subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
     end = time.monotonic() + deadline + 5
+    last_tick = time.monotonic()
     while time.monotonic() < end and any(p.poll() is None for _name, p in procs):
-        time.sleep(1)
-        if int(end - time.monotonic()) % 5 == 0:
-            for node in nodes:
-                node.call("tick")
+        time.sleep(0.5)
+        if tick is not None and time.monotonic() - last_tick >= 5:
+            tick()
+            last_tick = time.monotonic()
     failed = {}
     for name, proc in procs:
         out, _err = proc.communicate(timeout=30)
@@ -142,7 +159,11 @@ def ping_mesh(nodes: List[Node], deadline: int = 40) -> Dict[str, str]:
 
 
 def assert_mesh(nodes: List[Node]) -> None:
-    failed = ping_mesh(nodes)
+    def tick() -> None:
+        for node in nodes:
+            node.call("tick")
+
+    failed = ping_mesh([(n.host, n.ip, n.ip6) for n in nodes], tick)
     if failed:
         info = []
         for node in nodes:
@@ -334,3 +355,53 @@ def test_restart_keeps_both_devices_then_switches_leave_nothing(bed6: Any) -> No
         wait_for(lambda host=host: not wireguard_go(host), 10, what="every wireguard-go gone")
         assert "removed what an earlier wireguard backend left: %s, %s" % (DEV, DEV6) in driver.logtext()
         driver.close()
+
+
+class WgAgent(Agent):
+    """A flanneld with a private /run/wireguard whose docker0 stand-in also gets FLANNEL_IPV6_SUBNET."""
+
+    def __init__(self, host: Host, server: Any) -> None:
+        super().__init__(host, server.url, "/coreos.com/network",
+                         ["--etcd-api", "v3", "--wireguard-key-file", os.path.join(host.dir, "wgkey")],
+                         wrap=private_mount(os.path.join(host.dir, "wgrun"), "/run/wireguard"))
+
+    def wait_ready(self, timeout: float = 30.0) -> Dict[str, str]:
+        env = super().wait_ready(timeout)
+        self.host.set_bridge_address(env["FLANNEL_IPV6_SUBNET"])
+        return env
+
+
+def test_agents_dual_stack_separate_mode(bed6: Any, bed_etcd: Any) -> None:
+    """Real flanneld agents (etcd v3): leases with both subnets, PublicIPv6 and BackendV6Data, subnet.env
+    with the IPv6 lines and the wireguard MTU, and both families across both devices."""
+    bed = bed6(["A", "A", "B"])
+    server = bed_etcd(bed)
+    put_config(bed, server, "/coreos.com/network", config({"PersistentKeepaliveInterval": 5}))
+    agents = [WgAgent(h, server) for h in bed.hosts]
+    for agent in agents:
+        agent.start(wait=False)
+    for agent in agents:
+        agent.wait_ready(40)
+    wait_peers(agents, 30)
+    points = []
+    for agent in agents:
+        env = agent.subnet_env
+        assert env["FLANNEL_MTU"] == "1420" and env["FLANNEL_IPV6_NETWORK"] == NETWORK6, env
+        points.append((agent.host, env["FLANNEL_SUBNET"].split("/")[0], env["FLANNEL_IPV6_SUBNET"].split("/")[0]))
+    failed = ping_mesh(points)  # the agents tick their backends themselves
+    assert not failed, "%s\n%s" % ("\n".join("%s:\n%s" % kv for kv in failed.items()),
+                                   "\n".join(a.logtext()[-2000:] for a in agents))
+    values = [json.loads(line) for line in etcdctl(bed, server, "get", "--prefix", "--print-value-only",
+                                                   "/coreos.com/network/subnets/").splitlines() if line.strip()]
+    assert len(values) == 3
+    for value in values:
+        assert value["BackendType"] == "wireguard" and value["PublicIPv6"]
+        assert value["BackendV6Data"] == value["BackendData"] and set(value["BackendData"]) == {"PublicKey"}
+    for agent in agents:
+        assert flannel_links(agent.host) == [DEV, DEV6]
+        assert wg_routes(agent.host) == [(NETWORK, DEV), (NETWORK6, DEV6)]
+        out = sh("nsenter", "-t", str(agent.proc.pid), "-m", "-n", "wg", "show", DEV6, "endpoints").stdout
+        assert sorted(line.split("\t")[1] for line in out.splitlines()) == sorted(
+            "[%s]:51821" % h.address6 for h in bed.hosts if h is not agent.host)
+    for agent in agents:
+        agent.stop()
