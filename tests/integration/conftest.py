@@ -28,8 +28,8 @@ def testbed() -> Any:
     _need_root()
     beds: List[TestBed] = []
 
-    def make(segments: List[str], second: Any = None) -> TestBed:
-        bed = TestBed(segments, second)
+    def make(segments: List[str], second: Any = None, **kwargs: Any) -> TestBed:
+        bed = TestBed(segments, second, **kwargs)
         beds.append(bed)
         return bed
 

@@ -1,0 +1,188 @@
+"""Dual-stack and IPv6-only datapaths end to end: real flanneld agents in namespaces with an IPv6
+underlay (tests/integration/netns.py ``TestBed(ipv6=True)``), a real etcd on both APIs, real packets in
+both families between the hosts' docker0 stand-ins."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import urllib.parse
+from typing import Any, Dict, List
+
+import pytest
+
+from tests.integration.netns import Agent, etcdctl, put_config, read_env, wait_for, wait_peers
+
+pytestmark = [pytest.mark.integration]
+
+PREFIX = "/coreos.com/network"
+DUAL = {"Network": "10.100.0.0/16", "EnableIPv6": True, "IPv6Network": "fc00:100::/48"}
+ONLY6 = {"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fc00:100::/48"}
+
+
+class Agent6(Agent):
+    """An agent whose docker0 stand-in gets the first address of each of its subnets."""
+
+    def wait_ready(self, timeout: float = 30.0) -> Dict[str, str]:
+        def ready() -> Any:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError("flanneld on %s exited with %s; log:\n%s"
+                                     % (self.host.ns, self.proc.returncode, self.logtext()))
+            try:
+                fresh = os.stat(self.subnet_file).st_mtime >= self.started_at - 0.01
+            except FileNotFoundError:
+                return False
+            return fresh and read_env(self.subnet_file)
+
+        try:
+            env = wait_for(ready, timeout, what="subnet.env on %s" % self.host.ns)
+        except AssertionError as err:
+            raise AssertionError("%s; log:\n%s" % (err, self.logtext()[-3000:])) from None
+        for key in ("FLANNEL_SUBNET", "FLANNEL_IPV6_SUBNET"):
+            if key in env:
+                self.host.set_bridge_address(env[key])
+        return env
+
+    def bridge(self, version: int) -> str:
+        key = "FLANNEL_SUBNET" if version == 4 else "FLANNEL_IPV6_SUBNET"
+        return self.subnet_env[key].split("/")[0]
+
+    def subnet_of(self, version: int) -> str:
+        key = "FLANNEL_SUBNET" if version == 4 else "FLANNEL_IPV6_SUBNET"
+        return str(ipaddress.ip_interface(self.subnet_env[key]).network)
+
+
+def put(bed: Any, server: Any, api: str, config: Dict[str, Any]) -> None:
+    """The network config through the API the agents use (etcd keeps v2 and v3 keys apart)."""
+    if api == "v3":
+        put_config(bed, server, PREFIX, config)
+        return
+    subprocess.run(["ip", "netns", "exec", bed.etcd_ns, "curl", "-sf", "-m", "10", "-XPUT",
+                    "%s/v2/keys%s/config" % (server.url, PREFIX), "--data-urlencode", "value=" + json.dumps(config)],
+                   check=True, capture_output=True, timeout=20)
+
+
+def delete_lease(bed: Any, server: Any, api: str, name: str) -> None:
+    if api == "v3":
+        etcdctl(bed, server, "del", PREFIX + "/subnets/" + name)
+        return
+    subprocess.run(["ip", "netns", "exec", bed.etcd_ns, "curl", "-sf", "-m", "10", "-XDELETE",
+                    "%s/v2/keys%s/subnets/%s" % (server.url, PREFIX, urllib.parse.quote(name, safe=""))],
+                   check=True, capture_output=True, timeout=20)
+
+
+def start(bed: Any, server: Any, api: str, args: List[str] = ()) -> List[Agent6]:
+    agents = []
+    for host in bed.hosts:
+        agent = Agent6(host, server.url, PREFIX, ["--etcd-api", api, "--ip-masq", *args])
+        agent.start(wait=False)
+        agents.append(agent)
+    for agent in agents:
+        agent.wait_ready()
+    wait_peers(agents)
+    return agents
+
+
+def ping_mesh(agents: List[Agent6], versions: List[int], deadline: int = 10) -> Dict[str, str]:
+    """Every host pings every other host's bridge in each family, in parallel; the failed pairs."""
+    procs = []
+    for a in agents:
+        for b in agents:
+            for version in versions if a is not b else ():
+                cmd = a.host.cmd("ping", "-%d" % version, "-n", "-c", "3", "-i", "0.2", "-w", str(deadline),
+                                 "-I", a.bridge(version), b.bridge(version))
+                procs.append(("%s->%s v%d" % (a.host.ns, b.host.ns, version),
+                              subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+    failed = {}
+    for name, proc in procs:
+        out, _err = proc.communicate(timeout=deadline + 20)
+        if proc.returncode != 0:
+            failed[name] = out
+    return failed
+
+
+def assert_mesh(agents: List[Agent6], versions: List[int]) -> None:
+    failed = ping_mesh(agents, versions)
+    assert not failed, "pings failed:\n%s\n%s" % ("\n".join("%s: %s" % kv for kv in failed.items()),
+                                                agents[0].logtext()[-3000:])
+
+
+def v6_state(agent: Agent6) -> List[str]:
+    """flannel devices and flannel-installed IPv6 routes (protocols 108-111) on the agent's host."""
+    links = [name for name in agent.host.links() if name.startswith("flannel")]
+    routes = [r["dst"] for r in agent.host.routes6() if r.get("protocol") in ("108", "109", "110", "111")]
+    return links + routes
+
+
+@pytest.mark.parametrize("api", ["v2", "v3"])
+@pytest.mark.parametrize("btype", ["vxlan", "host-gw"])
+def test_dual_stack_mesh(btype: str, api: str, testbed: Any, bed_etcd: Any) -> None:
+    bed = testbed(["A", "A", "A"], ipv6=True)
+    server = bed_etcd(bed)
+    put(bed, server, api, dict(DUAL, Backend={"Type": btype}))
+    agents = start(bed, server, api)
+    assert len({a.subnet_of(6) for a in agents}) == 3 and len({a.subnet_of(4) for a in agents}) == 3
+    assert_mesh(agents, [4, 6])
+    for agent in agents:
+        env = agent.subnet_env
+        assert env["FLANNEL_IPV6_NETWORK"] == "fc00:100::/48"
+        assert env["FLANNEL_MTU"] == ("1450" if btype == "vxlan" else "1500")
+        nat6 = agent.host.run("ip6tables-save", "-t", "nat").stdout
+        assert "-A FLANNEL-POSTRTG -s %s -d fc00:100::/48" % agent.subnet_of(6) in nat6
+        if btype == "vxlan":
+            link = agent.host.link("flannel-v6.1")
+            info = link["linkinfo"]["info_data"] if link else {}
+            assert agent.host.address6 in (info.get("local6"), info.get("local")), link
+    # restart: both subnets kept, even with the lease gone from etcd (the subnet file's two lines)
+    first = agents[0]
+    before = (first.subnet_of(4), first.subnet_of(6))
+    first.stop()
+    delete_lease(bed, server, api, "%s&%s" % tuple(net.replace("/", "-") for net in before))
+    first.start()
+    assert (first.subnet_of(4), first.subnet_of(6)) == before
+    assert_mesh(agents, [4, 6])
+
+
+@pytest.mark.parametrize("btype", ["vxlan", "host-gw"])
+def test_ipv6_only_mesh(btype: str, testbed: Any, bed_etcd: Any) -> None:
+    bed = testbed(["A", "A", "A"], ipv6=True)
+    server = bed_etcd(bed)
+    put_config(bed, server, PREFIX, dict(ONLY6, Backend={"Type": btype}))
+    agents = start(bed, server, "v3")
+    env = agents[0].subnet_env
+    assert "FLANNEL_SUBNET" not in env and env["FLANNEL_IPV6_SUBNET"].startswith("fc00:100:")
+    keys = etcdctl(bed, server, "get", "--prefix", "--keys-only", PREFIX + "/subnets/").split()
+    assert len(keys) == 3 and all("/subnets/0.0.0.0-0&fc00:100:" in key for key in keys)
+    assert_mesh(agents, [6])
+    if btype == "vxlan":
+        assert agents[0].host.link("flannel.1") is None and agents[0].host.link("flannel-v6.1") is not None
+
+
+def test_backend_switch_leaves_no_ipv6_device_or_route(testbed: Any, bed_etcd: Any) -> None:
+    bed = testbed(["A", "A"], ipv6=True)
+    server = bed_etcd(bed)
+    put_config(bed, server, PREFIX, dict(DUAL, Backend={"Type": "vxlan"}))
+    agents = start(bed, server, "v3")
+    assert_mesh(agents, [4, 6])
+    assert "flannel-v6.1" in v6_state(agents[0])
+    for agent in agents:
+        agent.stop()
+    put_config(bed, server, PREFIX, dict(DUAL, Backend={"Type": "host-gw"}))
+    for agent in agents:
+        agent.start(wait=False)
+    for agent in agents:
+        agent.wait_ready()
+    wait_peers(agents)
+    assert_mesh(agents, [4, 6])
+    state = v6_state(agents[0])
+    assert not [item for item in state if item.startswith("flannel")], state
+    # the only flannel IPv6 route left is host-gw's to the other host's subnet
+    assert state == [agents[1].subnet_of(6)], state
+    for agent in agents:
+        agent.stop()
+    put_config(bed, server, PREFIX, {"Network": "10.100.0.0/16", "Backend": {"Type": "vxlan"}})
+    agents[0].start()
+    assert v6_state(agents[0]) == ["flannel.1"]
+
