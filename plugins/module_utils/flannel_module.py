@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import ipaddress
 import time
 
 from ansible.module_utils.basic import missing_required_lib
@@ -150,8 +151,65 @@ def read_leases(module, store, with_ttl: bool = False):
         if with_ttl:
             fill_expiration(module, store, kv, lease)
         leases.append((kv, lease))
-    leases.sort(key=lambda pair: int(pair[1].subnet.network_address))
+    leases.sort(key=lambda pair: lease_order(pair[1]))
     return leases, skipped
+
+
+def lease_order(lease) -> tuple:
+    """Sort key: by IPv4 subnet, then IPv6 subnet; IPv6-only leases after the others."""
+    v4 = lease.subnet
+    v6 = lease.ipv6_subnet
+    return (v4 is None, int(v4.network_address) if v4 is not None else 0,
+            int(v6.network_address) if v6 is not None else 0)
+
+
+def lease_fits(config, lease) -> bool:
+    """Whether ``lease`` is one ``config`` hands out in every family it enables (as Go flanneld decides
+    whether a node may keep its lease: the IPv4 subnet in the IPv4 pool, the IPv6 subnet in the IPv6 pool)."""
+    return all(pool.contains(lease.subnet if pool.version == 4 else lease.ipv6_subnet) for pool in config.pools())
+
+
+_EXAMPLES = {4: ("10.1.5.0/24", "192.0.2.1"), 6: ("fc00:0:0:5::/64", "2001:db8::1")}
+_OTHER_OPTION = {"subnet": "ipv6_subnet", "ipv6_subnet": "subnet", "public_ip": "public_ipv6",
+                 "public_ipv6": "public_ip"}
+
+
+def parse_subnet(module, option: str, text: str, version: int = 4, strict: bool = True):
+    """The option's CIDR of the given family (IPv4Network or IPv6Network); one fail_json line otherwise.
+
+    ``strict``: host bits set is an error (a lease subnet) rather than masked off (a filter)."""
+    name = "IPv%d" % version
+    example = _EXAMPLES[version][0]
+    text = str(text).strip()
+    if "/" not in text:
+        module.fail_json(msg="%s=%r: needs a prefix length, like %s" % (option, text, example))
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        module.fail_json(msg="%s=%r: is not an %s CIDR like %s" % (option, text, name, example))
+    if net.version != version:
+        other = _OTHER_OPTION.get(option)
+        hint = "; use %s for an IPv%d subnet" % (other, net.version) if other else ""
+        module.fail_json(msg="%s=%r: is not an %s CIDR like %s%s" % (option, text, name, example, hint))
+    if strict and net.network_address != ipaddress.ip_address(text.split("/", 1)[0]):
+        module.fail_json(msg="%s=%r: has host bits set; the subnet is %s" % (option, text, net))
+    return net
+
+
+def parse_ip(module, option: str, text: str, version: int = 4) -> str:
+    """The option's address of the given family, canonical text; one fail_json line otherwise."""
+    name = "IPv%d" % version
+    example = _EXAMPLES[version][1]
+    text = str(text).strip()
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        addr = None
+    if addr is None or addr.version != version:
+        other = _OTHER_OPTION.get(option)
+        hint = ("; use %s for an IPv%d address" % (other, addr.version)) if addr is not None and other else ""
+        module.fail_json(msg="%s=%r: is not an %s address like %s%s" % (option, text, name, example, hint))
+    return str(addr)
 
 
 def fill_expiration(module, store, kv, lease) -> None:

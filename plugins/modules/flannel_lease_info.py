@@ -9,9 +9,10 @@ module: flannel_lease_info
 short_description: List the subnet leases of a flannel network
 version_added: "0.1.0"
 description:
-  - Lists the leases under C(<prefix>/subnets/) in etcd, one per flannel node, with the subnet, the node's
-    public IP, the backend, the VTEP MAC (vxlan), when the lease expires and whether it is a reservation
-    (a lease key without TTL that belongs to its public IP for good).
+  - Lists the leases under C(<prefix>/subnets/) in etcd, one per flannel node, with the subnet, the IPv6
+    subnet (dual-stack and IPv6-only networks), the node's public IP and public IPv6 address, the backend, the
+    VTEP MAC (vxlan), when the lease expires and whether it is a reservation (a lease key without TTL that
+    belongs to its public IP for good).
   - Reads both lease shapes Go flanneld has written (v0.11 and current) and pyflannel's.
   - Never changes anything.
 author:
@@ -23,9 +24,18 @@ options:
     description:
       - Only list the leases of this public IP.
     type: str
+  public_ipv6:
+    description:
+      - Only list the leases of this public IPv6 address (C(PublicIPv6)).
+    type: str
   subnet:
     description:
-      - Only list leases that overlap this IPv4 CIDR, like V(10.1.5.0/24) or V(10.1.0.0/20).
+      - Only list leases whose IPv4 subnet overlaps this IPv4 CIDR, like V(10.1.5.0/24) or V(10.1.0.0/20).
+    type: str
+  ipv6_subnet:
+    description:
+      - Only list leases whose IPv6 subnet overlaps this IPv6 CIDR, like V(fc00:0:0:5::/64) or V(fc00::/56).
+      - Given with O(subnet), a lease must match both.
     type: str
 attributes:
   check_mode:
@@ -57,23 +67,36 @@ EXAMPLES = r"""
   netfabric.flannel.flannel_lease_info:
     public_ip: 10.0.0.21
   register: node_lease
+
+- name: The leases in one part of the IPv6 range
+  netfabric.flannel.flannel_lease_info:
+    ipv6_subnet: fc00:100::/56
+  register: some_leases
 """
 
 RETURN = r"""
 leases:
-  description: The leases that match the filters, ordered by subnet.
+  description: The leases that match the filters, ordered by subnet (IPv6-only leases last, by IPv6 subnet).
   returned: always
   type: list
   elements: dict
   contains:
     subnet:
-      description: The leased subnet.
+      description: The leased IPv4 subnet; null for a lease of an IPv6-only network (key C(0.0.0.0-0&<ip6>-<len>)).
       type: str
       sample: 10.100.42.0/24
+    ipv6_subnet:
+      description: The leased IPv6 subnet (the key's C(&<ip6>-<len>) part); null for an IPv4 lease.
+      type: str
+      sample: fc00:100:0:2a::/64
     public_ip:
-      description: The node's public IP (C(PublicIP)).
+      description: The node's public IP (C(PublicIP)); null when the lease says C(0.0.0.0) (a node without IPv4).
       type: str
       sample: 192.0.2.1
+    public_ipv6:
+      description: The node's public IPv6 address (C(PublicIPv6)); null when unset.
+      type: str
+      sample: 2001:db8::1
     backend_type:
       description: The backend type of the lease; a lease without C(BackendType) reads as V(udp), as Go's udp writes it.
       type: str
@@ -110,6 +133,9 @@ skipped:
       configured C(SubnetLen), a PublicIP that is not unicast, a vxlan C(VtepMAC) that is not a unicast MAC,
       and the younger of two leases that overlap or share a C(VtepMAC) (the older one, by etcd create
       revision, stays in RV(leases)).
+    - The same for IPv6 - an IPv6 subnet outside C(IPv6Network) or not of C(IPv6SubnetLen), an IPv6 subnet
+      without C(PublicIPv6), a C(PublicIPv6) that is link-local, multicast or IPv4-mapped, an IPv6-only lease
+      in a network without IPv6 or an IPv4 lease in an IPv6-only network, and overlapping IPv6 subnets.
   returned: always
   type: list
   elements: dict
@@ -132,7 +158,6 @@ api:
   sample: v2
 """
 
-import ipaddress
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -143,6 +168,8 @@ from ansible_collections.netfabric.flannel.plugins.module_utils.flannel_module i
     etcd_argument_spec,
     fill_expiration,
     lease_summary,
+    parse_ip,
+    parse_subnet,
     read_config,
     read_leases,
 )
@@ -153,30 +180,26 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec=etcd_argument_spec(
             public_ip=dict(type="str"),
+            public_ipv6=dict(type="str"),
             subnet=dict(type="str"),
+            ipv6_subnet=dict(type="str"),
         ),
         required_together=ETCD_REQUIRED_TOGETHER,
         supports_check_mode=True,
     )
     params = module.params
-    want_ip = None
-    want_net = None
-    if params["public_ip"]:
-        try:
-            want_ip = str(ipaddress.IPv4Address(params["public_ip"].strip()))
-        except ValueError:
-            module.fail_json(msg="public_ip=%r: is not an IPv4 address like 192.0.2.1" % params["public_ip"])
-    if params["subnet"]:
-        try:
-            want_net = ipaddress.IPv4Network(params["subnet"].strip(), strict=False)
-        except ValueError:
-            module.fail_json(msg="subnet=%r: is not an IPv4 CIDR like 10.1.5.0/24" % params["subnet"])
+    want_ip = parse_ip(module, "public_ip", params["public_ip"], 4) if params["public_ip"] else None
+    want_ip6 = parse_ip(module, "public_ipv6", params["public_ipv6"], 6) if params["public_ipv6"] else None
+    want_net = parse_subnet(module, "subnet", params["subnet"], 4, strict=False) if params["subnet"] else None
+    want_net6 = (parse_subnet(module, "ipv6_subnet", params["ipv6_subnet"], 6, strict=False)
+                 if params["ipv6_subnet"] else None)
 
     store = connect_store(module)
     _kv, config, config_error = read_config(module, store)
     leases, skipped = read_leases(module, store)
     if config is not None:
-        _usable, refused = judge_leases([lease for _kv, lease in leases], config.network, config.subnet_len)
+        _usable, refused = judge_leases([lease for _kv, lease in leases], config.network, config.subnet_len,
+                                        config.ipv6_network, config.ipv6_subnet_len)
         leases = [(kv, lease) for kv, lease in leases if lease.key_name not in refused]
         base = subnets_dir(module.params["prefix"])
         skipped.extend({"key": base + name, "reason": why} for name, why in sorted(refused.items()))
@@ -185,7 +208,11 @@ def main() -> None:
     for kv, lease in leases:
         if want_ip is not None and lease.attrs.public_ip != want_ip:
             continue
-        if want_net is not None and not lease.subnet.overlaps(want_net):
+        if want_ip6 is not None and lease.attrs.public_ipv6 != want_ip6:
+            continue
+        if want_net is not None and (lease.subnet is None or not lease.subnet.overlaps(want_net)):
+            continue
+        if want_net6 is not None and (lease.ipv6_subnet is None or not lease.ipv6_subnet.overlaps(want_net6)):
             continue
         fill_expiration(module, store, kv, lease)
         out.append(lease_summary(kv, lease, now))

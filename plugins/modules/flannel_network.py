@@ -14,13 +14,17 @@ description:
   - The options are validated by the collection's network-config schema before anything is written; an
     invalid value fails with the schema's one-line message and etcd is left as it was.
   - The stored JSON uses Go flanneld's key names (C(Network), C(SubnetLen), C(SubnetMin), C(SubnetMax),
-    C(Backend.Type), C(VNI), C(Port), C(DirectRouting) ...) and holds only the options you give, plus
-    C(Backend.Type).
+    C(EnableIPv6), C(IPv6Network), C(Backend.Type), C(VNI), C(Port), C(DirectRouting) ...) and holds only the
+    options you give, plus C(Backend.Type). C(EnableIPv4) is stored only when it is V(false) and C(EnableIPv6)
+    only when it is V(true), so an IPv4-only config looks exactly as before IPv6 existed.
+  - IPv6 follows Go flanneld v0.20. O(enable_ipv6=true) with O(ipv6_network) gives a dual-stack network (every
+    lease holds an IPv4 and an IPv6 subnet); adding O(enable_ipv4=false) gives an IPv6-only network, which needs
+    a backend that carries IPv6 (not V(udp)).
   - The stored config is compared semantically with the wanted one (defaults and key order do not count),
     so a config written by hand or by another tool is not rewritten when it means the same.
-  - Changing C(Network) or C(SubnetLen) while leases exist, or any change that leaves an existing lease
-    outside the new range, needs O(force=true). Every node holding such a lease drops it and acquires a
-    new subnet, so its containers get new addresses.
+  - Changing C(Network), C(SubnetLen), C(IPv6Network), C(IPv6SubnetLen), C(EnableIPv4) or C(EnableIPv6) while
+    leases exist, or any change that leaves an existing lease outside the new ranges, needs O(force=true).
+    Every node holding such a lease drops it and acquires a new subnet, so its containers get new addresses.
 author:
   - netfabric.flannel developers (@netfabric)
 extends_documentation_fragment:
@@ -29,7 +33,7 @@ options:
   network:
     description:
       - The overlay address range as an IPv4 CIDR, like V(10.1.0.0/16) (C(Network)).
-      - Required when O(state=present).
+      - Required when O(state=present), unless O(enable_ipv4=false).
     type: str
   subnet_len:
     description:
@@ -45,6 +49,40 @@ options:
   subnet_max:
     description:
       - The last subnet handed out (C(SubnetMax)). Default is the last subnet of the network.
+    type: str
+  enable_ipv4:
+    description:
+      - Whether the network has IPv4 (C(EnableIPv4)). V(false) together with O(enable_ipv6=true) is an IPv6-only
+        network; O(network), O(subnet_len), O(subnet_min) and O(subnet_max) must then be left out.
+    type: bool
+    default: true
+  enable_ipv6:
+    description:
+      - Whether the network has IPv6 (C(EnableIPv6)); needs O(ipv6_network). The O(ipv6_network),
+        O(ipv6_subnet_len), O(ipv6_subnet_min) and O(ipv6_subnet_max) options are only accepted with V(true).
+    type: bool
+    default: false
+  ipv6_network:
+    description:
+      - The IPv6 overlay address range as an IPv6 CIDR, like V(fc00::/48) (C(IPv6Network)); the prefix must be
+        /124 or shorter.
+      - Required when O(enable_ipv6=true).
+    type: str
+  ipv6_subnet_len:
+    description:
+      - The prefix length of each host's IPv6 subnet (C(IPv6SubnetLen)), at most V(126) and at least the
+        O(ipv6_network) prefix length + 2.
+      - Default of the schema when left out is V(64) for networks of /62 or larger, else the network's prefix
+        length + 2.
+    type: int
+  ipv6_subnet_min:
+    description:
+      - The first IPv6 subnet handed out (C(IPv6SubnetMin)), an IPv6 address on a O(ipv6_subnet_len) boundary
+        inside O(ipv6_network). Default is the second subnet of the network.
+    type: str
+  ipv6_subnet_max:
+    description:
+      - The last IPv6 subnet handed out (C(IPv6SubnetMax)). Default is the last subnet of the network.
     type: str
   backend:
     description:
@@ -172,6 +210,23 @@ EXAMPLES = r"""
       type: host-gw
     force: true
 
+- name: Dual stack, one /24 and one /64 per host
+  netfabric.flannel.flannel_network:
+    network: 10.100.0.0/16
+    enable_ipv6: true
+    ipv6_network: fc00:100::/48
+    backend:
+      type: vxlan
+
+- name: IPv6 only, 255 /120 subnets
+  netfabric.flannel.flannel_network:
+    enable_ipv4: false
+    enable_ipv6: true
+    ipv6_network: fd00:42::/112
+    ipv6_subnet_len: 120
+    backend:
+      type: host-gw
+
 - name: Remove the network config
   netfabric.flannel.flannel_network:
     state: absent
@@ -191,6 +246,9 @@ api:
 config:
   description:
     - The effective config with every default filled in, with Go's key names.
+    - With IPv6 it also holds C(EnableIPv6) (V(true)), C(IPv6Network), C(IPv6SubnetLen), C(IPv6SubnetMin) and
+      C(IPv6SubnetMax); an IPv6-only config holds C(EnableIPv4) (V(false)) and no C(Network), C(SubnetLen),
+      C(SubnetMin), C(SubnetMax). An IPv4-only config has no C(Enable*) keys.
     - Empty when O(state=absent).
   returned: always
   type: dict
@@ -215,6 +273,8 @@ invalidated_leases:
   description:
     - Subnets of existing leases that the new config no longer covers (only with O(force=true));
       their nodes acquire new subnets.
+    - A dual-stack lease is given as its IPv4 and IPv6 subnets separated by a space, like
+      V(10.1.5.0/24 fc00:0:0:5::/64); an IPv6-only lease as its IPv6 subnet.
   returned: when O(state=present)
   type: list
   elements: str
@@ -234,6 +294,7 @@ from ansible_collections.netfabric.flannel.plugins.module_utils.flannel_module i
     ETCD_REQUIRED_TOGETHER,
     connect_store,
     etcd_argument_spec,
+    lease_fits,
     one_line,
     prefix_of,
     read_config,
@@ -245,8 +306,11 @@ from ansible_collections.netfabric.flannel.plugins.module_utils.leases import co
 from ansible_collections.netfabric.flannel.plugins.module_utils.netconfig import ConfigError, parse_config
 
 # Module option -> Go key, in the order Go flanneld documents them.
-TOP_LEVEL = (("network", "Network"), ("subnet_len", "SubnetLen"), ("subnet_min", "SubnetMin"),
-             ("subnet_max", "SubnetMax"))
+IPV4_OPTIONS = (("network", "Network"), ("subnet_len", "SubnetLen"), ("subnet_min", "SubnetMin"),
+                ("subnet_max", "SubnetMax"))
+IPV6_OPTIONS = (("ipv6_network", "IPv6Network"), ("ipv6_subnet_len", "IPv6SubnetLen"),
+                ("ipv6_subnet_min", "IPv6SubnetMin"), ("ipv6_subnet_max", "IPv6SubnetMax"))
+TOP_LEVEL = IPV4_OPTIONS + IPV6_OPTIONS
 # Backend option -> Go key, from the catalogue (DOCUMENTATION's suboptions are written from it too).
 BACKEND_KEYS = tuple((name, opt.go) for name, (opt, _backends) in all_options().items())
 
@@ -264,9 +328,19 @@ def backend_spec() -> dict:
 
 
 def wanted_document(params: dict) -> dict:
-    """The JSON object to store: only the options given, plus Backend.Type, with Go's key names."""
+    """The JSON object to store: only the options given, plus Backend.Type, with Go's key names.
+
+    EnableIPv4/EnableIPv6 are stored only when they differ from Go's defaults (true/false), so an
+    IPv4-only document is what it was before IPv6."""
     doc = {}
-    for option, key in TOP_LEVEL:
+    for option, key in IPV4_OPTIONS:
+        if params.get(option) is not None:
+            doc[key] = params[option]
+    if params.get("enable_ipv4") is False:
+        doc["EnableIPv4"] = False
+    if params.get("enable_ipv6"):
+        doc["EnableIPv6"] = True
+    for option, key in IPV6_OPTIONS:
         if params.get(option) is not None:
             doc[key] = params[option]
     backend_params = params.get("backend") or {}
@@ -276,6 +350,20 @@ def wanted_document(params: dict) -> dict:
             backend[key] = backend_params[option]
     doc["Backend"] = backend
     return doc
+
+
+def unused_options(params: dict) -> str | None:
+    """A one-line refusal for options of a family that is switched off (Go would ignore them), else None."""
+    for family, flag, options in (("IPv4", "enable_ipv4", IPV4_OPTIONS), ("IPv6", "enable_ipv6", IPV6_OPTIONS)):
+        if params.get(flag):
+            continue
+        given = [option for option, _key in options if params.get(option) is not None]
+        if given:
+            many = len(given) > 1
+            return ("%s: %s when %s is on; set %s: true or leave %s out"
+                    % (", ".join(given), "these options only apply" if many else "this option only applies", family,
+                       flag, "them" if many else "it"))
+    return None
 
 
 def pretty(text: str | None) -> str:
@@ -288,32 +376,51 @@ def pretty(text: str | None) -> str:
         return text if text.endswith("\n") else text + "\n"
 
 
+def _moves(current, wanted) -> list:
+    """What changes between two configs that moves every node (a network, a subnet length, a family)."""
+    moved = []
+    for name, flag in (("EnableIPv4", "enable_ipv4"), ("EnableIPv6", "enable_ipv6")):
+        before, after = getattr(current, flag), getattr(wanted, flag)
+        if before != after:
+            moved.append("%s from %s to %s" % (name, str(before).lower(), str(after).lower()))
+    for lead, version in (("", 4), ("IPv6", 6)):
+        old, new = current.pool(version), wanted.pool(version)
+        if old is None or new is None:
+            continue
+        if old.network != new.network:
+            moved.append("%sNetwork from %s to %s" % (lead, old.network, new.network))
+        if old.subnet_len != new.subnet_len:
+            moved.append("%sSubnetLen from %d to %d" % (lead, old.subnet_len, new.subnet_len))
+    return moved
+
+
+def _ranges(config) -> str:
+    """SubnetMin-SubnetMax of each family, for a message."""
+    out = []
+    for lead, pool in (("", config.pool4), ("IPv6", config.pool6)):
+        if pool is not None:
+            out.append("%sSubnetMin/%sSubnetMax to %s-%s" % (lead, lead, pool.subnet_min, pool.subnet_max))
+    return " and ".join(out)
+
+
 def lease_problems(current, wanted, leases) -> tuple:
     """Leases that the change from ``current`` to ``wanted`` would invalidate -> (why, subnets)."""
     if not leases:
         return None, []
-    outside = [lease for _kv, lease in leases if not wanted.contains(lease.subnet)]
-    moved = []
-    if current is not None:
-        if current.network != wanted.network:
-            moved.append("Network from %s to %s" % (current.network, wanted.network))
-        if current.subnet_len != wanted.subnet_len:
-            moved.append("SubnetLen from %d to %d" % (current.subnet_len, wanted.subnet_len))
+    outside = [lease for _kv, lease in leases if not lease_fits(wanted, lease)]
+    moved = _moves(current, wanted) if current is not None else []
     if not moved and not outside:
         return None, []
-    if moved:
-        what = "change " + " and ".join(moved)
-    else:
-        what = "change SubnetMin/SubnetMax to %s-%s" % (wanted.subnet_min, wanted.subnet_max)
+    what = "change " + (" and ".join(moved) if moved else _ranges(wanted))
     if not outside:
         outside = [lease for _kv, lease in leases]
-    shown = ", ".join("%s of %s" % (lease.subnet, lease.attrs.public_ip) for lease in outside[:5])
+    shown = ", ".join("%s of %s" % (lease.label, lease.attrs.address) for lease in outside[:5])
     if len(outside) > 5:
         shown += " and %d more" % (len(outside) - 5)
     why = ("refusing to %s: %d existing lease(s) (%s) would become invalid and their nodes would drop them and "
            "re-acquire a subnet in the new range, giving containers new addresses; set force: true to do it anyway"
            % (what, len(outside), shown))
-    return why, [str(lease.subnet) for lease in outside]
+    return why, [lease.label for lease in outside]
 
 
 def main() -> None:
@@ -323,11 +430,17 @@ def main() -> None:
             subnet_len=dict(type="int"),
             subnet_min=dict(type="str"),
             subnet_max=dict(type="str"),
+            enable_ipv4=dict(type="bool", default=True),
+            enable_ipv6=dict(type="bool", default=False),
+            ipv6_network=dict(type="str"),
+            ipv6_subnet_len=dict(type="int"),
+            ipv6_subnet_min=dict(type="str"),
+            ipv6_subnet_max=dict(type="str"),
             backend=dict(type="dict", options=backend_spec()),
             force=dict(type="bool", default=False),
             state=dict(type="str", choices=["present", "absent"], default="present"),
         ),
-        required_if=[["state", "present", ["network"]]],
+        # network (ipv6_network) is required when IPv4 (IPv6) is on: the schema says so, in its own words
         required_together=ETCD_REQUIRED_TOGETHER,
         supports_check_mode=True,
     )
@@ -343,6 +456,9 @@ def main() -> None:
             wanted = parse_config(document)
         except ConfigError as err:
             module.fail_json(msg=one_line(err))
+        unused = unused_options(params)
+        if unused:
+            module.fail_json(msg=unused)
 
     store = connect_store(module)
     key = config_key(prefix_of(module))

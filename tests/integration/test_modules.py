@@ -285,6 +285,222 @@ def test_leases_reserve_release_info(play, store, etcd_prefix, etcd_api):
     assert r["release_subnet"]["changed"] is True and store.get(key7) is None and store.get(key5) is not None
 
 
+DUAL = {"network": "10.1.0.0/16", "enable_ipv6": True, "ipv6_network": "fc00:1::/48", "backend": {"type": "vxlan"}}
+
+
+def test_network_ipv6_dual_stack_and_ipv6_only(play, store, etcd_prefix, etcd_api):
+    # 1: bad IPv6 values fail with the schema's one line and write nothing (decided before etcd: v3 only)
+    bad = {
+        "no_net6": ({"network": "10.1.0.0/16", "enable_ipv6": True, "backend": {"type": "vxlan"}},
+                    "invalid network config: IPv6Network is missing"),
+        "len6": (dict(DUAL, ipv6_subnet_len=127), "invalid network config: IPv6SubnetLen=127: must be 126 or less"),
+        "min6": (dict(DUAL, ipv6_subnet_min="fc00:1::8"),
+                 'invalid network config: IPv6SubnetMin="fc00:1::8": is not on a /64 (IPv6SubnetLen) boundary'),
+        "net6_v4": (dict(DUAL, ipv6_network="10.2.0.0/16"),
+                    'invalid network config: IPv6Network="10.2.0.0/16": is not an IPv6 CIDR'),
+        "udp6": (dict(DUAL, backend={"type": "udp"}),
+                 "invalid network config: EnableIPv6=true: the udp backend carries IPv4 only"),
+        "unused6": ({"network": "10.1.0.0/16", "ipv6_network": "fc00:1::/48"},
+                    "ipv6_network: this option only applies when IPv6 is on"),
+    }
+    if etcd_api == "v3":
+        for name, (args, _line) in bad.items():
+            play.add(name, "flannel_network", args)
+    play.add("check", "flannel_network", DUAL, check=True)
+    play.add("write", "flannel_network", DUAL)
+    play.add("again", "flannel_network", DUAL)
+    play.add("spelled_out", "flannel_network", dict(DUAL, enable_ipv4=True, subnet_len=24, ipv6_subnet_len=64,
+                                                    ipv6_subnet_min="fc00:1:0:1::", ipv6_subnet_max="fc00:1:0:ffff::"))
+    play.add("ipv4_only_check", "flannel_network", {"network": "10.1.0.0/16", "backend": {"type": "vxlan"}},
+             check=True)
+    r = play.run()
+    if etcd_api == "v3":
+        for name, (_args, line) in bad.items():
+            assert r[name]["failed"] is True and r[name]["msg"].startswith(line), (name, r[name]["msg"])
+            assert "\n" not in r[name]["msg"]
+    want = {"Network": "10.1.0.0/16", "EnableIPv6": True, "IPv6Network": "fc00:1::/48", "Backend": {"Type": "vxlan"}}
+    assert r["check"]["changed"] is True and json.loads(r["check"]["diff"]["after"]) == want
+    assert r["write"]["changed"] is True and r["write"]["previous"] is None
+    assert json.loads(r["write"]["stored"]) == want and stored(store, etcd_prefix) == want
+    config = r["write"]["config"]
+    assert config == parse_config(want).to_dict()
+    assert (config["EnableIPv6"], config["IPv6Network"], config["IPv6SubnetLen"]) == (True, "fc00:1::/48", 64)
+    assert (config["IPv6SubnetMin"], config["IPv6SubnetMax"]) == ("fc00:1:0:1::", "fc00:1:0:ffff::")
+    assert config["Network"] == "10.1.0.0/16" and "EnableIPv4" not in config
+    assert r["again"]["changed"] is False and r["spelled_out"]["changed"] is False
+    # going back to IPv4 only (no leases: no force needed), shown in check mode
+    assert r["ipv4_only_check"]["changed"] is True
+    assert json.loads(r["ipv4_only_check"]["diff"]["before"]) == want
+
+    # 2: a dual-stack config written by hand with Go's spelling is left alone; then IPv6-only
+    by_hand = ('{"enableipv4": true, "EnableIPv6": true, "network": "10.1.0.0/16", "IPv6SubnetLen": 64, '
+               '"ipv6network": "fc00:1::/48", "Backend": {"Type": "vxlan", "VNI": 1}}')
+    store.put(config_key(etcd_prefix), by_hand)
+    only6 = {"enable_ipv4": False, "enable_ipv6": True, "ipv6_network": "fd00:42::/112", "ipv6_subnet_len": 120,
+             "backend": {"type": "host-gw"}}
+    play.add("by_hand", "flannel_network", DUAL)
+    play.add("only6", "flannel_network", only6)
+    play.add("only6_again", "flannel_network", only6)
+    play.add("info", "flannel_lease_info", {})
+    r = play.run()
+    assert r["by_hand"]["changed"] is False and r["by_hand"]["stored"] == by_hand
+    want6 = {"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fd00:42::/112", "IPv6SubnetLen": 120,
+             "Backend": {"Type": "host-gw"}}
+    assert r["only6"]["changed"] is True and stored(store, etcd_prefix) == want6
+    assert json.loads(r["only6"]["diff"]["before"]) == json.loads(by_hand)
+    config = r["only6"]["config"]
+    assert config["EnableIPv4"] is False and "Network" not in config and "SubnetLen" not in config
+    assert (config["IPv6SubnetMin"], config["IPv6SubnetMax"]) == ("fd00:42::100", "fd00:42::ff00")
+    assert r["only6_again"]["changed"] is False
+    assert r["info"]["config"] == config and r["info"]["leases"] == []
+
+
+def test_leases_ipv6(play, store, etcd_prefix, etcd_api):
+    """Dual stack: info shows IPv6 subnets and PublicIPv6, the validator's verdicts cover IPv6, a dual-stack
+    reservation, releases by IPv6 subnet; then an IPv6-only network and its 0.0.0.0-0&... leases."""
+    store.put(config_key(etcd_prefix), json.dumps({"Network": "10.5.0.0/16", "EnableIPv6": True,
+                                                   "IPv6Network": "fc00:5::/48", "Backend": {"Type": "vxlan"}}))
+    v4, v6 = ipaddress.IPv4Network, ipaddress.IPv6Network
+
+    def vxlan(ip, ip6, mac, mac6=None):
+        return encode_lease(LeaseAttrs(ip, "vxlan", {"VtepMAC": mac, "VNI": 1}, ip6,
+                                       {"VtepMAC": mac6, "VNI": 1} if mac6 else None), etcd_api)
+
+    key3 = subnet_key(etcd_prefix, v4("10.5.3.0/24"), v6("fc00:5:0:3::/64"))
+    value3 = vxlan("192.0.2.3", "2001:db8::3", "7a:fd:a9:52:84:03", "7a:fd:a9:52:86:03")
+    assert store.create(key3, value3, ttl=600) is not None
+    key4 = subnet_key(etcd_prefix, v4("10.5.4.0/24"), v6("fc00:5:0:4::/64"))
+    value4 = vxlan("192.0.2.4", "2001:db8::4", "7a:fd:a9:52:84:04")
+    assert store.create(key4, value4, ttl=600) is not None
+    # refused by the validator: a link-local PublicIPv6, an IPv6 subnet outside IPv6Network, one of the wrong length,
+    # an IPv6 subnet without PublicIPv6, and a younger lease on an IPv6 subnet that is taken
+    refused = {
+        subnet_key(etcd_prefix, v4("10.5.6.0/24"), v6("fc00:5:0:6::/64")):
+            (vxlan("192.0.2.6", "fe80::6", "7a:fd:a9:52:84:06"), "its PublicIPv6 fe80::6 is a link-local address"),
+        subnet_key(etcd_prefix, v4("10.5.7.0/24"), v6("fc00:6:0:7::/64")):
+            (vxlan("192.0.2.7", "2001:db8::7", "7a:fd:a9:52:84:07"), "lies outside the IPv6 network fc00:5::/48"),
+        subnet_key(etcd_prefix, v4("10.5.8.0/24"), v6("fc00:5:0:8::/80")):
+            (vxlan("192.0.2.8", "2001:db8::8", "7a:fd:a9:52:84:08"), "is not a /64 (the configured IPv6SubnetLen)"),
+        subnet_key(etcd_prefix, v4("10.5.9.0/24"), v6("fc00:5:0:9::/64")):
+            (vxlan("192.0.2.9", None, "7a:fd:a9:52:84:09"), "it has an IPv6 subnet but no PublicIPv6"),
+    }
+    twin = subnet_key(etcd_prefix, v4("10.5.10.0/24"), v6("fc00:5:0:4::/64"))
+    refused[twin] = (vxlan("192.0.2.10", "2001:db8::10", "7a:fd:a9:52:84:10"),
+                     "it overlaps the older lease 10.5.4.0/24 fc00:5:0:4::/64 of 192.0.2.4")
+    for key, (value, _why) in refused.items():
+        store.put(key, value)
+
+    logic = etcd_api == "v3"  # refusals and filters are decided on the listing: once is enough
+    play.add("info_all", "flannel_lease_info", {})
+    if logic:
+        play.add("info_net6", "flannel_lease_info", {"ipv6_subnet": "fc00:5:0:4::/62"})
+        play.add("info_ip6", "flannel_lease_info", {"public_ipv6": "2001:DB8::3"})
+        play.add("info_both", "flannel_lease_info", {"subnet": "10.5.3.0/24", "ipv6_subnet": "fc00:5:0:4::/64"})
+        refusals = {
+            "no_subnet6": ({"subnet": "10.5.5.0/24", "public_ip": "192.0.2.5"},
+                           "ipv6_subnet and public_ipv6 missing: the network (IPv6 fc00:5::/48) gives every lease"),
+            "outside6": ({"subnet": "10.5.5.0/24", "ipv6_subnet": "fc00:5:0:0::/64", "public_ip": "192.0.2.5",
+                          "public_ipv6": "2001:db8::5"},
+                         "ipv6_subnet=fc00:5::/64: is not a subnet this network hands out (IPv6Network fc00:5::/48"),
+            "link_local": ({"subnet": "10.5.5.0/24", "ipv6_subnet": "fc00:5:0:5::/64", "public_ip": "192.0.2.5",
+                            "public_ipv6": "fe80::5"},
+                           "refusing to reserve 10.5.5.0/24 fc00:5:0:5::/64 for 192.0.2.5/fe80::5: agents would skip"),
+            "taken6": ({"subnet": "10.5.5.0/24", "ipv6_subnet": "fc00:5:0:4::/64", "public_ip": "192.0.2.5",
+                        "public_ipv6": "2001:db8::5"},
+                       "subnet fc00:5:0:4::/64 overlaps 10.5.4.0/24 fc00:5:0:4::/64 held by 192.0.2.4/2001:db8::4"),
+            "wrong_release": ({"ipv6_subnet": "fc00:5:0:4::/64", "public_ipv6": "2001:db8::5", "state": "absent"},
+                              "held by 192.0.2.4/2001:db8::4, not 2001:db8::5; nothing was released"),
+        }
+        for name, (args, _text) in refusals.items():
+            play.add(name, "flannel_lease", args)
+    reserve = {"subnet": "10.5.5.0/24", "ipv6_subnet": "fc00:5:0:5::/64", "public_ip": "192.0.2.5",
+               "public_ipv6": "2001:db8::5"}
+    play.add("reserve_check", "flannel_lease", reserve, check=True)
+    play.add("reserve", "flannel_lease", reserve)
+    play.add("reserve_again", "flannel_lease", reserve)
+    play.add("own3", "flannel_lease", {"subnet": "10.5.3.0/24", "ipv6_subnet": "fc00:5:0:3::/64",
+                                       "public_ip": "192.0.2.3", "public_ipv6": "2001:db8::3"})
+    play.add("release4", "flannel_lease", {"subnet": "10.5.4.0/24", "ipv6_subnet": "fc00:5:0:4::/64",
+                                           "state": "absent"})
+    play.add("info_end", "flannel_lease_info", {})
+    r = play.run()
+
+    leases = r["info_all"]["leases"]
+    assert [(item["subnet"], item["ipv6_subnet"]) for item in leases] == [
+        ("10.5.3.0/24", "fc00:5:0:3::/64"), ("10.5.4.0/24", "fc00:5:0:4::/64")]
+    first = leases[0]
+    assert (first["public_ip"], first["public_ipv6"], first["key"], first["value"]) == (
+        "192.0.2.3", "2001:db8::3", key3, value3)
+    assert first["reservation"] is False and 0 < first["ttl"] <= 600
+    skipped = {s["key"]: s["reason"] for s in r["info_all"]["skipped"]}
+    assert sorted(skipped) == sorted(refused)
+    for key, (_value, why) in refused.items():
+        assert why in skipped[key], (key, skipped[key])
+    assert r["info_all"]["config"]["IPv6Network"] == "fc00:5::/48"
+    if logic:
+        assert [item["ipv6_subnet"] for item in r["info_net6"]["leases"]] == ["fc00:5:0:4::/64"]
+        assert [item["subnet"] for item in r["info_ip6"]["leases"]] == ["10.5.3.0/24"]
+        assert r["info_both"]["leases"] == []
+        for name, (_args, text) in refusals.items():
+            assert r[name]["failed"] is True and text in r[name]["msg"], (name, r[name]["msg"])
+            assert "\n" not in r[name]["msg"]
+
+    key5 = subnet_key(etcd_prefix, v4("10.5.5.0/24"), v6("fc00:5:0:5::/64"))
+    assert key5.endswith("/subnets/10.5.5.0-24&fc00:5:0:5::-64")
+    assert r["reserve_check"]["changed"] is True and r["reserve_check"]["diff"]["before"] == {}
+    assert r["reserve"]["changed"] is True and r["reserve_again"]["changed"] is False
+    got = r["reserve"]["lease"]
+    assert (got["subnet"], got["ipv6_subnet"], got["public_ip"], got["public_ipv6"], got["key"]) == (
+        "10.5.5.0/24", "fc00:5:0:5::/64", "192.0.2.5", "2001:db8::5", key5)
+    assert got["reservation"] is True and got["ttl"] is None
+    kv5 = store.get(key5)
+    assert not kv5.has_ttl and kv5.value == encode_lease(LeaseAttrs("192.0.2.5", public_ipv6="2001:db8::5"), etcd_api)
+    assert json.loads(kv5.value)["PublicIPv6"] == "2001:db8::5"
+    assert r["own3"]["changed"] is True and r["own3"]["diff"]["after"][key3] == {"value": value3, "reservation": True}
+    assert not store.get(key3).has_ttl
+    assert r["release4"]["changed"] is True and store.get(key4) is None
+    assert [item["key"] for item in r["release4"]["released"]] == [key4]
+    # with 10.5.4.0's lease gone, the twin (a key without TTL) no longer overlaps anything
+    end = {item["key"]: item["reservation"] for item in r["info_end"]["leases"]}
+    assert end == {key3: True, key5: True, twin: True}
+
+    # IPv6-only: leases keyed 0.0.0.0-0&<ip6>-<len>, addressed by ipv6_subnet and public_ipv6 alone
+    for key in [key3, key5, *refused]:
+        store.delete(key)
+    store.put(config_key(etcd_prefix), json.dumps({"EnableIPv4": False, "EnableIPv6": True,
+                                                   "IPv6Network": "fc00:5::/48", "Backend": {"Type": "host-gw"}}))
+    key7 = subnet_key(etcd_prefix, None, v6("fc00:5:0:7::/64"))
+    value7 = encode_lease(LeaseAttrs(None, "host-gw", public_ipv6="2001:db8::7"), etcd_api)
+    assert store.create(key7, value7, ttl=600) is not None
+    stray = subnet_key(etcd_prefix, v4("10.5.1.0/24"))  # an IPv4 lease left in an IPv6-only network
+    store.put(stray, encode_lease(LeaseAttrs("192.0.2.1", "host-gw"), etcd_api))
+    only6 = {"ipv6_subnet": "fc00:5:0:8::/64", "public_ipv6": "2001:db8::8"}
+    play.add("info6", "flannel_lease_info", {})
+    play.add("v4_in_v6", "flannel_lease", dict(only6, subnet="10.5.8.0/24", public_ip="192.0.2.8"))
+    play.add("reserve6", "flannel_lease", only6)
+    play.add("reserve6_again", "flannel_lease", only6)
+    play.add("release7", "flannel_lease", {"ipv6_subnet": "fc00:5:0:7::/64", "state": "absent"})
+    play.add("release8_check", "flannel_lease", {"public_ipv6": "2001:db8::8", "state": "absent"}, check=True)
+    play.add("info6_end", "flannel_lease_info", {})
+    r = play.run()
+    assert key7.endswith("/subnets/0.0.0.0-0&fc00:5:0:7::-64")
+    [item] = r["info6"]["leases"]
+    assert (item["subnet"], item["ipv6_subnet"], item["public_ip"], item["public_ipv6"], item["key"]) == (
+        None, "fc00:5:0:7::/64", None, "2001:db8::7", key7)
+    assert {s["key"]: s["reason"] for s in r["info6"]["skipped"]} == {
+        stray: "it has no IPv6 subnet and this network is IPv6-only"}
+    assert r["v4_in_v6"]["failed"] is True
+    assert r["v4_in_v6"]["msg"].startswith("subnet: the network config has no IPv4 (EnableIPv4 is false)")
+    key8 = subnet_key(etcd_prefix, None, v6("fc00:5:0:8::/64"))
+    assert r["reserve6"]["changed"] is True and r["reserve6"]["lease"]["key"] == key8
+    assert r["reserve6"]["lease"]["subnet"] is None and r["reserve6_again"]["changed"] is False
+    assert json.loads(store.get(key8).value)["PublicIP"] == "0.0.0.0" and not store.get(key8).has_ttl
+    assert r["release7"]["changed"] is True and store.get(key7) is None
+    assert r["release8_check"]["changed"] is True
+    assert [item["key"] for item in r["release8_check"]["released"]] == [key8]
+    assert [item["key"] for item in r["info6_end"]["leases"]] == [key8]
+
+
 def test_adhoc(collections_path, tmp_path, etcd_server, etcd_prefix):
     """`ansible -m` works too (argument errors are covered by tests/unit/plugins)."""
     (tmp_path / "tmp").mkdir()
