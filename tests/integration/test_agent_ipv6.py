@@ -129,3 +129,30 @@ def test_ipv6_asked_of_udp_is_one_clear_line(agents: Any, etcd_server: Any, etcd
     agent = node(agents, 0, etcd_server, etcd_api, etcd_prefix)
     agent.wait_log("the udp backend carries IPv4 only; use one of vxlan, host-gw, wireguard")
     assert not agent.subnet_file.exists()
+
+
+def test_ipv6_lease_lost_from_etcd_is_written_back_and_hostile_ipv6_leases_are_refused(
+        agents: Any, etcd_server: Any, etcd_api: str, etcd_prefix: str) -> None:
+    put_config(etcd_server, etcd_api, etcd_prefix, DUAL)
+    store = etcdstore.connect(etcd_server.url, api=etcd_api)
+    try:
+        hostile = {
+            "10.100.7.0-24&fc00:100:0:7::-64": {"PublicIP": "127.0.0.7", "PublicIPv6": "fe80::7"},
+            "10.100.8.0-24&fc00:100:0:8::-64": {"PublicIP": "127.0.0.8", "PublicIPv6": "ff02::8"},
+            "10.100.9.0-24&fc00:200:0:9::-64": {"PublicIP": "127.0.0.9", "PublicIPv6": "fd00::9"},
+            "10.100.10.0-24&fc00:100:0:a::1-64": {"PublicIP": "127.0.0.10"},
+        }
+        for name, value in hostile.items():
+            store.put(etcd_prefix + "/subnets/" + name, json.dumps(value))
+        agent = agents("n0", etcd_server.url, etcd_api, etcd_prefix, "127.0.0.110",
+                       extra=["--public-ipv6", "fd00:100::10"], iface="lo")
+        v4, v6 = subnets(agent)
+        for words in ("fe80::7 is a link-local address", "ff02::8 is a multicast address",
+                      "outside the IPv6 network fc00:100::/48", "10.100.10.0-24&fc00:100:0:a::1-64"):
+            agent.wait_log(words)
+        own = "%s/subnets/%s-24&%s-64" % (etcd_prefix, v4.network_address, v6.network_address)
+        store.delete(own)  # etcd lost it (wiped, restored, deleted behind our back)
+        agent.wait_log("wrote it back to etcd with the same subnet")
+        assert store.get(own) is not None and subnets(agent) == (v4, v6)
+    finally:
+        store.close()
