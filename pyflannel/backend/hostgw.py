@@ -15,7 +15,7 @@ import ipaddress
 from typing import Any, Dict, List, Optional
 
 from pyflannel.backend import BackendError, ExternalInterface, register
-from pyflannel.backend.routes import Hop, RouteBackend
+from pyflannel.backend.routes import Hop, RouteBackend, usable_ipv6_peer
 from pyflannel.leases import Lease
 
 
@@ -57,7 +57,7 @@ class HostGwBackend(RouteBackend):
         attrs = lease.attrs
         if self.enable_ipv4 and lease.subnet is not None and attrs.public_ip:
             hops.append(Hop(lease.subnet, attrs.public_ip, self.ext_iface.index))
-        if self.enable_ipv6 and lease.ipv6_subnet is not None and attrs.public_ipv6:
+        if self.enable_ipv6 and lease.ipv6_subnet is not None and usable_ipv6_peer(attrs.public_ipv6):
             hops.append(Hop(lease.ipv6_subnet, attrs.public_ipv6, self.ext_iface.index))
         return hops
 

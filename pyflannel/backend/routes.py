@@ -21,6 +21,7 @@ subnets changed.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import threading
@@ -40,6 +41,20 @@ FEW_HOPS = 100  # with this many wanted hops or fewer the full check runs on eve
 SHOWN = 10  # routes named one by one in the log per pass; the rest are counted
 
 Net = Any  # ipaddress.IPv4Network or IPv6Network
+
+
+def usable_ipv6_peer(ip: Optional[str]) -> bool:
+    """A PublicIPv6 a route or fdb entry may point at: unicast, not link-local, loopback or unspecified.
+    The lease validator refuses the others before a backend sees them; this keeps the datapath safe
+    on its own (a multicast fdb destination would flood the overlay)."""
+    if not ip:
+        return False
+    try:
+        addr = ipaddress.IPv6Address(ip)
+    except ValueError:
+        return False
+    return not (addr.is_multicast or addr.is_link_local or addr.is_loopback or addr.is_unspecified
+                or addr.ipv4_mapped is not None)
 
 
 def _net_order(net: Any) -> Tuple[int, Any]:

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 from pyflannel import netlink
 from pyflannel.backend import BackendError, ExternalInterface, register
-from pyflannel.backend.routes import Hop, Net, RouteBackend
+from pyflannel.backend.routes import Hop, Net, RouteBackend, usable_ipv6_peer
 from pyflannel.leases import Lease, LeaseAttrs
 
 log = logging.getLogger("pyflannel.backend.vxlan")
@@ -233,7 +233,7 @@ class VxlanBackend(RouteBackend):
         if dev4 is not None and lease.subnet is not None and attrs.public_ip and attrs.vtep_mac:
             hops.append(self._hop(dev4, lease.subnet, attrs.public_ip, attrs.vtep_mac))
         mac6 = attrs.data("VtepMAC", 6)
-        if dev6 is not None and lease.ipv6_subnet is not None and attrs.public_ipv6 and mac6:
+        if dev6 is not None and lease.ipv6_subnet is not None and usable_ipv6_peer(attrs.public_ipv6) and mac6:
             hops.append(self._hop(dev6, lease.ipv6_subnet, attrs.public_ipv6, mac6))
         return hops
 

@@ -360,3 +360,26 @@ def test_vxlan_ipv6_cleanup_vni_change_and_switch(bed6: Any) -> None:
     d1 = up(h1, {"Type": "vxlan"})
     assert not routes(h1, 6, 108) and not routes(h1, 4, 108)
     d1.close()
+
+
+@pytest.mark.parametrize("backend", ["vxlan", "host-gw"])
+def test_hostile_public_ipv6_gets_no_datapath(bed6: Any, backend: str) -> None:
+    """The lease validator refuses such leases upstream; handed to the backend anyway (the driver does not
+    validate), a link-local, multicast or unspecified PublicIPv6 gets no IPv6 route, neighbour or fdb
+    entry (the lease's IPv4 part is still served)."""
+    bed = bed6(["A"])
+    (h1,) = bed.hosts
+    d = up(h1, {"Type": backend})
+    leases = []
+    for n, bad in ((5, "fe80::1"), (6, "ff02::1"), (7, "::"), (8, "::ffff:172.30.1.12")):
+        value = {"PublicIP": "172.30.1.%d" % (20 + n), "PublicIPv6": bad, "BackendType": backend}
+        if backend == "vxlan":
+            value["BackendData"] = {"VNI": 1, "VtepMAC": "02:00:00:00:00:%02x" % n}
+            value["BackendV6Data"] = {"VNI": 1, "VtepMAC": "02:00:00:00:01:%02x" % n}
+        leases.append({"subnet": s4(n), "subnet6": s6(n), "value": json.dumps(value)})
+    assert d.call("sync", leases=leases)["ok"]
+    assert d.call("tick")["ok"]
+    assert not routes(h1, 6, PROTO[backend])
+    assert set(routes(h1, 4, PROTO[backend])) == {s4(n) for n in (5, 6, 7, 8)}
+    if backend == "vxlan":
+        assert not v6_neigh(h1, "flannel-v6.1") and not fdb(h1, "flannel-v6.1")
