@@ -163,10 +163,17 @@ def lease_order(lease) -> tuple:
             int(v6.network_address) if v6 is not None else 0)
 
 
-def lease_fits(config, lease) -> bool:
+def lease_fits(config, lease, new_families=()) -> bool:
     """Whether ``lease`` is one ``config`` hands out in every family it enables (as Go flanneld decides
-    whether a node may keep its lease: the IPv4 subnet in the IPv4 pool, the IPv6 subnet in the IPv6 pool)."""
-    return all(pool.contains(lease.subnet if pool.version == 4 else lease.ipv6_subnet) for pool in config.pools())
+    whether a node may keep its lease: the IPv4 subnet in the IPv4 pool, the IPv6 subnet in the IPv6 pool).
+    A family in ``new_families`` (switched on just now) may be missing from the lease."""
+    for pool in config.pools():
+        subnet = lease.subnet if pool.version == 4 else lease.ipv6_subnet
+        if subnet is None and pool.version in new_families:
+            continue
+        if not pool.contains(subnet):
+            return False
+    return True
 
 
 _EXAMPLES = {4: ("10.1.5.0/24", "192.0.2.1"), 6: ("fc00:0:0:5::/64", "2001:db8::1")}

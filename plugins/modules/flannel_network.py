@@ -22,9 +22,11 @@ description:
     a backend that carries IPv6 (not V(udp)).
   - The stored config is compared semantically with the wanted one (defaults and key order do not count),
     so a config written by hand or by another tool is not rewritten when it means the same.
-  - Changing C(Network), C(SubnetLen), C(IPv6Network), C(IPv6SubnetLen), C(EnableIPv4) or C(EnableIPv6) while
-    leases exist, or any change that leaves an existing lease outside the new ranges, needs O(force=true).
-    Every node holding such a lease drops it and acquires a new subnet, so its containers get new addresses.
+  - Changing C(Network), C(SubnetLen), C(IPv6Network) or C(IPv6SubnetLen), switching a family off (C(EnableIPv4)
+    or C(EnableIPv6) to false) while leases exist, or any change that leaves an existing lease outside the new
+    ranges, needs O(force=true). Every node holding such a lease drops it and acquires a new subnet, so its
+    containers get new addresses. Switching a family on needs no force: each node keeps its subnets and adds
+    one of the new family when its agent restarts.
 author:
   - netfabric.flannel developers (@netfabric)
 extends_documentation_fragment:
@@ -381,7 +383,7 @@ def _moves(current, wanted) -> list:
     moved = []
     for name, flag in (("EnableIPv4", "enable_ipv4"), ("EnableIPv6", "enable_ipv6")):
         before, after = getattr(current, flag), getattr(wanted, flag)
-        if before != after:
+        if before and not after:  # switching a family on moves nobody: each node keeps its subnet
             moved.append("%s from %s to %s" % (name, str(before).lower(), str(after).lower()))
     for lead, version in (("", 4), ("IPv6", 6)):
         old, new = current.pool(version), wanted.pool(version)
@@ -407,7 +409,10 @@ def lease_problems(current, wanted, leases) -> tuple:
     """Leases that the change from ``current`` to ``wanted`` would invalidate -> (why, subnets)."""
     if not leases:
         return None, []
-    outside = [lease for _kv, lease in leases if not lease_fits(wanted, lease)]
+    # A family switched on: a lease without a subnet of it keeps its other subnets (the agent replaces it
+    # with one that adds the new family), so only the families it already had must still fit.
+    added = [pool.version for pool in wanted.pools() if current is None or current.pool(pool.version) is None]
+    outside = [lease for _kv, lease in leases if not lease_fits(wanted, lease, added)]
     moved = _moves(current, wanted) if current is not None else []
     if not moved and not outside:
         return None, []

@@ -155,11 +155,12 @@ def test_lease_problems_with_ipv6():
                          "Backend": {"Type": "vxlan"}})
     v4_leases = [lease("10.1.5.0/24", "192.0.2.5")]
     dual_leases = [lease("10.1.5.0/24", "192.0.2.5", "fc00:0:0:5::/64", "2001:db8::5")]
-    # turning IPv6 on moves every node: Go drops a lease without an IPv6 subnet
-    why, subnets = flannel_network.lease_problems(v4, dual, v4_leases)
-    assert why.startswith("refusing to change EnableIPv6 from false to true: 1 existing lease(s) "
-                          "(10.1.5.0/24 of 192.0.2.5)"), why
-    assert subnets == ["10.1.5.0/24"]
+    # turning IPv6 on moves nobody: each agent keeps its IPv4 subnet and adds an IPv6 one
+    assert flannel_network.lease_problems(v4, dual, v4_leases) == (None, [])
+    # turning it off again takes the nodes' IPv6 addresses away: force
+    why, subnets = flannel_network.lease_problems(dual, v4, dual_leases)
+    assert why.startswith("refusing to change EnableIPv6 from true to false: 1 existing lease(s) "
+                          "(10.1.5.0/24 fc00:0:0:5::/64 of 192.0.2.5)"), why
     assert flannel_network.lease_problems(dual, dual, dual_leases) == (None, [])
     moved = parse_config({"Network": "10.1.0.0/16", "EnableIPv6": True, "IPv6Network": "fc01::/48",
                           "IPv6SubnetLen": 80, "Backend": {"Type": "vxlan"}})
@@ -175,9 +176,9 @@ def test_lease_problems_with_ipv6():
                           "Backend": {"Type": "vxlan"}})
     six_leases = [lease(None, None, "fc00:0:0:5::/64", "2001:db8::5")]
     assert flannel_network.lease_problems(only6, only6, six_leases) == (None, [])
-    why, subnets = flannel_network.lease_problems(only6, dual, six_leases)
-    assert "EnableIPv4 from false to true" in why and "fc00:0:0:5::/64 of 2001:db8::5" in why
-    assert subnets == ["fc00:0:0:5::/64"]
+    assert flannel_network.lease_problems(only6, dual, six_leases) == (None, [])  # IPv4 added: kept
+    why, subnets = flannel_network.lease_problems(dual, only6, dual_leases)
+    assert "EnableIPv4 from true to false" in why and subnets == ["10.1.5.0/24 fc00:0:0:5::/64"]
 
 
 def test_lease_fits_and_order():
