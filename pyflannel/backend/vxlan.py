@@ -16,8 +16,9 @@ IPv6 subnet (S6, network address G6, V6 VtepMAC M6, PublicIPv6 P6) the same thre
 neighbour ``G6 lladdr M6``, fdb ``M6 dst P6``, route ``S6 via G6 dev flannel-v6.<VNI> onlink`` (or, with
 DirectRouting and P6 on-link, ``S6 via P6 dev <iface>``).  An IPv6-only network has no ``flannel.<VNI>``.
 The IPv6 device's MTU is the interface's minus 70 (IPv6 underlay headers; what the kernel gives a vxlan
-device over IPv6, which is what Go v0.20's device gets as it sets none); FLANNEL_MTU stays the interface's
-minus 50 on every network, as Go's ``encapOverhead``.
+device over IPv6, which is what Go v0.20's device gets as it sets none).  FLANNEL_MTU is the smallest
+MTU of the devices in use: interface - 50 on IPv4-only networks, interface - 70 once IPv6 is on (Go
+announces interface - 50 there too, and full-size IPv6 container packets then meet "packet too big").
 """
 
 from __future__ import annotations
@@ -131,8 +132,21 @@ class VxlanBackend(RouteBackend):
         override = self.config.option("MTU")
         return int(override) if override else self.ext_iface.mtu - OVERHEAD6
 
+    def mtu(self) -> int:
+        """FLANNEL_MTU: the smallest MTU of the devices the network uses, so a container's full-size
+        packet fits the IPv6 device too (Go v0.20 announces the IPv4 device's, interface - 50, also on
+        dual-stack networks, and full-size IPv6 packets then meet "packet too big")."""
+        mtus = [self.mtu4()] if self.enable_ipv4 else []
+        if self.enable_ipv6:
+            mtus.append(self.mtu6())
+        return min(mtus or [self.mtu4()])
+
+    def mtu4(self) -> int:
+        """The flannel.<VNI> device's MTU: the ``MTU`` option, else the interface's MTU minus 50."""
+        return super().mtu()
+
     def _device_mtu(self, dev: _Device) -> int:
-        return self.mtu() if dev.version == 4 else self.mtu6()
+        return self.mtu4() if dev.version == 4 else self.mtu6()
 
     def _local(self, dev: _Device) -> Optional[str]:
         return self.ext_iface.address if dev.version == 4 else self.ext_iface.address6

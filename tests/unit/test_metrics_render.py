@@ -102,8 +102,8 @@ def test_agent_metrics_carry_build_and_lease_info():
     assert 'flannel_build_info{version="%s",python="%s",backend=""} 1' % (__version__, platform.python_version()) \
         in text.splitlines()
     assert "flannel_lease_info" not in text and "\nflannel_up 0\n" in text
-    agent.lease = SimpleNamespace(subnet="10.1.2.0/24", reservation=False, expiration=1700000000,
-                                  attrs=SimpleNamespace(public_ip="192.0.2.1"))
+    agent.lease = SimpleNamespace(subnet="10.1.2.0/24", ipv6_subnet=None, reservation=False, expiration=1700000000,
+                                  attrs=SimpleNamespace(public_ip="192.0.2.1", public_ipv6=None))
     agent.backend = _Backend()
     lines = render_metrics(agent._metrics()).splitlines()
     assert 'flannel_lease_info{node="%s",subnet="10.1.2.0/24",public_ip="192.0.2.1"} 1' % socket.gethostname() in lines
@@ -112,3 +112,10 @@ def test_agent_metrics_carry_build_and_lease_info():
     assert 'flannel_udp_dropped_packets_total{direction="rx",reason="bad_header"} 2' in lines
     assert len([line for line in lines if line.startswith("# TYPE ")]) == len({
         line.split("{")[0].split(" ")[0] for line in lines if not line.startswith("#")})
+    # a dual-stack lease labels the IPv6 subnet and address too
+    agent.lease = SimpleNamespace(subnet="10.1.2.0/24", ipv6_subnet="fc00:0:0:2::/64", reservation=False,
+                                  expiration=1700000000,
+                                  attrs=SimpleNamespace(public_ip="192.0.2.1", public_ipv6="fd00::1"))
+    lines = render_metrics(agent._metrics()).splitlines()
+    assert ('flannel_lease_info{node="%s",subnet="10.1.2.0/24",public_ip="192.0.2.1",ipv6_subnet="fc00:0:0:2::/64",'
+            'public_ipv6="fd00::1"} 1' % socket.gethostname()) in lines
