@@ -206,8 +206,8 @@ def run_backend(bed: TestBed, server: EtcdServer, btype: str, seconds: int, env:
         deadline = time.monotonic() + 15
         while bed.hosts[0].ping(ends[1], ends[0], count=1, deadline=2).returncode != 0:
             if time.monotonic() > deadline:
-                raise RuntimeError("%s: no connectivity %s -> %s; log:\n%s" % (btype, ends[0], ends[1],
-                                                                                agents[0].logtext()))
+                log_text = agents[0].logtext()
+                raise RuntimeError("%s: no connectivity %s -> %s; log:\n%s" % (btype, ends[0], ends[1], log_text))
         # the path the overlay runs take (device and next hop), as the kernel picks it
         path = bed.hosts[0].run("ip", "-6" if ipv6 else "-4", "route", "get", ends[1], "from", ends[0],
                                 check=False).stdout.split("\n")[0].strip()

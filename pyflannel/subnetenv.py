@@ -164,8 +164,8 @@ def _interface_network(value: Optional[str], cls):
         return None
 
 
-def previous_subnets(path: Optional[str]) -> Tuple[Optional[ipaddress.IPv4Network],
-                                                    Optional[ipaddress.IPv6Network]]:
+def previous_subnets(
+        path: Optional[str]) -> Tuple[Optional[ipaddress.IPv4Network], Optional[ipaddress.IPv6Network]]:
     """The subnets of FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET in an existing subnet file, for reusing the
     leases on restart. A missing or unreadable file gives ``(None, None)``; a missing or bad line (no
     prefix length, the wrong family, garbage) gives None for its family only. Quotes, ``export`` and

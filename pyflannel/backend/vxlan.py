@@ -272,8 +272,8 @@ class VxlanBackend(RouteBackend):
         if not hop.vtep_mac:
             return "direct route via %s dev %s" % (hop.gateway, self.ext_iface.name)
         dev = self._dev_of(hop.oif)
-        return "via %s dev %s onlink, VTEP %s at %s" % (hop.gateway, dev.name if dev else "#%d" % hop.oif,
-                                                         hop.vtep_mac, hop.underlay)
+        name = dev.name if dev else "#%d" % hop.oif
+        return "via %s dev %s onlink, VTEP %s at %s" % (hop.gateway, name, hop.vtep_mac, hop.underlay)
 
     def install_extra(self, hop: Hop) -> None:
         if hop.vtep_mac:

@@ -119,8 +119,8 @@ def test_enabling_ipv6_keeps_the_ipv4_subnet(agents: Any, etcd_server: Any, etcd
         time.sleep(0.1)
     new4, new6 = previous_subnets(str(again.subnet_file))
     assert new4 == v4 and new6 is not None, again.log()[-3000:]
-    assert list(leases(etcd_server, etcd_api, etcd_prefix)) == ["%s-24&%s-64" % (v4.network_address,
-                                                                               new6.network_address)]
+    wanted = "%s-24&%s-64" % (v4.network_address, new6.network_address)
+    assert list(leases(etcd_server, etcd_api, etcd_prefix)) == [wanted]
 
 
 def test_ipv6_asked_of_udp_is_one_clear_line(agents: Any, etcd_server: Any, etcd_api: str, etcd_prefix: str) -> None:

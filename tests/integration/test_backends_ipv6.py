@@ -159,8 +159,8 @@ def test_dual_stack_mesh(bed6: Any, backend: str, segments: List[str]) -> None:
     assert "onlink" in r6[s6(2)]["flags"]
     assert v6_neigh(h1, "flannel-v6.1") == {"fd10:0:0:2::": v6["address"],
                                             "fd10:0:0:3::": hosts[2].link("flannel-v6.1")["address"]}
-    assert fdb(h1, "flannel-v6.1") == {v6["address"]: hosts[1].address6,
-                                      hosts[2].link("flannel-v6.1")["address"]: hosts[2].address6}
+    wanted = {v6["address"]: hosts[1].address6, hosts[2].link("flannel-v6.1")["address"]: hosts[2].address6}
+    assert fdb(h1, "flannel-v6.1") == wanted
 
 
 @pytest.mark.parametrize("backend,segments", [("vxlan", ["A", "A", "B"]), ("host-gw", ["A", "A", "A"])])

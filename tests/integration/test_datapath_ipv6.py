@@ -105,8 +105,8 @@ def ping_mesh(agents: List[Agent6], versions: List[int], deadline: int = 10) -> 
 
 def assert_mesh(agents: List[Agent6], versions: List[int]) -> None:
     failed = ping_mesh(agents, versions)
-    assert not failed, "pings failed:\n%s\n%s" % ("\n".join("%s: %s" % kv for kv in failed.items()),
-                                                agents[0].logtext()[-3000:])
+    lines = "\n".join("%s: %s" % kv for kv in failed.items())
+    assert not failed, "pings failed:\n%s\n%s" % (lines, agents[0].logtext()[-3000:])
 
 
 def v6_state(agent: Agent6) -> List[str]:
@@ -186,4 +186,3 @@ def test_backend_switch_leaves_no_ipv6_device_or_route(testbed: Any, bed_etcd: A
     put_config(bed, server, PREFIX, {"Network": "10.100.0.0/16", "Backend": {"Type": "vxlan"}})
     agents[0].start()
     assert v6_state(agents[0]) == ["flannel.1"]
-

@@ -280,4 +280,3 @@ def test_v6_only_without_ipv6_default_route_says_what_to_do():
         assert "no IPv6 default route" in err and "--iface" in err and "\n" not in err
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30, check=False)
-
