@@ -67,8 +67,9 @@ argspec-check: venv collections-link ## the roles' argument_specs reject wrong v
 
 BACKEND      ?= vxlan
 ETCD_MEMBERS ?= 1
-lab: venv collections-link ## local 3-host lab (systemd containers) running site.yml; BACKEND=vxlan|host-gw|udp|wireguard ETCD_MEMBERS=1|3
-	$(PY) lab/lab.py up --backend $(BACKEND) --etcd-members $(ETCD_MEMBERS)
+IPV6         ?= 0
+lab: venv collections-link ## local 3-host lab (systemd containers) running site.yml; BACKEND=vxlan|host-gw|udp|wireguard ETCD_MEMBERS=1|3 IPV6=1 (dual stack)
+	$(PY) lab/lab.py up --backend $(BACKEND) --etcd-members $(ETCD_MEMBERS)$(if $(filter 1,$(IPV6)), --ipv6)
 
 # The view real hosts get (playbooks/status.yml), run against the lab's inventory; non-zero exit when
 # something is wrong. `lab/lab.py status` adds the lab's container-to-container ping matrix.
@@ -80,7 +81,7 @@ lab-down: ## remove the lab's containers, network and volumes (keeps the cached 
 	python3 lab/lab.py down
 
 # With no MOLECULE_RUNS, lab/run-molecule.sh runs its default set (the one `make test` runs).
-molecule: venv collections-link ## molecule scenarios on docker (default per backend, tls, seed; MOLECULE_RUNS="tls default:udp" picks)
+molecule: venv collections-link ## molecule scenarios on docker (default per backend, tls, seed, dualstack; MOLECULE_RUNS="tls default:udp" picks)
 	lab/run-molecule.sh $(MOLECULE_RUNS)
 
 VAGRANT_DRIVER ?= qemu

@@ -1,6 +1,6 @@
 """The local multi-host lab: systemd containers on one docker network, site.yml run on them.
 
-    lab.py up [--backend vxlan|host-gw|udp|wireguard] [--etcd-members 1|3] [--hosts 3]
+    lab.py up [--backend vxlan|host-gw|udp|wireguard] [--etcd-members 1|3] [--hosts 3] [--ipv6]
     lab.py status
     lab.py down
 
@@ -12,6 +12,10 @@ shows the status: ``playbooks/status.yml`` against the lab's inventory (the same
 services, leases, docker0 against subnet.env, a ping matrix between the hosts' flannel addresses), then
 the lab's own proof, a ping matrix between the workload containers on different hosts. ``status`` shows
 the same again.
+``--ipv6`` (``make lab IPV6=1``) makes it dual stack: the lab network gets an IPv6 subnet (LAB_SUBNET6,
+beside LAB_SUBNET for IPv4), so every host has an IPv6 address too; the inventory turns on
+flannel_enable_ipv6 with the IPv6 overlay LAB_FLANNEL_IPV6 (vxlan, host-gw and wireguard carry it, udp
+does not), and both ping matrices show IPv4 and IPv6.
 Everything the lab creates carries the docker label ``netfabric.flannel.lab``; ``down`` removes
 exactly that (containers, the network, the volumes).
 
@@ -40,6 +44,15 @@ PREFIX = os.environ.get("LAB_PREFIX", "lab-node")
 HOST_IMAGE = os.environ.get("LAB_IMAGE", "netfabric-flannel-lab") + ":latest"
 BUSYBOX_IMAGE = os.environ.get("LAB_BUSYBOX", "netfabric-flannel-busybox") + ":latest"
 WORKLOAD = "lab-bb"
+# Dual stack (--ipv6): the lab network's subnets and the flannel IPv6 overlay.
+SUBNET4 = os.environ.get("LAB_SUBNET", "172.30.240.0/24")
+SUBNET6 = os.environ.get("LAB_SUBNET6", "fd00:4c41:42::/64")
+FLANNEL_IPV6 = os.environ.get("LAB_FLANNEL_IPV6", "fd00:100::/56")
+# IPv6 on (docker0 inherits the default's disable_ipv6) and forwarding (the host routes between docker0 and
+# flannel's devices); /proc/sys is read-only inside the hosts, so these are set at docker run.
+IPV6_RUN_FLAGS = [f for key in ("all.disable_ipv6=0", "default.disable_ipv6=0", "all.forwarding=1",
+                                "default.forwarding=1")
+                  for f in ("--sysctl", "net.ipv6.conf." + key)]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "plugins" / "module_utils"))
 from catalogue import DATAPATHS  # noqa: E402  (standard library only: runs under any python3)
 
@@ -117,6 +130,10 @@ def container_ip(name: str) -> str:
     return docker("inspect", "-f", '{{(index .NetworkSettings.Networks "%s").IPAddress}}' % NETWORK, name)
 
 
+def container_ip6(name: str) -> str:
+    return docker("inspect", "-f", '{{(index .NetworkSettings.Networks "%s").GlobalIPv6Address}}' % NETWORK, name)
+
+
 def label_of(name: str, key: str) -> str:
     return docker("inspect", "-f", '{{index .Config.Labels "%s"}}' % key, name)
 
@@ -136,9 +153,9 @@ def host_names(count: int) -> List[str]:
     return ["%s%d" % (PREFIX, i) for i in range(1, count + 1)]
 
 
-def start_hosts(names: List[str], backend: str, members: int) -> None:
+def start_hosts(names: List[str], backend: str, members: int, ipv6: bool = False) -> None:
     existing = lab_containers()
-    wanted = "%s/%d/%d" % (backend, members, len(names))
+    wanted = "%s/%d/%d%s" % (backend, members, len(names), "/ipv6" if ipv6 else "")
     if existing:
         current = label_of(existing[0], LABEL + ".config")
         if current != wanted or sorted(existing) != sorted(names):
@@ -146,9 +163,21 @@ def start_hosts(names: List[str], backend: str, members: int) -> None:
                 % (current or "?", wanted))
             down(quiet=True)
             existing = []
-    if not docker("network", "ls", "-q", "--filter", "name=^%s$" % NETWORK):
-        docker("network", "create", "--label", LABEL, NETWORK)
-        say("    network %s created" % NETWORK)
+    net = docker("network", "ls", "-q", "--filter", "name=^%s$" % NETWORK)
+    if net and docker("network", "inspect", "-f", "{{.EnableIPv6}}", NETWORK) != ("true" if ipv6 else "false"):
+        if existing:
+            down(quiet=True)
+            existing = []
+        else:
+            docker("network", "rm", NETWORK)
+        net = ""
+    if not net:
+        if ipv6:
+            docker("network", "create", "--label", LABEL, "--ipv6", "--subnet", SUBNET6, "--subnet", SUBNET4, NETWORK)
+            say("    network %s created (%s, %s)" % (NETWORK, SUBNET4, SUBNET6))
+        else:
+            docker("network", "create", "--label", LABEL, NETWORK)
+            say("    network %s created" % NETWORK)
     for name in names:
         if name in existing:
             if docker("inspect", "-f", "{{.State.Running}}", name) != "true":
@@ -158,8 +187,8 @@ def start_hosts(names: List[str], backend: str, members: int) -> None:
         docker("volume", "create", "--label", LABEL, name + "-docker")
         docker("run", "-d", "--name", name, "--hostname", name, "--network", NETWORK,
                "--label", LABEL, "--label", "%s.config=%s" % (LABEL, wanted),
-               *RUN_FLAGS, "-v", "%s-docker:/var/lib/docker" % name, HOST_IMAGE)
-        say("    %s started (%s)" % (name, container_ip(name)))
+               *RUN_FLAGS, *(IPV6_RUN_FLAGS if ipv6 else []), "-v", "%s-docker:/var/lib/docker" % name, HOST_IMAGE)
+        say("    %s started (%s)" % (name, container_ip(name) + (", " + container_ip6(name) if ipv6 else "")))
     for name in names:
         deadline = time.monotonic() + 90
         state = ""
@@ -176,7 +205,7 @@ def start_hosts(names: List[str], backend: str, members: int) -> None:
             say("    %s: systemd degraded: %s" % (name, failed.replace("\n", "; ")))
 
 
-def write_inventory(names: List[str], backend: str, members: int) -> Path:
+def write_inventory(names: List[str], backend: str, members: int, ipv6: bool = False) -> Path:
     INVENTORY_DIR.mkdir(exist_ok=True)
     path = INVENTORY_DIR / "hosts.yml"
     lines = [
@@ -187,6 +216,7 @@ def write_inventory(names: List[str], backend: str, members: int) -> Path:
         "  vars:",
         "    flannel_backend: {type: %s}" % backend,
         "    flannel_iface: [eth0]",
+        *(["    flannel_enable_ipv6: true", "    flannel_ipv6_network: %s" % FLANNEL_IPV6] if ipv6 else []),
         "  children:",
         "    lab_hosts:",
         "      vars:",
@@ -197,6 +227,8 @@ def write_inventory(names: List[str], backend: str, members: int) -> Path:
     for n in names:
         lines.append("        %s:" % n)
         lines.append("          flannel_public_ip: %s" % container_ip(n))
+        if ipv6:
+            lines.append("          flannel_public_ipv6: %s" % container_ip6(n))
     lines += ["    etcd:", "      hosts:"]
     lines += ["        %s:" % n for n in names[:members]]
     lines += ["    flannel_nodes:", "      hosts:"]
@@ -252,16 +284,18 @@ def start_workloads(names: List[str]) -> None:
             dexec(name, "docker", "rm", "-f", WORKLOAD, check=False)
             dexec(name, "docker", "run", "-d", "--name", WORKLOAD, "--restart", "unless-stopped",
                   BUSYBOX_IMAGE, "httpd", "-f", "-p", "80", "-h", "/www")
-        say("    %s: %s runs at %s" % (name, WORKLOAD, workload_ip(name)))
+        ip6 = workload_ip(name, 6)
+        say("    %s: %s runs at %s%s" % (name, WORKLOAD, workload_ip(name), (", " + ip6) if ip6 else ""))
 
 
-def workload_ip(host: str) -> str:
-    """The workload container's address on the host's docker0, "" when there is none."""
-    proc = run(["docker", "exec", host, "docker", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", WORKLOAD],
+def workload_ip(host: str, family: int = 4) -> str:
+    """The workload container's address (IPv4, or its global IPv6 one) on the host's docker0, "" when none."""
+    field = "IPAddress" if family == 4 else "GlobalIPv6Address"
+    proc = run(["docker", "exec", host, "docker", "inspect", "-f", "{{.NetworkSettings.%s}}" % field, WORKLOAD],
                check=False, timeout=30)
     text = proc.stdout.decode(errors="replace").strip()
     try:
-        return str(ipaddress.IPv4Address(text)) if proc.returncode == 0 else ""
+        return str(ipaddress.ip_address(text)) if proc.returncode == 0 and text else ""
     except ValueError:
         return ""
 
@@ -288,26 +322,33 @@ def ping(src_host: str, dst_ip: str) -> str:
 
 
 def container_matrix(names: List[str]) -> bool:
-    """The lab's proof: the workload container on each host pings the one on every other host."""
-    targets = [(n, workload_ip(n)) for n in names]
+    """The lab's proof: the workload container on each host pings the one on every other host (both
+    families when the containers have IPv6 addresses: one cell reads "IPv4 result / IPv6 result")."""
+    targets = [(n, workload_ip(n), workload_ip(n, 6)) for n in names]
+    dual = any(ip6 for _n, _ip, ip6 in targets)
     say("")
-    say("CONTAINER PING MATRIX (container %s on each host -> container on each other host, through flannel)"
-        % WORKLOAD)
-    header = ["from \\ to"] + ["%s %s" % (n, ip or "(none)") for n, ip in targets]
+    say("CONTAINER PING MATRIX (container %s on each host -> container on each other host, through flannel%s)"
+        % (WORKLOAD, "; IPv4 / IPv6" if dual else ""))
+    header = ["from \\ to"] + ["%s %s" % (n, " ".join(x for x in (ip, ip6) if x) or "(none)")
+                                for n, ip, ip6 in targets]
     rows = []
     all_ok = True
-    for src, src_ip in targets:
+    for src, src_ip, src_ip6 in targets:
         row = [src]
-        for dst, dst_ip in targets:
+        for dst, dst_ip, dst_ip6 in targets:
             if dst == src:
                 row.append("-")
-            elif not src_ip or not dst_ip:
-                row.append("no container")
-                all_ok = False
-            else:
-                result = ping(src, dst_ip)
-                all_ok &= result.startswith("ok")
-                row.append(result)
+                continue
+            cells = []
+            for have, want in ((src_ip, dst_ip), (src_ip6, dst_ip6)) if dual else ((src_ip, dst_ip),):
+                if not have or not want:
+                    cells.append("no container")
+                    all_ok = False
+                else:
+                    result = ping(src, want)
+                    all_ok &= result.startswith("ok")
+                    cells.append(result)
+            row.append(" / ".join(cells))
         rows.append(row)
     table(header, rows)
     return all_ok
@@ -357,6 +398,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     up_p.add_argument("--backend", default=os.environ.get("BACKEND") or "vxlan")
     up_p.add_argument("--etcd-members", type=int, default=int(os.environ.get("ETCD_MEMBERS") or 1))
     up_p.add_argument("--hosts", type=int, default=int(os.environ.get("LAB_HOSTS") or 3))
+    up_p.add_argument("--ipv6", action="store_true",
+                      help="dual stack: IPv6 on the lab network and in the flannel network (not with udp)")
     up_p.add_argument("ansible_args", nargs="*", help="extra ansible-playbook arguments (after --)")
     sub.add_parser("status", help="playbooks/status.yml on the lab, then the container ping matrix")
     sub.add_parser("down", help="remove the lab's containers, network and volumes")
@@ -375,15 +418,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.hosts < 1 or not 1 <= args.etcd_members <= args.hosts:
             raise StepFailed("ETCD_MEMBERS=%d must be between 1 and the number of hosts (%d)"
                              % (args.etcd_members, args.hosts))
+        if args.ipv6 and args.backend == "udp":
+            raise StepFailed("IPV6=1 needs a backend that carries IPv6 (vxlan, host-gw or wireguard), not udp")
         names = host_names(args.hosts)
         t0 = time.monotonic()
         step = Steps(7)
         step("docker engine", ensure_engine)
         step("images (%s, %s)" % (HOST_IMAGE, BUSYBOX_IMAGE), build_images)
-        step("hosts %s on network %s" % (", ".join(names), NETWORK), start_hosts, names, args.backend,
-             args.etcd_members)
-        step("inventory", write_inventory, names, args.backend, args.etcd_members)
-        step("ansible-playbook site.yml (backend %s)" % args.backend, run_site, args.ansible_args)
+        step("hosts %s on network %s%s" % (", ".join(names), NETWORK, " (dual stack)" if args.ipv6 else ""),
+             start_hosts, names, args.backend, args.etcd_members, args.ipv6)
+        step("inventory", write_inventory, names, args.backend, args.etcd_members, args.ipv6)
+        step("ansible-playbook site.yml (backend %s%s)" % (args.backend, ", IPv4+IPv6" if args.ipv6 else ""),
+             run_site, args.ansible_args)
         step("busybox workload on every host", start_workloads, names)
         ok = step("status", status, names)
         say("lab: up in %.0fs; `make lab-status` shows this again, `make lab-down` removes it"

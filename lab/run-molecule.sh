@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the molecule scenarios against the local docker engine and print how long each took.
-#   lab/run-molecule.sh                 default scenario for every backend (vxlan, host-gw, udp, wireguard), then tls and seed
+#   lab/run-molecule.sh                 default scenario for every backend (vxlan, host-gw, udp, wireguard), then tls, seed
+#                                       and dualstack
 #   lab/run-molecule.sh default:udp tls  selected runs (scenario[:backend])
 #   lab/run-molecule.sh vagrant          the Vagrant scenario (builds and adds the box first)
 # Makes sure a docker engine answers and the lab images (or the Vagrant box) exist first.
@@ -11,10 +12,10 @@ export PATH="$root/.venv/bin:$PATH"
 cd "$root"
 
 runs=("$@")
-[ ${#runs[@]} -gt 0 ] || runs=(default:vxlan default:host-gw default:udp default:wireguard tls seed)
+[ ${#runs[@]} -gt 0 ] || runs=(default:vxlan default:host-gw default:udp default:wireguard tls seed dualstack)
 
 case " ${runs[*]} " in
-  *" default"*|*" tls"*|*" seed"*)
+  *" default"*|*" tls"*|*" seed"*|*" dualstack"*)
     "$here/ensure-docker.sh"
     "$here/build-images.sh" all ;;
 esac
