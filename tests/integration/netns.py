@@ -403,7 +403,9 @@ class Agent:
             return fresh and read_env(self.subnet_file)
 
         env = wait_for(ready, timeout, what="subnet.env on %s" % self.host.ns)
-        self.host.set_bridge_address(env["FLANNEL_SUBNET"])
+        for key in ("FLANNEL_SUBNET", "FLANNEL_IPV6_SUBNET"):  # docker0's stand-in gets each family's
+            if key in env:
+                self.host.set_bridge_address(env[key])
         return env
 
     @property
@@ -412,11 +414,21 @@ class Agent:
 
     @property
     def subnet(self) -> str:
-        return str(ipaddress.IPv4Interface(self.subnet_env["FLANNEL_SUBNET"]).network)
+        return self.subnet_of(4)
 
     @property
     def bridge_ip(self) -> str:
-        return self.subnet_env["FLANNEL_SUBNET"].split("/")[0]
+        return self.bridge(4)
+
+    def subnet_of(self, version: int) -> str:
+        """The lease's subnet of one family, from subnet.env."""
+        key = "FLANNEL_SUBNET" if version == 4 else "FLANNEL_IPV6_SUBNET"
+        return str(ipaddress.ip_interface(self.subnet_env[key]).network)
+
+    def bridge(self, version: int) -> str:
+        """The docker0 stand-in's address of one family (the subnet's first address)."""
+        key = "FLANNEL_SUBNET" if version == 4 else "FLANNEL_IPV6_SUBNET"
+        return self.subnet_env[key].split("/")[0]
 
     def metrics(self) -> Dict[str, float]:
         out = self.host.run("curl", "-sf", "-m", "3", "http://127.0.0.1:%d/metrics" % self.healthz_port,
@@ -491,27 +503,33 @@ def wait_peers(agents: List[Agent], timeout: float = 20.0) -> None:
     wait_for(known, timeout, what="every agent knowing its %d peers' leases" % (len(agents) - 1))
 
 
-def ping_all(agents: List[Agent], count: int = 3, deadline: int = 10, wait: bool = True) -> Dict[str, str]:
-    """Every agent's host pings every other host's bridge address from its own bridge address, in
-    parallel (each ping at most ``deadline`` seconds), once each agent knows the others' leases
-    (``wait``); returns {"hA->hB": output} of the pairs that lost packets."""
-    if wait:
-        wait_peers(agents)
+def ping_pairs(pairs: List[Tuple[Host, str, str]], count: int = 3, deadline: int = 10) -> Dict[str, str]:
+    """``(host, source, target)`` pings in parallel (each at most ``deadline`` seconds, either family);
+    returns {"ns src->dst": output} of those that lost packets."""
     procs = []
-    for a in agents:
-        for b in agents:
-            if a is b:
-                continue
-            cmd = a.host.cmd("ping", "-n", "-c", str(count), "-i", "0.2", "-w", str(deadline), "-I", a.bridge_ip,
-                             b.bridge_ip)
-            procs.append(("%s->%s" % (a.host.ns, b.host.ns),
-                          subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+    for host, src, dst in pairs:
+        fam = "-6" if ":" in dst else "-4"
+        cmd = host.cmd("ping", fam, "-n", "-c", str(count), "-i", "0.2", "-w", str(deadline), "-I", src, dst)
+        procs.append(("%s %s->%s" % (host.ns, src, dst),
+                      subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
     failed = {}
     for name, proc in procs:
         out, _err = proc.communicate(timeout=deadline + 20)
         if proc.returncode != 0:
             failed[name] = out
     return failed
+
+
+def ping_all(agents: List[Agent], count: int = 3, deadline: int = 10, wait: bool = True,
+             versions: Tuple[int, ...] = (4,)) -> Dict[str, str]:
+    """Every agent's host pings every other host's bridge address from its own bridge address, in each
+    of ``versions`` and in parallel, once each agent knows the others' leases (``wait``); returns the
+    pairs that lost packets (see :func:`ping_pairs`)."""
+    if wait:
+        wait_peers(agents)
+    pairs = [(a.host, a.bridge(version), b.bridge(version)) for a in agents for b in agents if a is not b
+             for version in versions]
+    return ping_pairs(pairs, count, deadline)
 
 
 LEASE_WRITER = r"""

@@ -5,13 +5,12 @@ driven directly by tests/integration/backend_driver.py (no etcd)."""
 from __future__ import annotations
 
 import json
-import subprocess
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
 from tests.integration.conftest import _need_root
-from tests.integration.netns import BackendDriver, Host, TestBed
+from tests.integration.netns import BackendDriver, Host, TestBed, ping_pairs
 
 pytestmark = [pytest.mark.integration]
 
@@ -73,22 +72,6 @@ def mesh(hosts: List[Host], backend: Dict[str, Any], dual: bool = True) -> List[
         reply = d.call("sync", leases=others)
         assert reply["ok"], reply
     return drivers
-
-
-def ping_pairs(pairs: List[Tuple[Host, str, str]], count: int = 3, deadline: int = 10) -> Dict[str, str]:
-    """``(host, source, target)`` pings in parallel; returns {"ns src->dst": output} of those that lost packets."""
-    procs = []
-    for host, src, dst in pairs:
-        fam = "-6" if ":" in dst else "-4"
-        cmd = host.cmd("ping", fam, "-n", "-c", str(count), "-i", "0.2", "-w", str(deadline), "-I", src, dst)
-        procs.append(("%s %s->%s" % (host.ns, src, dst),
-                      subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
-    failed = {}
-    for name, proc in procs:
-        out, _err = proc.communicate(timeout=deadline + 20)
-        if proc.returncode != 0:
-            failed[name] = out
-    return failed
 
 
 def mesh_pairs(hosts: List[Host], dual: bool = True) -> List[Tuple[Host, str, str]]:

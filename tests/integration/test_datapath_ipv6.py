@@ -4,54 +4,21 @@ both families between the hosts' docker0 stand-ins."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import os
 import subprocess
 import urllib.parse
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from tests.integration.netns import Agent, etcdctl, put_config, read_env, wait_for, wait_peers
+from tests.integration.netns import Agent, etcdctl, ping_all, put_config, wait_peers
+from tests.integration.test_datapath import start_agents
 
 pytestmark = [pytest.mark.integration]
 
 PREFIX = "/coreos.com/network"
 DUAL = {"Network": "10.100.0.0/16", "EnableIPv6": True, "IPv6Network": "fc00:100::/48"}
 ONLY6 = {"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fc00:100::/48"}
-
-
-class Agent6(Agent):
-    """An agent whose docker0 stand-in gets the first address of each of its subnets."""
-
-    def wait_ready(self, timeout: float = 30.0) -> Dict[str, str]:
-        def ready() -> Any:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError("flanneld on %s exited with %s; log:\n%s"
-                                     % (self.host.ns, self.proc.returncode, self.logtext()))
-            try:
-                fresh = os.stat(self.subnet_file).st_mtime >= self.started_at - 0.01
-            except FileNotFoundError:
-                return False
-            return fresh and read_env(self.subnet_file)
-
-        try:
-            env = wait_for(ready, timeout, what="subnet.env on %s" % self.host.ns)
-        except AssertionError as err:
-            raise AssertionError("%s; log:\n%s" % (err, self.logtext()[-3000:])) from None
-        for key in ("FLANNEL_SUBNET", "FLANNEL_IPV6_SUBNET"):
-            if key in env:
-                self.host.set_bridge_address(env[key])
-        return env
-
-    def bridge(self, version: int) -> str:
-        key = "FLANNEL_SUBNET" if version == 4 else "FLANNEL_IPV6_SUBNET"
-        return self.subnet_env[key].split("/")[0]
-
-    def subnet_of(self, version: int) -> str:
-        key = "FLANNEL_SUBNET" if version == 4 else "FLANNEL_IPV6_SUBNET"
-        return str(ipaddress.ip_interface(self.subnet_env[key]).network)
 
 
 def put(bed: Any, server: Any, api: str, config: Dict[str, Any]) -> None:
@@ -73,43 +40,17 @@ def delete_lease(bed: Any, server: Any, api: str, name: str) -> None:
                    check=True, capture_output=True, timeout=20)
 
 
-def start(bed: Any, server: Any, api: str, args: List[str] = ()) -> List[Agent6]:
-    agents = []
-    for host in bed.hosts:
-        agent = Agent6(host, server.url, PREFIX, ["--etcd-api", api, "--ip-masq", *args])
-        agent.start(wait=False)
-        agents.append(agent)
-    for agent in agents:
-        agent.wait_ready()
-    wait_peers(agents)
-    return agents
+def start(bed: Any, server: Any, api: str) -> List[Agent]:
+    return start_agents(bed, server, ["--etcd-api", api, "--ip-masq"])
 
 
-def ping_mesh(agents: List[Agent6], versions: List[int], deadline: int = 10) -> Dict[str, str]:
-    """Every host pings every other host's bridge in each family, in parallel; the failed pairs."""
-    procs = []
-    for a in agents:
-        for b in agents:
-            for version in versions if a is not b else ():
-                cmd = a.host.cmd("ping", "-%d" % version, "-n", "-c", "3", "-i", "0.2", "-w", str(deadline),
-                                 "-I", a.bridge(version), b.bridge(version))
-                procs.append(("%s->%s v%d" % (a.host.ns, b.host.ns, version),
-                              subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
-    failed = {}
-    for name, proc in procs:
-        out, _err = proc.communicate(timeout=deadline + 20)
-        if proc.returncode != 0:
-            failed[name] = out
-    return failed
-
-
-def assert_mesh(agents: List[Agent6], versions: List[int]) -> None:
-    failed = ping_mesh(agents, versions)
+def assert_mesh(agents: List[Agent], versions: Tuple[int, ...]) -> None:
+    failed = ping_all(agents, versions=versions)
     lines = "\n".join("%s: %s" % kv for kv in failed.items())
     assert not failed, "pings failed:\n%s\n%s" % (lines, agents[0].logtext()[-3000:])
 
 
-def v6_state(agent: Agent6) -> List[str]:
+def v6_state(agent: Agent) -> List[str]:
     """flannel devices and flannel-installed IPv6 routes (protocols 108-111) on the agent's host."""
     links = [name for name in agent.host.links() if name.startswith("flannel")]
     routes = [r["dst"] for r in agent.host.routes6() if r.get("protocol") in ("108", "109", "110", "111")]
@@ -124,7 +65,7 @@ def test_dual_stack_mesh(btype: str, api: str, testbed: Any, bed_etcd: Any) -> N
     put(bed, server, api, dict(DUAL, Backend={"Type": btype}))
     agents = start(bed, server, api)
     assert len({a.subnet_of(6) for a in agents}) == 3 and len({a.subnet_of(4) for a in agents}) == 3
-    assert_mesh(agents, [4, 6])
+    assert_mesh(agents, (4, 6))
     for agent in agents:
         env = agent.subnet_env
         assert env["FLANNEL_IPV6_NETWORK"] == "fc00:100::/48"
@@ -143,7 +84,7 @@ def test_dual_stack_mesh(btype: str, api: str, testbed: Any, bed_etcd: Any) -> N
     delete_lease(bed, server, api, "%s&%s" % tuple(net.replace("/", "-") for net in before))
     first.start()
     assert (first.subnet_of(4), first.subnet_of(6)) == before
-    assert_mesh(agents, [4, 6])
+    assert_mesh(agents, (4, 6))
 
 
 @pytest.mark.parametrize("btype", ["vxlan", "host-gw"])
@@ -156,7 +97,7 @@ def test_ipv6_only_mesh(btype: str, testbed: Any, bed_etcd: Any) -> None:
     assert "FLANNEL_SUBNET" not in env and env["FLANNEL_IPV6_SUBNET"].startswith("fc00:100:")
     keys = etcdctl(bed, server, "get", "--prefix", "--keys-only", PREFIX + "/subnets/").split()
     assert len(keys) == 3 and all("/subnets/0.0.0.0-0&fc00:100:" in key for key in keys)
-    assert_mesh(agents, [6])
+    assert_mesh(agents, (6,))
     if btype == "vxlan":
         assert agents[0].host.link("flannel.1") is None and agents[0].host.link("flannel-v6.1") is not None
 
@@ -166,7 +107,7 @@ def test_backend_switch_leaves_no_ipv6_device_or_route(testbed: Any, bed_etcd: A
     server = bed_etcd(bed)
     put_config(bed, server, PREFIX, dict(DUAL, Backend={"Type": "vxlan"}))
     agents = start(bed, server, "v3")
-    assert_mesh(agents, [4, 6])
+    assert_mesh(agents, (4, 6))
     assert "flannel-v6.1" in v6_state(agents[0])
     for agent in agents:
         agent.stop()
@@ -176,7 +117,7 @@ def test_backend_switch_leaves_no_ipv6_device_or_route(testbed: Any, bed_etcd: A
     for agent in agents:
         agent.wait_ready()
     wait_peers(agents)
-    assert_mesh(agents, [4, 6])
+    assert_mesh(agents, (4, 6))
     state = v6_state(agents[0])
     assert not [item for item in state if item.startswith("flannel")], state
     # the only flannel IPv6 route left is host-gw's to the other host's subnet
