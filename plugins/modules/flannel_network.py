@@ -25,7 +25,7 @@ description:
   - Changing C(Network), C(SubnetLen), C(IPv6Network) or C(IPv6SubnetLen), switching a family off (C(EnableIPv4)
     or C(EnableIPv6) to false) while leases exist, or any change that leaves an existing lease outside the new
     ranges, needs O(force=true). Every node holding such a lease drops it and acquires a new subnet, so its
-    containers get new addresses. Switching a family on needs no force: each node keeps its subnets and adds
+    containers get new addresses. Switching a family on needs no force, as each node keeps its subnets and adds
     one of the new family when its agent restarts.
 author:
   - netfabric.flannel developers (@netfabric)
