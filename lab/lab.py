@@ -49,10 +49,11 @@ SUBNET4 = os.environ.get("LAB_SUBNET", "172.30.240.0/24")
 SUBNET6 = os.environ.get("LAB_SUBNET6", "fd00:4c41:42::/64")
 FLANNEL_IPV6 = os.environ.get("LAB_FLANNEL_IPV6", "fd00:100::/56")
 # IPv6 on (docker0 inherits the default's disable_ipv6) and forwarding (the host routes between docker0 and
-# flannel's devices); /proc/sys is read-only inside the hosts, so these are set at docker run.
-IPV6_RUN_FLAGS = [f for key in ("all.disable_ipv6=0", "default.disable_ipv6=0", "all.forwarding=1",
-                                "default.forwarding=1")
-                  for f in ("--sysctl", "net.ipv6.conf." + key)]
+# flannel's devices), set at docker run; systempaths=unconfined leaves /proc/sys writable, which the docker
+# engine inside needs to switch IPv6 on for its containers' interfaces.
+IPV6_RUN_FLAGS = ["--security-opt", "systempaths=unconfined"] + [
+    f for key in ("all.disable_ipv6=0", "default.disable_ipv6=0", "all.forwarding=1", "default.forwarding=1")
+    for f in ("--sysctl", "net.ipv6.conf." + key)]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "plugins" / "module_utils"))
 from catalogue import DATAPATHS  # noqa: E402  (standard library only: runs under any python3)
 
