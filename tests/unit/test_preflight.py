@@ -189,3 +189,30 @@ def test_etcd_tarball_checksum_per_architecture_is_required(etcd_outcomes: Dict[
     msg = etcd_outcomes["aarch64 without its checksum"]["msg"]
     assert "needs etcd_tarball_checksum.arm64 like" in msg and "etcd-v3.5.17-linux-arm64.tar.gz" in msg
     assert "needs etcd_tarball_checksum like" in etcd_outcomes["no checksum"]["msg"]
+
+
+# ---- the docker role refuses an IPv6-only network (no IPv4 flannel subnet for --bip) ----
+
+DOCKER_SETTINGS = {"name": "netfabric.flannel.docker", "tasks_from": "settings"}
+DOCKER_CASES: Dict[str, Dict] = {"dual stack": {"flannel_enable_ipv4": True, "flannel_enable_ipv6": True},
+                                 "ipv4 unset": {}, "ipv6 only": {"flannel_enable_ipv4": False,
+                                                                 "flannel_enable_ipv6": True}}
+
+
+def test_docker_role_refuses_an_ipv6_only_network_in_one_line(tmp_path_factory: pytest.TempPathFactory) -> None:
+    base = tmp_path_factory.mktemp("docker-settings")
+    tasks: List[Dict] = []
+    for case, case_vars in DOCKER_CASES.items():
+        tasks.append({"block": [
+            {"name": case, "ansible.builtin.include_role": DOCKER_SETTINGS, "vars": case_vars},
+            {"ansible.builtin.set_fact": {"outcomes": "{{ outcomes | combine({%s: {'failed': false}}) }}"
+                                                      % json.dumps(case)}},
+        ], "rescue": [
+            {"ansible.builtin.set_fact": {"outcomes": "{{ outcomes | combine({%s: {'failed': true, 'msg': "
+                                                      "ansible_failed_result.msg}}) }}" % json.dumps(case)}},
+        ]})
+    got = run_cases(base, collection_root(base / "collections"), tasks, {"gather_facts": False})
+    assert got["dual stack"] == {"failed": False} and got["ipv4 unset"] == {"failed": False}
+    msg = got["ipv6 only"]["msg"]
+    assert msg.startswith("flannel_enable_ipv4 is false (an IPv6-only flannel network)") and "\n" not in msg
+    assert "flannel_enable_ipv4: true" in msg
