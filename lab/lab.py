@@ -330,8 +330,8 @@ def container_matrix(names: List[str]) -> bool:
     say("")
     say("CONTAINER PING MATRIX (container %s on each host -> container on each other host, through flannel%s)"
         % (WORKLOAD, "; IPv4 / IPv6" if dual else ""))
-    header = ["from \\ to"] + ["%s %s" % (n, " ".join(x for x in (ip, ip6) if x) or "(none)")
-                                for n, ip, ip6 in targets]
+    names = ["%s %s" % (n, " ".join(x for x in (ip, ip6) if x) or "(none)") for n, ip, ip6 in targets]
+    header = ["from \\ to", *names]
     rows = []
     all_ok = True
     for src, src_ip, src_ip6 in targets:

@@ -58,7 +58,7 @@ def test_dual_stack_three_nodes_and_restart_keeps_both_subnets(agents: Any, etcd
     put_config(etcd_server, etcd_api, etcd_prefix, DUAL)
     nodes = [node(agents, n, etcd_server, etcd_api, etcd_prefix) for n in range(3)]
     got = [subnets(agent) for agent in nodes]
-    assert len(set(v4 for v4, _ in got)) == 3 and len(set(v6 for _, v6 in got)) == 3
+    assert len(set(pair[0] for pair in got)) == 3 and len(set(pair[1] for pair in got)) == 3
     for v4, v6 in got:
         assert v4.subnet_of(ipaddress.ip_network("10.100.0.0/16")) and v4.prefixlen == 24
         assert v6.subnet_of(ipaddress.ip_network("fc00:100::/48")) and v6.prefixlen == 64
@@ -91,9 +91,9 @@ def test_ipv6_only_network(agents: Any, etcd_server: Any, etcd_api: str, etcd_pr
     put_config(etcd_server, etcd_api, etcd_prefix, ONLY6)
     nodes = [node(agents, n, etcd_server, etcd_api, etcd_prefix, v4=False) for n in range(3)]
     got = [subnets(agent) for agent in nodes]
-    assert all(v4 is None for v4, _ in got)
+    assert all(pair[0] is None for pair in got)
     # fc00:100::/120 with /122 subnets: exactly three (::40, ::80, ::c0)
-    assert sorted(str(v6) for _, v6 in got) == ["fc00:100::40/122", "fc00:100::80/122", "fc00:100::c0/122"]
+    assert sorted(str(pair[1]) for pair in got) == ["fc00:100::40/122", "fc00:100::80/122", "fc00:100::c0/122"]
     env = parse(nodes[0].subnet_file.read_text())
     assert "FLANNEL_SUBNET" not in env and "FLANNEL_NETWORK" not in env
     stored = leases(etcd_server, etcd_api, etcd_prefix)

@@ -249,7 +249,7 @@ def test_hostgw_ipv6_repairs_and_offlink(bed6: Any) -> None:
     far = {"subnet": s4(9), "subnet6": s6(9),
            "value": json.dumps({"PublicIP": h2.address, "PublicIPv6": "fd00:99::5", "BackendType": "host-gw"})}
     assert d1.call("add", **far)["ok"]
-    for _ in range(3):
+    for _round in range(3):
         assert d1.call("tick")["ok"]
     assert s6(9) not in routes(h1, 6, 108) and s4(9) in routes(h1, 4, 108)
     status = d1.call("status")["status"]

@@ -219,8 +219,8 @@ def test_mode_ipv6_is_accepted_with_ipv6():
 DUAL = lease("10.100.2.0/24", KEY_B, ip="192.0.2.2", subnet6="fd10:0:0:2::/64", ip6="2001:db8::2", key6=KEY_B)
 
 
-def dual_backend(mode, net=V6, iface=IFACE6, **options):
-    be = backend(iface, net, Mode=mode, **options)
+def dual_backend(mode, net=None, iface=IFACE6, **options):
+    be = backend(iface, V6 if net is None else net, Mode=mode, **options)
     be.public = KEY_A
     be.lease = lease("10.100.1.0/24", KEY_A, subnet6="fd10:0:0:1::/64", ip6="2001:db8::1", key6=KEY_A)
     return be
