@@ -7,7 +7,7 @@ PY        := $(VENV)/bin/python
 PYTEST    := $(VENV)/bin/pytest
 TEST_DEBS := etcd-server etcd-client iptables iproute2 iperf3 iputils-ping procps rsync git curl shellcheck wireguard-tools wireguard-go tcpdump
 
-.PHONY: help deps venv test test-unit test-integration lint lab lab-down lab-status molecule test-vagrant bench clean collections-link ansible-lint syntax-check argspec-check sanity collection-build
+.PHONY: help deps venv test test-quick test-unit test-integration lint lab lab-down lab-status molecule test-vagrant bench clean collections-link ansible-lint syntax-check argspec-check sanity collection-build
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -33,12 +33,12 @@ test-unit: venv ## unit tests only (no root needed)
 test-integration: deps venv ## integration tests: real etcd, namespaces, netlink (root)
 	$(PYTEST) tests/integration
 
-test: deps venv ## everything CI runs: ruff, pytest, lint/syntax/argspec, sanity, collection build, molecule
-	$(VENV)/bin/ruff check .
-	$(PYTEST) tests/unit tests/integration
-	$(MAKE) ansible-lint syntax-check argspec-check
-	$(MAKE) sanity collection-build
-	$(MAKE) molecule
+# Both end with a table of their stages (and of every molecule step) and the seconds each took.
+test: deps venv collections-link ## everything CI runs: ruff, pytest, lint/syntax/argspec, sanity, collection build, molecule
+	scripts/test-stages.sh full
+
+test-quick: deps venv collections-link ## the inner loop (a few minutes): ruff, unit tests, ansible-lint, sanity
+	scripts/test-stages.sh quick
 
 # The checkout as the collection netfabric.flannel: ansible.cfg puts build/collections-link first on the
 # collections path, so `ansible-playbook site.yml` from the repository root uses these roles and modules.
@@ -81,7 +81,7 @@ lab-down: ## remove the lab's containers, network and volumes (keeps the cached 
 	python3 lab/lab.py down
 
 # With no MOLECULE_RUNS, lab/run-molecule.sh runs its default set (the one `make test` runs).
-molecule: venv collections-link ## molecule scenarios on docker (default per backend, tls, seed, dualstack; MOLECULE_RUNS="tls default:udp" picks)
+molecule: venv collections-link ## molecule on docker: cluster (every backend, dual stack, member down, teardown) and seed; MOLECULE_RUNS="default:udp" picks
 	lab/run-molecule.sh $(MOLECULE_RUNS)
 
 VAGRANT_DRIVER ?= qemu

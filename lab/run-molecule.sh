@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
-# Run the molecule scenarios against the local docker engine and print how long each took.
-#   lab/run-molecule.sh                 default scenario for every backend (vxlan, host-gw, udp, wireguard), then tls, seed
-#                                       and dualstack
-#   lab/run-molecule.sh default:udp tls  selected runs (scenario[:backend])
+# Run the molecule scenarios against the local docker engine and print how long each step took.
+#   lab/run-molecule.sh                 the runs `make test` makes: cluster (one live cluster, many operations), seed
+#   lab/run-molecule.sh cluster          one live cluster: converge + idempotence + verify with each backend of
+#                                        cluster_backends in turn, then dual stack, an etcd member down, teardown
+#   lab/run-molecule.sh default:udp tls  other runs (scenario[:backend]: a scenario's own `molecule test`)
 #   lab/run-molecule.sh vagrant          the Vagrant scenario (builds and adds the box first)
-# Makes sure a docker engine answers and the lab images (or the Vagrant box) exist first.
+# Makes sure a docker engine answers and the lab images (or the Vagrant box) exist first. The agent's source is
+# copied and its wheelhouse built once per invocation, shared by every run of it.
+# With TEST_TIMES=<file>, one line "<label><TAB><seconds><TAB><status>" per step is appended to that file
+# (make test prints them as its stage table).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 export PATH="$root/.venv/bin:$PATH"
 cd "$root"
 
+# The backends the cluster scenario switches through, in order (tests/unit/.../test_catalogue.py: every
+# datapath of the backend catalogue), before dual stack on vxlan.
+cluster_backends=(vxlan host-gw udp wireguard)
+
 runs=("$@")
-[ ${#runs[@]} -gt 0 ] || runs=(default:vxlan default:host-gw default:udp default:wireguard tls seed dualstack)
+[ ${#runs[@]} -gt 0 ] || runs=(cluster seed)
 
 case " ${runs[*]} " in
-  *" default"*|*" tls"*|*" seed"*|*" dualstack"*)
+  *" default"*|*" tls"*|*" seed"*|*" cluster"*)
     "$here/ensure-docker.sh"
     "$here/build-images.sh" all ;;
 esac
@@ -33,28 +41,65 @@ mkdir -p build/collections-link/ansible_collections/netfabric
 ln -sfn "$root" build/collections-link/ansible_collections/netfabric/flannel
 export ANSIBLE_COLLECTIONS_PATH=$root/build/collections-link
 
+# A snapshot of the agent's source and one wheelhouse for this invocation: an idempotence step must not see
+# a new wheel because the working tree changed meanwhile; every run and step shares the one build.
+work=$root/lab/.cache/molecule/run
+mkdir -p "$work/src"
+rsync -a -L --delete --exclude __pycache__ pyproject.toml README.md requirements pyflannel "$work/src/"
+export MOLECULE_FLANNEL_SOURCE=$work/src MOLECULE_FLANNEL_WHEELHOUSE=$work/wheelhouse
+
 results=()
 failed=0
+
+# step LABEL COMMAND...: run, time and record one step; returns the command's status.
+step() {
+  local label=$1 status rc t0=$SECONDS
+  shift
+  echo "==> $label"
+  if "$@"; then status=passed; rc=0; else status=FAILED; rc=1; fi
+  results+=("$(printf '%-44s %-7s %4ds' "$label" "$status" $((SECONDS - t0)))")
+  if [ -n "${TEST_TIMES:-}" ]; then
+    printf '%s\t%d\t%s\n' "molecule $label" $((SECONDS - t0)) "$status" >>"$TEST_TIMES"
+  fi
+  return $rc
+}
+
+# One live cluster through every operation; stops at the first failing step, always destroys.
+run_cluster() {
+  local s=cluster backend
+  export MOLECULE_IPV6=false MOLECULE_VERIFY=verify.yml
+  step "$s: destroy (leftovers)" molecule destroy -s $s || return 1
+  step "$s: syntax" molecule syntax -s $s &&
+  step "$s: create" molecule create -s $s &&
+  step "$s: prepare" molecule prepare -s $s || { molecule destroy -s $s; return 1; }
+  for backend in "${cluster_backends[@]}" dualstack; do
+    if [ "$backend" = dualstack ]; then
+      export MOLECULE_BACKEND=vxlan MOLECULE_IPV6=true
+    else
+      export MOLECULE_BACKEND=$backend
+    fi
+    step "$s: converge ($backend)" molecule converge -s $s &&
+    step "$s: idempotence ($backend)" molecule idempotence -s $s &&
+    step "$s: verify ($backend)" molecule verify -s $s || { molecule destroy -s $s; return 1; }
+  done
+  MOLECULE_VERIFY=member_down.yml step "$s: etcd member down" molecule verify -s $s &&
+  MOLECULE_VERIFY=teardown.yml step "$s: status and teardown" molecule verify -s $s || {
+    molecule destroy -s $s; return 1; }
+  step "$s: destroy" molecule destroy -s $s
+}
+
 for run in "${runs[@]}"; do
   scenario=${run%%:*}
   backend=""
   [ "$scenario" = "$run" ] || backend=${run#*:}
-  label="$scenario${backend:+ ($backend)}"
-  # A snapshot of the agent's source and a wheelhouse of this run's own: the idempotence step must not
-  # see a new wheel because the working tree (or another run's wheelhouse) changed meanwhile.
-  work=$root/lab/.cache/molecule/$scenario${backend:+-$backend}
-  mkdir -p "$work/src"
-  rsync -a -L --delete --exclude __pycache__ pyproject.toml README.md requirements pyflannel "$work/src/"
-  export MOLECULE_FLANNEL_SOURCE=$work/src MOLECULE_FLANNEL_WHEELHOUSE=$work/wheelhouse
-  echo "==> molecule test -s $label"
   t0=$SECONDS
-  if MOLECULE_BACKEND=${backend:-vxlan} molecule test -s "$scenario"; then
-    status=passed
+  if [ "$scenario" = cluster ]; then
+    run_cluster || failed=1
   else
-    status=FAILED
-    failed=1
+    label="$scenario${backend:+ ($backend)}"
+    MOLECULE_BACKEND=${backend:-vxlan} step "$label: test" molecule test -s "$scenario" || failed=1
   fi
-  results+=("$(printf '%-22s %-7s %4ds' "$label" "$status" $((SECONDS - t0)))")
+  [ $failed = 0 ] || break
 done
 
 echo

@@ -2,6 +2,8 @@
 
     python3 scripts/backend_options.py --write    rewrite the generated blocks
     python3 scripts/backend_options.py --check    exit 1 naming every file whose block differs (a unit test)
+    python3 scripts/backend_options.py --facts    print, as JSON, what each datapath leaves on a node: its link
+                                                  name patterns and route protocol (molecule's switch checks)
 
 The catalogue (plugins/module_utils/catalogue.py) is the source; the blocks between the marker lines
 ``# >>> backend options`` and ``# <<< backend options`` in these files are derived from it:
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import re
 import sys
 import textwrap
@@ -142,7 +145,12 @@ def main() -> int:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--write", action="store_true")
     group.add_argument("--check", action="store_true")
+    group.add_argument("--facts", action="store_true")
     args = parser.parse_args()
+    if args.facts:
+        print(json.dumps({b.name: {"devices": list(b.devices), "route_proto": b.route_proto}
+                          for b in CAT.BACKENDS if b.datapath}, sort_keys=True))
+        return 0
     stale = []
     for rel in TARGETS:
         path = REPO / rel

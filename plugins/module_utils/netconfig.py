@@ -286,6 +286,23 @@ class NetworkConfig:
         return self.pool4.capacity() if self.pool4 is not None else 0
 
 
+# Keys a running agent applies only when it starts (its lease, devices and rules were made for them), and
+# keys that only matter for leases taken from now on.
+RESTART_KEYS = ("EnableIPv4", "Network", "SubnetLen", "EnableIPv6", "IPv6Network", "IPv6SubnetLen", "Backend")
+LIMIT_KEYS = ("SubnetMin", "SubnetMax", "IPv6SubnetMin", "IPv6SubnetMax")
+
+
+def changes(old, new):
+    """What differs between two configs -> (restart, limits): the keys of RESTART_KEYS (a running agent
+    applies them at its next start) and of LIMIT_KEYS (new leases only) whose values differ, in that order.
+    Names only, never values: a Backend value may hold a secret."""
+    before = old.to_dict() if old is not None else {}
+    after = new.to_dict() if new is not None else {}
+    restart = [key for key in RESTART_KEYS if before.get(key) != after.get(key)]
+    limits = [key for key in LIMIT_KEYS if before.get(key) != after.get(key)]
+    return restart, limits
+
+
 def _want_bool(cfg, key, default):
     value = cfg.get(key)
     if value is None:

@@ -286,6 +286,22 @@ leases:
   returned: always
   type: int
   sample: 3
+restart_agents:
+  description:
+    - Whether running agents must restart to apply the change, because a key they apply only when they start
+      changed (C(Network), C(SubnetLen), C(EnableIPv4), C(EnableIPv6), C(IPv6Network), C(IPv6SubnetLen) or
+      C(Backend)). V(false) when there was no config before, when nothing changed, and when only
+      C(SubnetMin)/C(SubnetMax) moved (they matter for new leases only).
+    - The flannel role restarts the agents that are running when this is V(true).
+  returned: always
+  type: bool
+  sample: true
+restart_keys:
+  description: The top-level keys behind O(restart_agents) (names only, never values).
+  returned: always
+  type: list
+  elements: str
+  sample: [Backend]
 """
 
 import json
@@ -305,7 +321,7 @@ from ansible_collections.netfabric.flannel.plugins.module_utils.flannel_module i
 )
 from ansible_collections.netfabric.flannel.plugins.module_utils.catalogue import all_options
 from ansible_collections.netfabric.flannel.plugins.module_utils.leases import config_key
-from ansible_collections.netfabric.flannel.plugins.module_utils.netconfig import ConfigError, parse_config
+from ansible_collections.netfabric.flannel.plugins.module_utils.netconfig import ConfigError, changes, parse_config
 
 # Module option -> Go key, in the order Go flanneld documents them.
 IPV4_OPTIONS = (("network", "Network"), ("subnet_len", "SubnetLen"), ("subnet_min", "SubnetMin"),
@@ -470,7 +486,8 @@ def main() -> None:
     kv, current, _current_error = read_config(module, store)
     previous = kv.value if kv is not None else None
     leases, _skipped = read_leases(module, store)
-    result = dict(changed=False, key=key, api=store.api, previous=previous, leases=len(leases))
+    result = dict(changed=False, key=key, api=store.api, previous=previous, leases=len(leases), restart_agents=False,
+                  restart_keys=[])
 
     if state == "absent":
         result["config"] = {}
@@ -496,7 +513,9 @@ def main() -> None:
     if why and not params["force"]:
         module.fail_json(msg=why, key=key, api=store.api, previous=previous, invalidated_leases=invalid)
     text = json.dumps(document)
-    result.update(changed=True, stored=text, invalidated_leases=invalid)
+    restart = changes(current, wanted)[0] if current is not None else []
+    result.update(changed=True, stored=text, invalidated_leases=invalid, restart_agents=bool(restart),
+                  restart_keys=restart)
     if not module.check_mode:
         store_call(module, store.put, key, text)
     if module._diff:

@@ -122,8 +122,8 @@ def test_backend_lists_elsewhere_match() -> None:
     makefile = _text("Makefile")
     found = re.search(r"BACKEND=([a-z|-]+)", makefile)
     assert found and _listed(found.group(1), "|") == DATAPATHS, "Makefile's lab help"
-    molecule_runs = re.search(r"\|\| runs=\(([^)]*)\)", _text("lab/run-molecule.sh")).group(1).split()
-    assert {r.split(":", 1)[1] for r in molecule_runs if r.startswith("default:")} == DATAPATHS
+    cluster = re.search(r"^cluster_backends=\(([^)]*)\)", _text("lab/run-molecule.sh"), re.M).group(1).split()
+    assert set(cluster) == DATAPATHS and len(cluster) == len(DATAPATHS), "lab/run-molecule.sh cluster_backends"
     found = re.search(r"verify_backend \(([a-z|-]+)\)", _text("molecule/shared/verify.yml"))
     assert found and _listed(found.group(1), "|") == DATAPATHS, "molecule/shared/verify.yml"
     verify = _text("molecule/shared/verify.yml")
