@@ -21,6 +21,13 @@ Compatible with Go flanneld v0.20's wireguard backend, IPv4 and IPv6:
   ``/run/flannel/wgkey``): base64 of 32 bytes on one line, mode 0400, made when missing.  Our lease
   publishes the public key as ``BackendData.PublicKey`` (IPv4 networks) and ``BackendV6Data.PublicKey``
   (IPv6 networks), whatever the mode, as Go does.
+* A key is one node's: ``check_identity()`` (before ``prepare()``, with every lease) replaces a key
+  that an older lease of another address already publishes — a copied key file, e.g. a cloned VM
+  image — with a fresh one (the key file is rewritten atomically, one warning names the other node),
+  before any device or lease of ours uses it.  Our own lease with the key (a restart) is no clash, nor
+  is a younger lease with it (its node is the copy; every validator refuses its lease).  Found while
+  running (both started at once), the key is replaced at once and :class:`IdentityClash` makes the
+  agent exit 1; the next start publishes the new key.
 * PresharedKey = the ``PSK`` option (every peer), PersistentKeepalive = ``PersistentKeepaliveInterval``
   when > 0.  Leases of other backend types are ignored.
 
@@ -46,8 +53,15 @@ How the peers are kept in step (per device):
   full resyncs of thousands of peers.
 * The private key and the PSK only ever travel on a pipe (``/dev/stdin``): never on a command line,
   never in a file other than the key file.
-* ``tick()`` tolerates an endpoint that differs from the lease's (WireGuard roams to where a peer's
-  authenticated packets come from, e.g. behind NAT); a missing endpoint is repaired.
+* ``tick()`` pins each peer's endpoint to its lease: WireGuard moves an endpoint to wherever the peer's
+  last authenticated packet came from, so a host holding a copy of that peer's private key (a cloned
+  key file) would draw our packets for the peer to itself and decrypt them.  An endpoint at an address
+  the peer's lease does not name (PublicIP, PublicIPv6) is set back to the lease's endpoint, with one
+  warning per peer and foreign endpoint; another port at a lease address is left alone (a NAT may
+  rewrite the source port; in Mode auto a peer may send over its other family).  flannel configures
+  every peer from its lease, so a node behind NAT must publish where it is reached (``--public-ip``,
+  ListenPort forwarded) — as it must anyway for its peers to reach it first.  A missing endpoint is
+  repaired.
 * ``tick()`` also resets a peer whose session only works one way (see :meth:`Device.unstick`: after two
   handshakes crossed, wireguard-go was seen here sending for up to the 120 s rekey with a session the
   other end had dropped).
@@ -60,6 +74,7 @@ the Backend base's one-family helpers.
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import logging
 import os
@@ -69,10 +84,10 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from pyflannel import catalogue, netlink
-from pyflannel.backend import Backend, BackendError, ExternalInterface, register
+from pyflannel.backend import Backend, BackendError, ExternalInterface, IdentityClash, register
 from pyflannel.leases import Lease, LeaseAttrs
 
 log = logging.getLogger("pyflannel.backend.wireguard")
@@ -153,27 +168,73 @@ def load_or_create_key(path: str) -> Tuple[str, bool]:
             log.warning("wireguard private key file %s had mode %04o: setting 0400", path, mode)
             os.chmod(path, 0o400)
         return key, False
-    directory = os.path.dirname(path) or "."
+    key = generate_private_key()
     try:
-        os.makedirs(directory, 0o755, exist_ok=True)
-        key = generate_private_key()
-        tmp = os.path.join(directory, ".%s.%d.tmp" % (os.path.basename(path), os.getpid()))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        if not _write_key_file(path, key, replace=False):
+            return read_key_file(path), False
+    except OSError as err:
+        raise BackendError("cannot create the wireguard private key file %s: %s; fix the directory or point "
+                           "--wireguard-key-file elsewhere" % (path, err.strerror or err)) from None
+    return key, True
+
+
+def replace_key(path: str) -> str:
+    """Write a fresh private key over the key file ``path`` (mode 0400) and return it.
+
+    Atomic: the key goes to a temporary file (exclusive create) that is renamed over ``path``, so the
+    file holds the old key or the new one, never a part of either."""
+    key = generate_private_key()
+    try:
+        _write_key_file(path, key, replace=True)
+    except OSError as err:
+        raise BackendError("cannot replace the wireguard private key file %s: %s; give this node a key of its own "
+                           "(delete the file: a new key is made at the next start)" % (path, err.strerror or err)
+                           ) from None
+    return key
+
+
+def _write_key_file(path: str, key: str, replace: bool) -> bool:
+    """Put ``key`` in ``path`` through a temporary file in the same directory: linked into place (False when
+    ``path`` appeared meanwhile: nothing written) or, ``replace``, renamed over it.  Raises OSError."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, 0o755, exist_ok=True)
+    tmp = os.path.join(directory, ".%s.%d.tmp" % (os.path.basename(path), os.getpid()))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # left by a crashed run that had our pid: no live process uses this name
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+    try:
         try:
             os.write(fd, (key + "\n").encode("ascii"))
             os.fsync(fd)
         finally:
             os.close(fd)
+        if replace:
+            os.rename(tmp, path)
+            _sync_dir(directory)
+            return True
         try:
             os.link(tmp, path)
         except FileExistsError:
+            return False
+        _sync_dir(directory)
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-            return read_key_file(path), False
-        os.unlink(tmp)
-    except OSError as err:
-        raise BackendError("cannot create the wireguard private key file %s: %s; fix the directory or point "
-                           "--wireguard-key-file elsewhere" % (path, err.strerror or err)) from None
-    return key, True
+
+
+def _sync_dir(directory: str) -> None:
+    """fsync a directory, so a renamed or linked file survives a crash (best effort)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 # -- wg (wireguard-tools) -----------------------------------------------------------------------
@@ -209,6 +270,8 @@ class Peer:
     allowed_ips: Tuple[str, ...]  # the lease's subnet(s) this device carries, e.g. ("10.100.2.0/24",)
     psk: str  # base64; ZERO_KEY = none
     keepalive: int  # seconds, 0 = off
+    # the addresses its lease names the node by (PublicIP, PublicIPv6): where its packets may come from
+    addresses: Tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -309,6 +372,69 @@ def select_endpoint(peer_ip: Optional[str], peer_ipv6: Optional[str], own_ip: Op
     return peer_ip
 
 
+# -- who may use a key, and where a peer may be ---------------------------------------------------
+def lease_keys(lease: Lease) -> Tuple[str, ...]:
+    """The wireguard public keys a lease publishes (BackendData's and BackendV6Data's; usually one)."""
+    if lease.attrs.backend_type != "wireguard":
+        return ()
+    keys = (lease.attrs.data("PublicKey", 4), lease.attrs.data("PublicKey", 6))
+    return tuple(dict.fromkeys(k for k in keys if isinstance(k, str) and k))
+
+
+def _age(lease: Lease) -> Tuple[int, str]:
+    """Older first, as the lease validator judges two leases sharing a key: etcd's create revision, then
+    the key name."""
+    return (lease.created or 0, lease.key_name)
+
+
+def key_clash(public: str, address: Optional[str], leases: Iterable[Optional[Lease]],
+              claim_now: bool) -> Optional[Lease]:
+    """The lease of another node (another address than ``address``) that holds the public key ``public``
+    by an older claim than ours, or None.
+
+    Our claim is our oldest lease (a lease with our address) that carries the key: a restart with our
+    own lease is no clash, and a younger lease with the key is the other node's problem (every
+    validator refuses it).  Without such a lease, ``claim_now`` (at start, before our lease is written)
+    means we would claim the key now, so every other node's lease with it is older; otherwise (while
+    running, our lease not at hand) nothing can be judged: None."""
+    holders = [lease for lease in leases if lease is not None and public in lease_keys(lease)]
+    ours = [_age(lease) for lease in holders if lease.attrs.address == address]
+    others = sorted((lease for lease in holders if lease.attrs.address != address), key=_age)
+    if not others:
+        return None
+    if ours:
+        return others[0] if _age(others[0]) < min(ours) else None
+    return others[0] if claim_now else None
+
+
+def _endpoint_ip(text: str) -> Optional[Any]:
+    """The address of ``1.2.3.4:51820`` or ``[fd00::1]:51821`` (IPv4-mapped IPv6 as IPv4), None if unreadable."""
+    host = text.rsplit(":", 1)[0] if text.count(":") == 1 or text.startswith("[") else text
+    try:
+        ip = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None
+    return ip.ipv4_mapped if ip.version == 6 and ip.ipv4_mapped else ip
+
+
+def pin_endpoint(seen: str, peer: Peer) -> Optional[str]:
+    """The endpoint to set ``peer`` back to when the device has it at ``seen``, or None when ``seen`` is fine.
+
+    WireGuard moves a peer's endpoint to wherever its last authenticated packet came from.  flannel
+    configures every peer from its lease, so the lease is authoritative: an endpoint at an address of
+    the peer's lease (PublicIP or PublicIPv6, any port: a NAT may rewrite the source port, and in Mode
+    auto a peer may send over the other family) is fine; any other address means another host holds
+    the peer's private key (a cloned key file) or sends in its name, and our packets for that peer
+    would go there.  An empty endpoint is :meth:`Device.sync_peers`' business."""
+    if not seen or seen == peer.endpoint:
+        return None
+    ip = _endpoint_ip(seen)
+    allowed = {_endpoint_ip(peer.endpoint)} | {_endpoint_ip(endpoint(a, 0)) for a in peer.addresses}
+    if ip is not None and ip in allowed:
+        return None
+    return peer.endpoint
+
+
 # -- the device: kernel or wireguard-go -------------------------------------------------------------
 def unit_for(dev: str) -> str:
     """The transient systemd unit that runs wireguard-go for ``dev``."""
@@ -380,6 +506,8 @@ class Device:
     want: Dict[str, Peer] = field(default_factory=dict)
     traffic: Dict[str, Tuple[int, int, float]] = field(default_factory=dict)  # key -> (rx, tx, waiting since)
     syncs: int = 0
+    roams: Dict[str, str] = field(default_factory=dict)  # peer key -> the foreign endpoint last warned about
+    pins: int = 0  # endpoints set back to the lease's
 
     @property
     def unit(self) -> str:
@@ -500,6 +628,9 @@ class Device:
         if args:
             wg("set", self.name, *args, stdin=self.private + "\n")
 
+    def set_endpoint(self, key: str, where: str) -> None:
+        wg("set", self.name, "peer", key, "endpoint", where)
+
     def set_peer(self, peer: Peer) -> None:
         psk = "/dev/stdin" if peer.psk != ZERO_KEY else "/dev/null"  # wg reads /dev/null as "no pre-shared key"
         wg("set", self.name, "peer", peer.public_key, "preshared-key", psk, "endpoint", peer.endpoint,
@@ -547,6 +678,33 @@ class Device:
         shown = diff[:3] + (["%d more" % (len(diff) - 3)] if len(diff) > 3 else [])
         log.info("%s: synced %d peer(s) (%s)", self.name, len(peers), "; ".join(shown))
         return 1
+
+    def pin_endpoints(self, dump: Dump) -> int:
+        """Set back every peer whose endpoint moved to an address its lease does not name (see
+        :func:`pin_endpoint`); returns how many.  Warned once per peer and foreign endpoint (a clone that
+        keeps sending would otherwise log every tick), then at debug level."""
+        wanted = {p.public_key: p for p in self.want.values()}
+        for key in list(self.roams):
+            if key not in wanted:
+                del self.roams[key]
+        pinned = 0
+        for key, have in dump.peers.items():
+            peer = wanted.get(key)
+            back = pin_endpoint(have["endpoint"], peer) if peer is not None else None
+            if back is None:
+                continue
+            self.set_endpoint(key, back)
+            pinned += 1
+            if self.roams.get(key) != have["endpoint"]:
+                self.roams[key] = have["endpoint"]
+                log.warning("%s: peer %s's endpoint moved to %s, which is not in its lease (%s); set back to %s "
+                            "(another host holds that node's wireguard key or sends in its name)", self.name, key,
+                            have["endpoint"], peer.label, back)  # type: ignore[union-attr]
+            else:
+                log.debug("%s: peer %s's endpoint moved to %s again; set back to %s", self.name, key,
+                          have["endpoint"], back)
+        self.pins += pinned
+        return pinned
 
     def unstick(self, dump: Dump) -> int:
         """Reset a peer whose session only works one way; returns how many were reset.
@@ -712,16 +870,56 @@ class WireguardBackend(Backend):
         return changed
 
     # -- life cycle -------------------------------------------------------------------------------
+    def _load_key(self) -> None:
+        """The private key from the key file (made when missing), once."""
+        if self.private:
+            return
+        wg_binary()
+        private, created = load_or_create_key(self.key_file)
+        self._use_key(private)
+        log.info("%s wireguard private key file %s (public key %s)", "created the" if created else "using the",
+                 self.key_file, self.public)
+
+    def _use_key(self, private: str) -> None:
+        self.private = private
+        self.public = public_key(private)
+        for device in self.devices:
+            device.private = private
+
+    def _own_address(self) -> Optional[str]:
+        """The address our lease names this node by (LeaseAttrs.address: PublicIP, else PublicIPv6)."""
+        address = self.ext_iface.public_ip if self.use_ipv4 else self.ext_iface.public_ipv6
+        return str(ipaddress.ip_address(address)) if address else None
+
+    def check_identity(self, leases: Iterable[Optional[Lease]]) -> None:
+        """Our public key in an older lease of another node (a cloned key file, e.g. a cloned VM image):
+        before prepare(), a fresh key replaces the key file's (one warning naming the other node), so
+        no device and no lease of ours ever uses the other node's key; once prepared, a fresh key
+        replaces it on the devices and in the key file at once (nothing meant for the other node is
+        decrypted here any more) and IdentityClash is raised: the agent exits 1 and the next start
+        publishes the new key (the lease carrying the old one is refused by every validator anyway)."""
+        with self._lock:
+            self._load_key()
+            running = self._prepared or self.lease is not None
+            other = key_clash(self.public, self._own_address(), leases, claim_now=not running)
+            if other is None:
+                return
+            old = self.public
+            self._use_key(replace_key(self.key_file))
+            what = ("wireguard public key %s of key file %s is already in the older lease %s of %s (a copy of that "
+                    "node's key file, e.g. a cloned image?)" % (old, self.key_file, other.label, other.attrs.address))
+            if not running:
+                log.warning("%s: made a fresh key for this node instead (public key %s)", what, self.public)
+                return
+            for device in self.devices:
+                if device.index:
+                    device.apply_interface()
+            raise IdentityClash("%s: this node now uses a fresh key (public key %s) and exits so that its next "
+                                "start publishes it" % (what, self.public))
+
     def prepare(self) -> LeaseAttrs:
         with self._lock:
-            if not self.private:
-                wg_binary()
-                self.private, created = load_or_create_key(self.key_file)
-                self.public = public_key(self.private)
-                log.info("%s wireguard private key file %s (public key %s)",
-                         "created the" if created else "using the", self.key_file, self.public)
-                for device in self.devices:
-                    device.private = self.private
+            self._load_key()
             if not self._prepared:
                 used = {d.name for d in self.devices}
                 for name in DEVICES:
@@ -781,7 +979,7 @@ class WireguardBackend(Backend):
                         "IPv6" if device.families == (6,) or self.mode == "ipv6" else "IPv4", device.name, self.mode)
             return None
         return Peer(key, endpoint(address, device.listen_port), tuple(str(net) for net in subnets), self.psk,
-                    self.keepalive)
+                    self.keepalive, tuple(a for a in (attrs.public_ip, attrs.public_ipv6) if a))
 
     def lease_added(self, lease: Lease) -> None:
         with self._lock:
@@ -821,7 +1019,10 @@ class WireguardBackend(Backend):
             self.repairs += self._link_settings()
             for device in self.devices:
                 dump = device.dump()
-                self.repairs += device.sync_peers(dump) + device.unstick(dump)
+                synced = device.sync_peers(dump)
+                self.repairs += synced + device.unstick(dump)
+                if not synced:  # a syncconf just now set every endpoint: the dump is stale
+                    self.repairs += device.pin_endpoints(dump)
 
     def cleanup(self) -> None:
         with self._lock:
@@ -870,4 +1071,5 @@ class WireguardBackend(Backend):
         return {"datapath_remote_leases": float(self._remote()), "datapath_repairs_total": float(self.repairs),
                 "wireguard_peers": float(sum(len(d.want) for d in self.devices)),
                 "wireguard_syncs_total": float(self.syncs),
+                "wireguard_endpoint_resets_total": float(sum(d.pins for d in self.devices)),
                 "wireguard_userspace": 1.0 if any(d.implementation == "wireguard-go" for d in self.devices) else 0.0}

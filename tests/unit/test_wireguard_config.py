@@ -4,6 +4,7 @@ which leases become peers.  No netlink, no devices (tests/integration/test_wireg
 from __future__ import annotations
 
 import base64
+import hashlib
 import ipaddress
 import os
 import shutil
@@ -162,7 +163,7 @@ def test_which_leases_become_peers():
     be.lease = lease("10.100.1.0/24", KEY_A)
     (dev,) = be.devices
     assert be._peer_for(lease("10.100.2.0/24", KEY_B), dev) == wgb.Peer(KEY_B, "192.0.2.9:51999", ("10.100.2.0/24",),
-                                                                        PSK, 9)
+                                                                        PSK, 9, ("192.0.2.9",))
     assert be._peer_for(lease("10.100.1.0/24", KEY_B), dev) is None  # our own subnet
     assert be._peer_for(lease("10.100.3.0/24", KEY_A), dev) is None  # our own key
     assert be._peer_for(lease("10.100.4.0/24", None, "host-gw"), dev) is None  # another backend type
@@ -229,8 +230,9 @@ def dual_backend(mode, net=None, iface=IFACE6, **options):
 def test_separate_mode_peers_and_rendering():
     be = dual_backend("separate", PSK=PSK)
     got = peer_map(be, DUAL)
-    assert got == {"flannel-wg": wgb.Peer(KEY_B, "192.0.2.2:51820", ("10.100.2.0/24",), PSK, 0),
-                   "flannel-wg-v6": wgb.Peer(KEY_B, "[2001:db8::2]:51821", ("fd10:0:0:2::/64",), PSK, 0)}
+    both = ("192.0.2.2", "2001:db8::2")  # where the lease says the node is: its packets may come from either
+    assert got == {"flannel-wg": wgb.Peer(KEY_B, "192.0.2.2:51820", ("10.100.2.0/24",), PSK, 0, both),
+                   "flannel-wg-v6": wgb.Peer(KEY_B, "[2001:db8::2]:51821", ("fd10:0:0:2::/64",), PSK, 0, both)}
     assert wgb.render_config(KEY_A, 51821, [got["flannel-wg-v6"]]) == (
         "[Interface]\nPrivateKey = %s\nListenPort = 51821\n\n[Peer]\nPublicKey = %s\nPresharedKey = %s\n"
         "Endpoint = [2001:db8::2]:51821\nAllowedIPs = fd10:0:0:2::/64\nPersistentKeepalive = 0\n" % (KEY_A, KEY_B, PSK))
@@ -249,7 +251,7 @@ def test_separate_mode_ipv6_only():
     be.lease = lease(None, None, ip=None, subnet6="fd10:0:0:1::/64", ip6="2001:db8::1", key6=KEY_A)
     item = lease(None, None, ip=None, subnet6="fd10:0:0:2::/64", ip6="2001:db8::2", key6=KEY_B)
     assert peer_map(be, item) == {"flannel-wg-v6": wgb.Peer(KEY_B, "[2001:db8::2]:51821", ("fd10:0:0:2::/64",),
-                                                            wgb.ZERO_KEY, 0)}
+                                                            wgb.ZERO_KEY, 0, ("2001:db8::2",))}
     mine = lease(None, None, ip=None, subnet6="fd10:0:0:1::/64", ip6="2001:db8::9", key6=KEY_B)
     assert peer_map(be, mine) == {"flannel-wg-v6": None}  # shares our subnet: not a remote lease
 
@@ -259,7 +261,8 @@ def test_separate_mode_ipv6_only():
 def test_one_device_modes_carry_both_subnets(mode, endpoint):
     be = dual_backend(mode, ListenPortV6=52000)
     (peer,) = peer_map(be, DUAL).values()
-    assert peer == wgb.Peer(KEY_B, endpoint, ("10.100.2.0/24", "fd10:0:0:2::/64"), wgb.ZERO_KEY, 0)
+    assert peer == wgb.Peer(KEY_B, endpoint, ("10.100.2.0/24", "fd10:0:0:2::/64"), wgb.ZERO_KEY, 0,
+                            ("192.0.2.2", "2001:db8::2"))
     assert wgb.render_config(KEY_A, 51820, [peer]).splitlines()[7:10] == [
         "Endpoint = %s" % endpoint, "AllowedIPs = 10.100.2.0/24, fd10:0:0:2::/64", "PersistentKeepalive = 0"]
 
@@ -350,3 +353,169 @@ def test_device_put_moves_a_key_and_keeps_an_unchanged_peer(monkeypatch):
     assert dev.put("b", moved) and list(dev.want) == ["b"]
     assert dev.drop("b") == moved and dev.drop("b") is None
     assert calls == [("set", "fd10:0:0:2::/64"), ("set", "fd10:0:0:3::/64"), ("remove", "fd10:0:0:3::/64")]
+
+
+# -- a key is one node's: the clash decision, the key replaced, endpoints pinned to the leases --------
+def held(subnet, ip, key, created, btype="wireguard", key6=None, ip6=None, subnet6=None):
+    """A lease of ``ip`` publishing ``key`` (etcd create revision ``created``: lower = older)."""
+    item = lease(subnet, key, btype, ip=ip, key6=key6, ip6=ip6, subnet6=subnet6)
+    item.created = created
+    return item
+
+
+def test_key_clash_older_lease_of_another_node_wins():
+    clash = wgb.key_clash
+    h1 = held("10.100.1.0/24", "192.0.2.1", KEY_A, 10)
+    h3_own = held("10.100.3.0/24", "192.0.2.3", KEY_A, 20)
+    h3_other_key = held("10.100.3.0/24", "192.0.2.3", KEY_B, 5)
+    assert clash(KEY_A, "192.0.2.3", [], claim_now=True) is None
+    # a cloned key file: h1's lease has the key, we have no lease yet (or ours carries another key)
+    assert clash(KEY_A, "192.0.2.3", [h1], claim_now=True) is h1
+    assert clash(KEY_A, "192.0.2.3", [h3_other_key, h1], claim_now=True) is h1
+    # a restart: our own lease with the key is no clash, whatever else holds it later
+    assert clash(KEY_A, "192.0.2.1", [h1], claim_now=True) is None
+    assert clash(KEY_A, "192.0.2.1", [h1, h3_own], claim_now=True) is None  # h3 is the copy
+    # ours is younger than theirs: theirs keeps the key, at start and while running
+    assert clash(KEY_A, "192.0.2.3", [h3_own, h1], claim_now=True) is h1
+    assert clash(KEY_A, "192.0.2.3", [h3_own, h1, None], claim_now=False) is h1
+    # running without our lease at hand: nothing to judge
+    assert clash(KEY_A, "192.0.2.3", [h1], claim_now=False) is None
+    # the oldest holder is named; another key, another backend type's data: no clash
+    h4 = held("10.100.4.0/24", "192.0.2.4", KEY_A, 3)
+    assert clash(KEY_A, "192.0.2.3", [h1, h4], claim_now=True) is h4
+    assert clash(KEY_B, "192.0.2.3", [h1], claim_now=True) is None
+    assert clash(KEY_A, "192.0.2.3", [held("10.100.5.0/24", "192.0.2.5", KEY_A, 1, btype="vxlan")],
+                 claim_now=True) is None
+    # an IPv6-only lease publishes its key in BackendV6Data
+    v6 = held(None, None, None, 7, key6=KEY_A, ip6="2001:db8::7", subnet6="fd10:0:0:7::/64")
+    assert clash(KEY_A, "2001:db8::3", [v6], claim_now=True) is v6
+    assert clash(KEY_A, "2001:db8::7", [v6], claim_now=True) is None
+
+
+def fake_public(private):
+    """A stand-in for ``wg pubkey`` that shows no part of the private key."""
+    return "pub-" + hashlib.sha256(private.encode()).hexdigest()[:20]
+
+
+def identity_backend(monkeypatch, tmp_path, key=KEY_A):
+    """A backend whose key file (in tmp_path) holds ``key``; public keys from :func:`fake_public`."""
+    path = tmp_path / "wgkey"
+    path.write_text(key + "\n")
+    os.chmod(path, 0o400)
+    monkeypatch.setattr(wgb, "wg_binary", lambda: "wg")
+    monkeypatch.setattr(wgb, "public_key", fake_public)
+    be = wgb.WireguardBackend(parse_config({"Network": "10.100.0.0/16", "Backend": {"Type": "wireguard"}}), IFACE,
+                              {"wireguard_key_file": str(path)})
+    return be, path
+
+
+def test_a_cloned_key_is_replaced_before_use(monkeypatch, tmp_path, caplog):
+    be, path = identity_backend(monkeypatch, tmp_path)
+    other = held("10.100.7.0/24", "192.0.2.7", fake_public(KEY_A), 10)
+    with caplog.at_level("INFO", logger="pyflannel.backend.wireguard"):
+        be.check_identity([other, held("10.100.8.0/24", "192.0.2.8", KEY_B, 11)])
+    fresh = path.read_text()
+    assert fresh.endswith("\n") and fresh.strip() != KEY_A and wgb.catalogue.key_problem(fresh.strip()) is None
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o400 and os.listdir(tmp_path) == ["wgkey"]
+    assert be.private == fresh.strip() and be.public == fake_public(be.private)
+    assert all(d.private == be.private for d in be.devices)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    for words in (fake_public(KEY_A), str(path), "older lease 10.100.7.0/24 of 192.0.2.7", be.public):
+        assert words in warnings[0]
+    assert be.private not in caplog.text and KEY_A not in caplog.text  # no private key in any log line
+    # prepare() then uses the fresh key; a second check finds nothing
+    be.check_identity([other])
+    assert path.read_text() == fresh
+
+
+def test_own_lease_with_the_key_is_no_clash(monkeypatch, tmp_path, caplog):
+    be, path = identity_backend(monkeypatch, tmp_path)
+    mine = held("10.100.1.0/24", "192.0.2.1", fake_public(KEY_A), 10)
+    clone = held("10.100.7.0/24", "192.0.2.7", fake_public(KEY_A), 20)
+    with caplog.at_level("WARNING"):
+        be.check_identity([clone, mine])
+    assert path.read_text() == KEY_A + "\n" and be.private == KEY_A and not caplog.records
+
+
+def test_a_clash_found_while_running_replaces_the_key_and_raises(monkeypatch, tmp_path):
+    be, path = identity_backend(monkeypatch, tmp_path)
+    be.check_identity([])
+    be._prepared = True
+    applied = []
+    for device in be.devices:
+        device.index = 5
+        monkeypatch.setattr(device, "apply_interface", lambda d=device: applied.append((d.name, d.private)))
+    mine = held("10.100.1.0/24", "192.0.2.1", fake_public(KEY_A), 30)
+    be.check_identity([mine, held("10.100.7.0/24", "192.0.2.7", fake_public(KEY_A), 40)])  # theirs is younger
+    assert applied == [] and be.private == KEY_A
+    with pytest.raises(wgb.IdentityClash) as err:
+        be.check_identity([mine, held("10.100.7.0/24", "192.0.2.7", fake_public(KEY_A), 20)])
+    assert isinstance(err.value, BackendError) and "\n" not in str(err.value)
+    assert "older lease 10.100.7.0/24 of 192.0.2.7" in str(err.value) and "exits" in str(err.value)
+    assert be.private != KEY_A and path.read_text() == be.private + "\n"
+    assert applied == [("flannel-wg", be.private)]  # off the device at once
+
+
+def test_a_key_file_that_cannot_be_replaced_is_one_line(monkeypatch, tmp_path):
+    be, path = identity_backend(monkeypatch, tmp_path)
+
+    def refuse(src, dst):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(wgb.os, "rename", refuse)
+    with pytest.raises(BackendError) as err:
+        be.check_identity([held("10.100.7.0/24", "192.0.2.7", fake_public(KEY_A), 1)])
+    assert "\n" not in str(err.value) and str(path) in str(err.value) and "Read-only" in str(err.value)
+    assert path.read_text() == KEY_A + "\n" and os.listdir(tmp_path) == ["wgkey"]
+
+
+def test_the_base_backend_checks_no_identity():
+    from pyflannel.backend import Backend
+
+    assert Backend.check_identity(object(), [lease("10.100.1.0/24", KEY_A)]) is None  # type: ignore[arg-type]
+
+
+def test_endpoint_pinning_decision():
+    pin = wgb.pin_endpoint
+    peer = wgb.Peer(KEY_B, "192.0.2.2:51820", ("10.100.2.0/24",), wgb.ZERO_KEY, 0, ("192.0.2.2", "2001:db8::2"))
+    assert pin("192.0.2.2:51820", peer) is None
+    assert pin("", peer) is None  # missing: sync_peers' job
+    assert pin("192.0.2.2:40123", peer) is None  # a NAT rewrote the source port of the lease's address
+    assert pin("[2001:db8::2]:51820", peer) is None  # the lease's other family
+    assert pin("[::ffff:192.0.2.2]:51820", peer) is None
+    assert pin("192.0.2.3:51820", peer) == "192.0.2.2:51820"  # a host the lease does not name: a clone
+    assert pin("[2001:db8::3]:51820", peer) == "192.0.2.2:51820"
+    assert pin("garbage", peer) == "192.0.2.2:51820"
+    v6 = wgb.Peer(KEY_B, "[2001:db8::2]:51821", ("fd10:0:0:2::/64",), wgb.ZERO_KEY, 0, ("2001:db8::2",))
+    assert pin("[2001:db8:0::2]:51821", v6) is None
+    assert pin("[2001:db8::9]:51821", v6) == "[2001:db8::2]:51821"
+    assert pin("192.0.2.2:51821", v6) == "[2001:db8::2]:51821"  # not in this lease
+
+
+def test_a_roamed_endpoint_is_set_back_and_warned_once(monkeypatch, caplog):
+    dev = wgb.Device("flannel-wg", 51820, (4,), KEY_A)
+    peer = wgb.Peer(KEY_B, "192.0.2.2:51820", ("10.100.2.0/24",), wgb.ZERO_KEY, 0, ("192.0.2.2",))
+    dev.want = {"10.100.2.0-24": peer}
+    calls = []
+    monkeypatch.setattr(dev, "set_endpoint", lambda key, where: calls.append((key, where)))
+
+    def at(where):
+        return wgb.parse_dump("%s\tPUB\t51820\toff\n%s\t(none)\t%s\t10.100.2.0/24\t1\t2\t3\toff\n"
+                              % (KEY_A, KEY_B, where))
+
+    with caplog.at_level("WARNING", logger="pyflannel.backend.wireguard"):
+        assert dev.pin_endpoints(at("192.0.2.2:51820")) == 0
+        assert [dev.pin_endpoints(at("192.0.2.3:51820")) for _n in range(3)] == [1, 1, 1]
+        assert dev.pin_endpoints(at("192.0.2.2:51820")) == 0
+        assert dev.pin_endpoints(at("192.0.2.4:51820")) == 1  # another roam: warned again
+    assert calls == [(KEY_B, "192.0.2.2:51820")] * 4 and dev.pins == 4
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == [
+        "flannel-wg: peer %s's endpoint moved to 192.0.2.3:51820, which is not in its lease (10.100.2.0/24); set "
+        "back to 192.0.2.2:51820 (another host holds that node's wireguard key or sends in its name)" % KEY_B,
+        "flannel-wg: peer %s's endpoint moved to 192.0.2.4:51820, which is not in its lease (10.100.2.0/24); set "
+        "back to 192.0.2.2:51820 (another host holds that node's wireguard key or sends in its name)" % KEY_B]
+    # a peer we do not want (e.g. just removed) is not touched, and its memory goes
+    dev.want = {}
+    assert dev.pin_endpoints(at("192.0.2.3:51820")) == 0 and dev.roams == {}
