@@ -40,6 +40,22 @@ class LeaseFormatError(ValueError):
     """A lease key or value that does not follow the layout; one line for a person."""
 
 
+# C0 and C1 control characters, DEL and the Unicode line/paragraph separators: what could end a log line
+# or rewrite a terminal.  Backslashes are left alone, so text that is already repr()-escaped stays as is.
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text, limit=300):
+    """``text`` from etcd (a key name, a value, a reason quoting them) made safe for one log line:
+    control characters repr()-escaped (a newline becomes ``\\n``), and cut after ``limit`` characters."""
+    text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+    more = len(text) - limit
+    if more > 0:
+        text = text[:limit]
+    text = _CONTROL_RE.sub(lambda match: repr(match.group())[1:-1], text)
+    return text + ("... (%d more characters)" % more if more > 0 else "")
+
+
 def normalize_prefix(prefix):
     """``/coreos.com/network/`` and ``coreos.com/network`` both become ``/coreos.com/network``."""
     prefix = (prefix or DEFAULT_PREFIX).strip()
@@ -400,9 +416,12 @@ def lease_problem(lease, network, subnet_len, network6=None, subnet_len6=None):
     return None
 
 
-def _age(lease):
+def lease_age(lease):
     """Older first: etcd's create revision/index, then the key (a stable tie-break)."""
     return (lease.created or 0, lease.key_name)
+
+
+_age = lease_age
 
 
 class LeaseBook:

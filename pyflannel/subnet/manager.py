@@ -17,13 +17,14 @@ Typical use::
 
 from __future__ import annotations
 
+import bisect
 import functools
 import ipaddress
 import logging
 import random
 import threading
 import time
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from pyflannel import etcdstore, subnetenv
 from pyflannel.etcdstore import KV, EtcdStore, StateLost, StoreError, Unreachable, WatchExpired
@@ -38,13 +39,15 @@ from pyflannel.leases import (
     config_key,
     decode_lease,
     encode_lease,
+    lease_age,
     normalize_prefix,
     parse_subnet_key,
+    printable,
     subnet_key,
     subnet_key_name,
     subnets_dir,
 )
-from pyflannel.netconfig import ConfigError, NetworkConfig, parse_config
+from pyflannel.netconfig import ConfigError, NetworkConfig, Pool, parse_config
 
 log = logging.getLogger("pyflannel.subnet")
 
@@ -179,11 +182,21 @@ class LeaseManager:
     ``ttl``: the lease TTL (Go: 24 h; ``--subnet-lease-ttl`` overrides it for tests).
     ``renew_margin``: seconds before expiry at which the lease is renewed; when it is not smaller
     than the TTL, the lease is renewed at half its life.
+    ``clock`` (Unix time, for expirations shown to people) and ``monotonic`` (for scheduling the
+    renewal, so a stepped wall clock cannot make the lease expire) are injectable for tests.
+
+    No two live nodes route one subnet: whenever our lease is written back (renewal finding it gone,
+    etcd wiped or restored, the key deleted behind our back), every other lease is looked at first
+    and after; one overlapping either of our subnets that got into etcd first keeps it, and this node
+    gives way (LeaseLost).
     """
 
     def __init__(self, store: EtcdStore, prefix: Optional[str] = None, subnet_file: Optional[str] = None,
-                 ttl: int = LEASE_TTL, renew_margin: float = DEFAULT_RENEW_MARGIN, watch_idle: float = 10.0) -> None:
+                 ttl: int = LEASE_TTL, renew_margin: float = DEFAULT_RENEW_MARGIN, watch_idle: float = 10.0,
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.store = store
+        self._clock = clock
+        self._monotonic = monotonic
         self.prefix = normalize_prefix(prefix)
         self.subnet_file = subnet_file
         self.ttl = int(ttl)
@@ -193,11 +206,16 @@ class LeaseManager:
         self.attrs: Optional[LeaseAttrs] = None
         self.lease: Optional[Lease] = None
         self._kv: Optional[KV] = None
-        self._renew_at = 0.0
+        self._renew_due = 0.0  # monotonic time of the next renewal (inf: a reservation, never)
+        # renew() runs in the agent's main loop, the watch's restores in its thread: one at a time
+        self._own_lock = threading.RLock()
         # Every other node's lease as last seen, and the validator's verdict on each (book.accepted
         # is what the datapath gets; book.rejected says why the others are not used).
         self.book = LeaseBook()
         self._unparsed: Dict[str, str] = {}  # key name -> why it does not parse (from the last list)
+        # key name -> subnets of the keys that parse but whose value does not (from the last list):
+        # no datapath uses them, yet the picker counts their subnets as taken
+        self._opaque: Dict[str, _Wanted] = {}
         self._primed: Optional[Tuple[List[Lease], int]] = None  # the acquire's list, for the first snapshot
         self.stats = {"renewals": 0, "renew_failures": 0, "etcd_errors": 0, "acquire_attempts": 0,
                       "lost_races": 0, "watch_relists": 0, "leases_rejected": 0, "lease_restores": 0,
@@ -268,46 +286,60 @@ class LeaseManager:
                 _wait(stop, delay)
 
     # -- listing ----------------------------------------------------------------------------------
-    def list_leases(self) -> Tuple[List[Lease], int]:
-        """Every lease under ``<prefix>/subnets/`` (foreign keys skipped) and the list revision."""
+    def list_leases(self, serializable: bool = True) -> Tuple[List[Lease], int]:
+        """Every lease under ``<prefix>/subnets/`` (foreign keys skipped) and the list revision.
+
+        Serializable by default: no quorum round per list.  Safe for acquiring and watching: creates
+        are atomic (a stale list costs at most a lost race) and the watch resumes from the list's own
+        revision.  The checks that decide who keeps a subnet read linearizably (``False``)."""
         try:
-            # Serializable: no quorum round per list.  Safe here: creates are atomic (a stale list
-            # costs at most a lost race) and the watch resumes from the list's own revision.
-            kvs, revision = self.store.list(self.subnets_dir, serializable=True)
+            kvs, revision = self.store.list(self.subnets_dir, serializable=serializable)
         except StoreError as err:
             self._error(err)
             raise
         leases = []
-        unparsed = {}
+        unparsed: Dict[str, str] = {}
+        opaque: Dict[str, _Wanted] = {}
         for kv in kvs:
-            lease = self._parse(kv, unparsed)
+            lease = self._parse(kv, unparsed, opaque)
             if lease is not None:
                 leases.append(lease)
         self._unparsed = unparsed
+        self._opaque = opaque
         return leases, revision
 
-    def _parse(self, kv: KV, unparsed: Optional[Dict[str, str]] = None) -> Optional[Lease]:
+    def _parse(self, kv: KV, unparsed: Optional[Dict[str, str]] = None,
+               opaque: Optional[Dict[str, _Wanted]] = None) -> Optional[Lease]:
         try:
             lease = lease_from_kv(kv)
         except LeaseFormatError as err:
             name = kv.key[len(self.subnets_dir):] if kv.key.startswith(self.subnets_dir) else kv.key
             if unparsed is not None and "/" not in name:
                 unparsed[name] = str(err)
+            if opaque is not None and "/" not in name:
+                try:
+                    opaque[name] = _parse_key(name)
+                except LeaseFormatError:
+                    pass
             return None
         lease._kv = kv  # type: ignore[attr-defined]  # kept for update/delete
         return lease
 
     # -- acquire ----------------------------------------------------------------------------------
-    def try_acquire(self, config: NetworkConfig, attrs: LeaseAttrs) -> Lease:
+    def try_acquire(self, config: NetworkConfig, attrs: LeaseAttrs, stop: Optional[threading.Event] = None) -> Lease:
         """One acquire round, exactly as Go flanneld: reuse by PublicIP (PublicIPv6 on an IPv6-only
         network), then the subnet file's subnets, then a random free subnet among the first 100 of
         each family; create atomically, retrying lost races up to 10 times.  Raises OutOfSubnets,
-        StoreError, or SubnetError after 10 lost races."""
+        StoreError, Stopped (``stop`` set between attempts), or SubnetError after 10 lost races.
+
+        A lease of ours that overlaps an older lease is not reused (the older one keeps the subnet)."""
         value_ttl = self.ttl
         value = encode_lease(attrs, self.store.api)
         taken: Optional[List[_Taken]] = None
         node = attrs.address
         for _attempt in range(RACE_TRIES):
+            if stop is not None and stop.is_set():
+                raise Stopped()
             self.stats["acquire_attempts"] += 1
             if taken is not None:
                 # A lost race: the list is still good apart from what others created since; the
@@ -315,6 +347,8 @@ class LeaseManager:
                 # list (the create stays atomic, so a stale list can only cost another lost race).
                 wanted = self._pick(config, taken, (None, None))
                 kv = self._create(wanted, value, value_ttl, taken)
+                if kv is not None and config.pool4 is not None and config.pool6 is not None:
+                    kv = self._keep_if_first(kv, wanted, taken)
                 if kv is not None:
                     log.info("acquired lease %s for %s", _label(wanted), node)
                     return self._own(kv, attrs, acquired=True)
@@ -330,14 +364,20 @@ class LeaseManager:
             chosen = None
             dropped = set()  # our own leases deleted just now: their subnets are free for us again
             for lease in mine:
-                if chosen is None and fits(config, lease):
+                rival = _rival(leases, _subnets_of(lease), lease.key_name, older_than=lease_age(lease))
+                if chosen is None and fits(config, lease) and rival is None:
                     chosen = lease
                     continue
+                if not fits(config, lease):
+                    why = "does not fit the network config %s" % _networks(config)
+                elif rival is not None:
+                    why = "overlaps the older lease %s of %s, which keeps %s" % (
+                        rival.label, rival.attrs.address, _overlap(_subnets_of(lease), rival))
+                else:
+                    why = "is a duplicate"
                 if lease.reservation:
-                    log.warning("reservation %s for %s does not fit the network config %s; leaving it alone",
-                                lease.label, node, _networks(config))
+                    log.warning("reservation %s for %s %s; leaving it alone", lease.label, node, why)
                     continue
-                why = "no longer fits the network config" if not fits(config, lease) else "is a duplicate"
                 log.info("deleting lease %s of %s: it %s", lease.label, node, why)
                 self._delete_quietly(lease)
                 dropped.add(lease.key_name)
@@ -354,10 +394,14 @@ class LeaseManager:
                 log.info("found %s %s for %s, reusing it", verb, chosen.label, node)
                 return self._own(new, attrs, acquired=True)
 
-            # 2. the subnets of the previous run (subnet file), 3. random among the first 100 free ones
-            held = [lease for lease in leases if lease.key_name not in dropped]
-            taken = [_Taken((lease.subnet for lease in held if lease.subnet is not None), 32),
-                     _Taken((lease.ipv6_subnet for lease in held if lease.ipv6_subnet is not None), 128)]
+            # 2. the subnets of the previous run (subnet file), 3. random among the first 100 free ones.
+            # Every key that parses counts as taken, whatever the validator says of it (outside the
+            # network, another SubnetLen, a value that does not parse): a subnet is never handed out
+            # twice, even to leases no datapath here would use.
+            held = [_subnets_of(lease) for lease in leases if lease.key_name not in dropped]
+            held.extend(self._opaque.values())
+            taken = [_Taken((pair[0] for pair in held if pair[0] is not None), 32),
+                     _Taken((pair[1] for pair in held if pair[1] is not None), 128)]
             previous = subnetenv.previous_subnets(self.subnet_file)
             wanted = self._pick(config, taken, previous)
             kv = self._create(wanted, value, value_ttl, taken)
@@ -378,29 +422,15 @@ class LeaseManager:
             out.append(None if pool is None else self._pick_in(pool, held, before))
         return out[0], out[1]  # type: ignore[return-value]
 
-    def _pick_in(self, pool, taken: _Taken, previous):
-        if previous is not None and pool.contains(previous) and not taken.overlaps(previous):
-            return previous
-        candidates: List[int] = []
-        plen = pool.subnet_len
-        size = pool.subnet_size
-        same = taken.by_len.get(plen, set())
-        mixed = any(length != plen for length in taken.by_len)  # leases of another SubnetLen exist
-        make = ipaddress.IPv4Network if pool.version == 4 else ipaddress.IPv6Network
-        addr, last = int(pool.subnet_min), int(pool.subnet_max)
-        while addr <= last:
-            if addr not in same and not (mixed and taken.overlaps(make((addr, plen)))):
-                candidates.append(addr)
-                if len(candidates) >= MAX_CANDIDATES:
-                    break
-            addr += size
-        if not candidates:
+    def _pick_in(self, pool: Pool, taken: _Taken, previous: Optional[ipaddress._BaseNetwork]) -> ipaddress._BaseNetwork:
+        subnet = pick_subnet(pool, taken, previous)
+        if subnet is None:
             lead = "" if pool.version == 4 else "IPv6"
             raise OutOfSubnets(
                 "failed to acquire lease: out of subnets in %s (all %d subnets from %s to %s are taken); "
                 "free a lease or raise %sSubnetMax in %s — retrying"
                 % (pool.network, pool.capacity(), pool.subnet_min, pool.subnet_max, lead, self.config_key))
-        return make((random.choice(candidates), plen))
+        return subnet
 
     def _create(self, wanted: _Wanted, value: str, ttl: int, taken: List[_Taken]) -> Optional[KV]:
         """Atomic create; None (and the subnets marked taken) when another node was first."""
@@ -420,35 +450,39 @@ class LeaseManager:
         have taken one of our two subnets with a different partner at the same time.  The older
         lease keeps it; ours, if younger, is deleted (None: pick again)."""
         try:
-            leases, _revision = self.list_leases()
+            rival, _leases, _revision = self._older_rival(kv, wanted)
         except StoreError:
             return kv  # cannot tell now: the validator of every node still judges older-wins
-        name = subnet_key_name(*wanted)
-        ours = [lease for lease in leases if lease.key_name == name]
-        if not ours:
+        if rival is None:
             return kv
-        for other in leases:
-            if other.key_name == name or other.created >= ours[0].created:
-                continue
-            if any(a is not None and b is not None and a.overlaps(b)
-                   for a, b in zip(wanted, (other.subnet, other.ipv6_subnet))):
-                self.stats["lost_races"] += 1
-                log.info("lease %s overlaps the older lease %s of %s; choosing again", _label(wanted),
-                         other.label, other.attrs.address)
-                self._delete_quietly(ours[0])
-                _mark(taken, (other.subnet, other.ipv6_subnet))
-                return None
-        return kv
+        self.stats["lost_races"] += 1
+        log.info("lease %s overlaps the older lease %s of %s; choosing again", _label(wanted),
+                 rival.label, rival.attrs.address)
+        self._delete_key_quietly(kv.key, _label(wanted))
+        _mark(taken, _subnets_of(rival))
+        return None
+
+    def _older_rival(self, kv: KV, wanted: _Wanted) -> Tuple[Optional[Lease], List[Lease], int]:
+        """After writing ``kv`` (our lease with the subnets ``wanted``): list linearizably and return
+        the oldest lease older than ours that overlaps one of our subnets (or None), with the list."""
+        leases, revision = self.list_leases(serializable=False)
+        name = subnet_key_name(*wanted)
+        created = kv.created
+        if not created:  # the write's answer did not say: the list does
+            created = next((lease.created for lease in leases if lease.key_name == name), 0)
+        if not created:
+            return None, leases, revision  # not listed (gone again): nothing to compare with
+        return _rival(leases, wanted, name, older_than=(created, name)), leases, revision
 
     def acquire(self, attrs: LeaseAttrs, stop: Optional[threading.Event] = None) -> Lease:
         """Acquire until it works.  The config is read again before every round, so raising SubnetMax
-        (or fixing the config) takes effect without a restart."""
+        (or fixing the config) takes effect without a restart.  Every wait checks ``stop`` (Stopped)."""
         throttle = _Throttle()
         backoff = Backoff()
         while True:
             try:
                 config = self.wait_config(stop)
-                return self.try_acquire(config, attrs)
+                return self.try_acquire(config, attrs, stop)
             except OutOfSubnets as err:
                 throttle(logging.ERROR, str(err))
                 backoff.reset()
@@ -465,7 +499,7 @@ class LeaseManager:
     def _own(self, kv: KV, attrs: LeaseAttrs, acquired: bool = False) -> Lease:
         lease = lease_from_kv(kv)
         if lease.expiration is None and not lease.reservation:
-            lease.expiration = time.time() + self.ttl
+            lease.expiration = self._clock() + self.ttl
         self.attrs = attrs
         previous = self.lease
         self.lease = lease
@@ -480,29 +514,40 @@ class LeaseManager:
         return lease
 
     def _delete_quietly(self, lease: Lease) -> None:
+        self._delete_key_quietly(self.subnets_dir + lease.key_name, lease.label)
+
+    def _delete_key_quietly(self, key: str, label: str) -> None:
         try:
-            self.store.delete(self.subnets_dir + lease.key_name)
+            self.store.delete(key)
         except StoreError as err:
             self._error(err)
-            log.warning("could not delete lease %s: %s", lease.label, err)
+            log.warning("could not delete lease %s: %s", label, err)
 
     # -- renew ------------------------------------------------------------------------------------
     def _margin(self) -> float:
         return self.renew_margin if self.renew_margin < self.ttl else self.ttl / 2.0
 
     def _schedule(self, lease: Lease) -> None:
+        """Renew ``margin`` seconds before the lease expires, on the monotonic clock: the lease's
+        remaining life is measured once, now, so a wall clock stepped later changes nothing."""
         if lease.reservation or lease.expiration is None:
-            self._renew_at = float("inf")
+            self._renew_due = float("inf")
         else:
-            self._renew_at = lease.expiration - self._margin()
+            remaining = lease.expiration - self._clock()
+            self._renew_due = self._monotonic() + remaining - self._margin()
 
     @property
     def renew_at(self) -> float:
-        """Unix time of the next renewal (inf for a reservation)."""
-        return self._renew_at
+        """Unix time of the next renewal (inf for a reservation), for display: derived from the
+        monotonic schedule and the current wall clock."""
+        if self._renew_due == float("inf"):
+            return self._renew_due
+        return self._clock() + (self._renew_due - self._monotonic())
 
     def renew_due(self, now: Optional[float] = None) -> bool:
-        return self.lease is not None and (now or time.time()) >= self._renew_at
+        """Whether the lease should be renewed now; ``now`` is a reading of the monotonic clock
+        (default: the manager's ``monotonic()``), never a wall-clock time."""
+        return self.lease is not None and (self._monotonic() if now is None else now) >= self._renew_due
 
     def retry_interval(self) -> float:
         """How long to wait after a failed renewal: a minute, or less for short TTLs."""
@@ -511,63 +556,92 @@ class LeaseManager:
     def renew(self) -> Lease:
         """Renew our lease (fresh TTL; a reservation stays TTL-less and is left untouched).
 
-        Raises LeaseLost when the key is gone, StoreError when etcd failed (the caller retries after
-        :meth:`retry_interval`; :attr:`renew_at` is moved accordingly)."""
-        if self.lease is None or self._kv is None or self.attrs is None:
-            raise SubnetError("no lease to renew")
-        if self.lease.reservation:
-            self._renew_at = float("inf")
-            return self.lease
-        value = encode_lease(self.attrs, self.store.api)
-        try:
-            kv = self.store.update(self._kv, value, self.ttl)
-        except StoreError as err:
-            self._error(err)
-            self.stats["renew_failures"] += 1
-            self._renew_at = time.time() + self.retry_interval()
-            raise
-        if kv is None:
-            return self.restore("our lease %s was gone from etcd when we renewed it" % self.lease.label)
-        self.stats["renewals"] += 1
-        lease = self._own(kv, self.attrs)
-        log.info("renewed lease %s, expires %s", lease.label,
-                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lease.expiration or 0)))
-        return lease
-
-    def restore(self, why: str) -> Lease:
-        """Write our lease back with the same subnet after etcd lost it (wiped, restored, deleted
-        behind our back).  Raises LeaseLost when another node holds the subnet by now, StoreError
-        when etcd fails (the caller retries)."""
-        if self.lease is None or self.attrs is None:
-            raise SubnetError("no lease to restore")
-        lease, attrs = self.lease, self.attrs
-        key = self.subnets_dir + lease.key_name
-        value = encode_lease(attrs, self.store.api)
-        for _attempt in range(3):
+        Raises LeaseLost when the key is gone and another node holds one of its subnets by now (else
+        the lease is written back, see :meth:`restore`), StoreError when etcd failed (the caller
+        retries after :meth:`retry_interval`; the schedule is moved accordingly)."""
+        with self._own_lock:
+            if self.lease is None or self._kv is None or self.attrs is None:
+                raise SubnetError("no lease to renew")
+            if self.lease.reservation:
+                self._renew_due = float("inf")
+                return self.lease
+            value = encode_lease(self.attrs, self.store.api)
             try:
-                current, _revision = self.store.head(key)
-                if current is None:
-                    kv = self.store.create(key, value, self.ttl)
-                else:
-                    holder = self._holder(current)
-                    if holder != attrs.address:
-                        raise LeaseLost("our lease %s now belongs to %s"
-                                        % (lease.label, holder or "an unreadable value"))
-                    kv = self.store.update(current, value, self.ttl if current.has_ttl else None)
+                kv = self.store.update(self._kv, value, self.ttl)
             except StoreError as err:
                 self._error(err)
+                self.stats["renew_failures"] += 1
+                self._renew_due = self._monotonic() + self.retry_interval()
                 raise
-            if kv is not None:
+            if kv is None:
+                try:
+                    return self.restore("our lease %s was gone from etcd when we renewed it" % self.lease.label)
+                except StoreError:
+                    self.stats["renew_failures"] += 1
+                    self._renew_due = self._monotonic() + self.retry_interval()
+                    raise
+            self.stats["renewals"] += 1
+            lease = self._own(kv, self.attrs)
+            log.info("renewed lease %s, expires %s", lease.label,
+                     time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lease.expiration or 0)))
+            return lease
+
+    def restore(self, why: str) -> Lease:
+        """Write our lease back with the same subnets after etcd lost it (wiped, restored, expired
+        while we were cut off, deleted behind our back).  ``why`` says what happened, for the log.
+
+        Before writing, every lease is listed: one that overlaps either of our subnets got into etcd
+        first and keeps it (LeaseLost, naming its node).  After writing, the leases are listed again:
+        one written at the same time and older than ours keeps the subnet, ours is deleted
+        (LeaseLost).  StoreError when etcd fails (the caller retries)."""
+        return self._restore(why)[0]
+
+    def _restore(self, why: str, leases: Optional[List[Lease]] = None) -> Tuple[Lease, List[Lease], int]:
+        """:meth:`restore`; ``leases``: a linearizable list made just now (saves a list).  Returns the
+        lease and the list made after writing it, with its revision."""
+        with self._own_lock:
+            if self.lease is None or self.attrs is None:
+                raise SubnetError("no lease to restore")
+            lease, attrs = self.lease, self.attrs
+            own = _subnets_of(lease)
+            key = self.subnets_dir + lease.key_name
+            value = encode_lease(attrs, self.store.api)
+            for _attempt in range(3):
+                try:
+                    if leases is None:
+                        leases, _revision = self.list_leases(serializable=False)
+                    rival = _rival(leases, own, lease.key_name)
+                    if rival is not None:
+                        raise _taken(why, lease, rival)
+                    current, _revision = self.store.head(key)
+                    if current is None:
+                        kv = self.store.create(key, value, self.ttl)
+                    else:
+                        holder = self._holder(current)
+                        if holder is None or holder.attrs.address != attrs.address:
+                            raise _taken(why, lease, holder)
+                        kv = self.store.update(current, value, self.ttl if current.has_ttl else None)
+                    if kv is None:
+                        leases = None  # changed under our hands: look again
+                        continue
+                    rival, after, revision = self._older_rival(kv, own)
+                except StoreError as err:
+                    self._error(err)
+                    raise
+                if rival is not None:
+                    self._delete_key_quietly(key, lease.label)
+                    raise LeaseLost("%s; while we wrote it back, %s wrote the older lease %s, which keeps %s: "
+                                    "deleted ours, this node gives way"
+                                    % (why, rival.attrs.address, rival.label, _overlap(own, rival)))
                 self.stats["lease_restores"] += 1
                 log.warning("%s; wrote it back to etcd with the same subnet", why)
-                return self._own(kv, attrs)
+                return self._own(kv, attrs), after, revision
         raise StoreError("our lease %s kept changing while it was being written back" % lease.label)
 
-    @staticmethod
-    def _holder(kv: KV) -> Optional[str]:
+    def _holder(self, kv: KV) -> Optional[Lease]:
+        """The lease held under ``kv`` (None: its value does not parse)."""
         try:
-            check_value_size(kv.value)
-            return _decode_value(kv.value).address
+            return lease_from_kv(kv)
         except LeaseFormatError:
             return None
 
@@ -586,7 +660,8 @@ class LeaseManager:
         """List every lease, judge them all again, and describe the difference to the datapath.
 
         Our own lease missing from the list (etcd wiped or restored, or the key deleted behind our
-        back) is written back with the same subnet; held by another node, it is lost (LeaseLost).
+        back) is written back with the same subnet (:meth:`restore`); held by another node, or
+        overlapped by an older lease of another key, it is lost (LeaseLost: the older keeps it).
         On etcd v3, right after :meth:`acquire` the list made for acquiring serves as the first
         snapshot (the watch then replays everything after its revision, our own create included), so
         a node that starts lists once, not twice — this halves etcd's load when a cluster starts."""
@@ -599,20 +674,41 @@ class LeaseManager:
         if own is not None and self.lease is not None and primed is None:
             mine = [lease for lease in leases if lease.key_name == own]
             if not mine:
-                self.restore("our lease %s was missing from etcd" % self.lease.label)
-                leases, revision = self.list_leases()
+                _lease, leases, revision = self._restore("our lease %s was missing from etcd" % self.lease.label)
             elif mine[0].attrs.address != self.lease.attrs.address:
                 raise LeaseLost("our lease %s now belongs to %s" % (self.lease.label, mine[0].attrs.address))
+            else:
+                self._give_way_to_older(mine[0], leases)
         others = [lease for lease in leases if lease.key_name != own]
         change = self.book.replace_all(others, self._unparsed)
         self._log_rejected(change)
         return LeaseEvent("snapshot", leases=self.book.usable(), added=change.added, removed=change.removed,
                           revision=revision)
 
+    def _give_way_to_older(self, mine: Lease, leases: List[Lease]) -> None:
+        """Our lease is in etcd, but so is an older lease of another key overlapping one of its
+        subnets (both written back after a partition or a restore, or a dual-stack race): the older
+        keeps the subnet; ours is deleted (LeaseLost).  Confirmed by a linearizable list first."""
+        own = _subnets_of(mine)
+        if _rival(leases, own, mine.key_name, older_than=lease_age(mine)) is None:
+            return
+        kv = mine._kv  # type: ignore[attr-defined]
+        try:
+            rival, _leases, _revision = self._older_rival(kv, own)
+        except StoreError as err:
+            self._error(err)
+            raise
+        if rival is None:
+            return
+        self._delete_key_quietly(kv.key, mine.label)
+        raise LeaseLost("our lease %s overlaps the older lease %s of %s in etcd, which keeps %s: deleted ours, "
+                        "this node gives way" % (mine.label, rival.label, rival.attrs.address, _overlap(own, rival)))
+
     def _log_rejected(self, change: Change) -> None:
         for name, why in change.rejected:
             self.stats["leases_rejected"] += 1
-            log.warning("ignoring the lease %s%s in etcd: %s", self.subnets_dir, name, why)
+            # key names and reasons quote etcd's text: escaped, so a key cannot forge a log line
+            log.warning("ignoring the lease %s%s in etcd: %s", self.subnets_dir, printable(name), printable(why))
 
     def _events(self, change: Change, revision: int) -> List[LeaseEvent]:
         self._log_rejected(change)
@@ -701,7 +797,7 @@ class LeaseManager:
         own = self._own_key()
         if name == own and self.lease is not None:
             if ev.kind == "delete":
-                self.restore("our lease %s was deleted or expired in etcd (%s)" % (self.lease.label, ev.key))
+                self.restore("our lease %s was deleted or expired in etcd" % self.lease.label)
                 return []
             try:
                 check_value_size(ev.value)
@@ -716,6 +812,7 @@ class LeaseManager:
             return []
         if ev.kind == "delete":
             self._unparsed.pop(name, None)
+            self._opaque.pop(name, None)
             return self._events(self.book.remove(name), ev.revision)
         try:
             subnet, subnet6 = _parse_key(name)
@@ -744,44 +841,120 @@ def _networks(config: NetworkConfig) -> str:
     return " ".join(str(pool.network) for pool in config.pools())
 
 
+def _subnets_of(lease: Lease) -> _Wanted:
+    return lease.subnet, lease.ipv6_subnet
+
+
+def _overlapping(ours: _Wanted, other: Lease) -> List[ipaddress._BaseNetwork]:
+    """Those of our subnets that ``other`` overlaps (per family)."""
+    return [mine for mine, theirs in zip(ours, _subnets_of(other))
+            if mine is not None and theirs is not None and mine.overlaps(theirs)]
+
+
+def _overlap(ours: _Wanted, other: Lease) -> str:
+    return " ".join(str(net) for net in _overlapping(ours, other))
+
+
+def _rival(leases: Iterable[Lease], ours: _Wanted, name: str,
+           older_than: Optional[Tuple[int, str]] = None) -> Optional[Lease]:
+    """The one overlap check of the manager: the oldest lease of another key than ``name`` whose
+    subnet overlaps one of ``ours`` in its family (only leases older than ``older_than``, a
+    :func:`lease_age`, when given), or None.  Used when acquiring (a dual-stack create, a lease of ours
+    to reuse), before and after writing our lease back, and on every snapshot of a lease we hold."""
+    found = None
+    for other in leases:
+        if other.key_name == name or (older_than is not None and lease_age(other) >= older_than):
+            continue
+        if _overlapping(ours, other) and (found is None or lease_age(other) < lease_age(found)):
+            found = other
+    return found
+
+
+def _taken(why: str, ours: Lease, rival: Optional[Lease]) -> LeaseLost:
+    """LeaseLost for a lease that another node took while ours was gone from etcd."""
+    if rival is None:
+        return LeaseLost("%s, and its key holds a value that does not parse by now: this node gives way" % why)
+    return LeaseLost("%s, and %s took %s meanwhile (its lease %s); the node that holds it in etcd keeps it, "
+                     "this node gives way" % (why, rival.attrs.address, _overlap(_subnets_of(ours), rival),
+                                              rival.label))
+
+
 def _mark(taken: List[_Taken], subnets: Tuple[Optional[ipaddress._BaseNetwork], ...]) -> None:
     for held, subnet in zip(taken, subnets):
         if subnet is not None:
             held.add(subnet)
 
 
+def pick_subnet(pool: Pool, taken: _Taken,
+                previous: Optional[ipaddress._BaseNetwork] = None) -> Optional[ipaddress._BaseNetwork]:
+    """A free subnet of ``pool`` (None: out of subnets): ``previous`` if the pool would hand it out and
+    nothing overlaps it, else one at random among the first :data:`MAX_CANDIDATES` free ones from
+    SubnetMin on.  The work is O(held ranges + MAX_CANDIDATES) whatever the keys in etcd say: taken
+    ranges are skipped whole, never walked subnet by subnet (a /33 key in a /32 IPv6 network would
+    be 2^31 steps)."""
+    if previous is not None and pool.contains(previous) and not taken.overlaps(previous):
+        return previous
+    candidates = taken.free(int(pool.subnet_min), int(pool.subnet_max), pool.subnet_size, MAX_CANDIDATES)
+    if not candidates:
+        return None
+    make = ipaddress.IPv4Network if pool.version == 4 else ipaddress.IPv6Network
+    return make((random.choice(candidates), pool.subnet_len))
+
+
 class _Taken:
-    """The subnets of one family held by leases, for fast overlap checks (most share the config's
-    SubnetLen)."""
+    """The address ranges of one family held by leases (any length, any alignment), sorted and
+    merged on demand, for O(log n) overlap checks and a walk of the free gaps."""
 
-    def __init__(self, subnets, bits: int = 32) -> None:
+    def __init__(self, subnets: Iterable[ipaddress._BaseNetwork] = (), bits: int = 32) -> None:
         self.bits = bits
-        self.by_len: Dict[int, set] = {}
+        self._ranges: List[Tuple[int, int]] = []  # (first, last) address, as added
+        self._merged: Optional[List[Tuple[int, int]]] = None
+        self._lasts: List[int] = []
+        self.steps = 0  # loop steps of the last free(): bounded by ranges + limit (see the unit tests)
         for subnet in subnets:
-            self.by_len.setdefault(subnet.prefixlen, set()).add(int(subnet.network_address))
+            self.add(subnet)
 
-    def add(self, subnet) -> None:
-        self.by_len.setdefault(subnet.prefixlen, set()).add(int(subnet.network_address))
+    def add(self, subnet: ipaddress._BaseNetwork) -> None:
+        first = int(subnet.network_address)
+        self._ranges.append((first, first + subnet.num_addresses - 1))
+        self._merged = None
 
-    def overlaps(self, subnet) -> bool:
-        start = int(subnet.network_address)
-        bits = self.bits
-        for plen, starts in self.by_len.items():
-            if plen >= subnet.prefixlen:
-                # smaller (or equal) leases: any that start inside `subnet`
-                if plen == subnet.prefixlen:
-                    if start in starts:
-                        return True
-                    continue
-                size = 1 << (bits - plen)
-                count = 1 << (plen - subnet.prefixlen)
-                if count <= len(starts):
-                    if any(start + i * size in starts for i in range(count)):
-                        return True
-                elif any(start <= s < start + subnet.num_addresses for s in starts):
-                    return True
-            else:
-                mask = ((1 << bits) - 1) ^ ((1 << (bits - plen)) - 1)
-                if (start & mask) in starts:
-                    return True
-        return False
+    def _sorted(self) -> List[Tuple[int, int]]:
+        if self._merged is None:
+            merged: List[Tuple[int, int]] = []
+            for first, last in sorted(self._ranges):
+                if merged and first <= merged[-1][1] + 1:
+                    if last > merged[-1][1]:
+                        merged[-1] = (merged[-1][0], last)
+                else:
+                    merged.append((first, last))
+            self._merged = merged
+            self._lasts = [last for _first, last in merged]
+        return self._merged
+
+    def overlaps(self, subnet: ipaddress._BaseNetwork) -> bool:
+        ranges = self._sorted()
+        first = int(subnet.network_address)
+        i = bisect.bisect_left(self._lasts, first)  # the first range not ending before `subnet`
+        return i < len(ranges) and ranges[i][0] <= first + subnet.num_addresses - 1
+
+    def free(self, first: int, last: int, size: int, limit: int) -> List[int]:
+        """Up to ``limit`` start addresses ``first + k * size`` (not beyond ``last``) of blocks that no
+        held range overlaps, lowest first.  Each step either yields a block or jumps past a whole
+        held range, so it takes at most ``ranges + limit + 1`` steps."""
+        ranges = self._sorted()
+        i = bisect.bisect_left(self._lasts, first)
+        out: List[int] = []
+        addr = first
+        steps = 0
+        while addr <= last and len(out) < limit:
+            steps += 1
+            while i < len(ranges) and ranges[i][1] < addr:
+                i += 1
+            if i < len(ranges) and ranges[i][0] < addr + size:
+                addr += ((ranges[i][1] - addr) // size + 1) * size  # the first block after the range
+                continue
+            out.append(addr)
+            addr += size
+        self.steps = steps
+        return out
