@@ -10,25 +10,26 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
+import re
 import signal
 import socket
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
-from pyflannel import __version__, etcdstore, subnetenv
+from pyflannel import __version__, catalogue, etcdstore, subnetenv
 from pyflannel import backend as backends
 from pyflannel.etcdstore import StoreError, Unreachable
 from pyflannel.health import HealthServer, Metric
-from pyflannel.iface import IfaceError, select
+from pyflannel.iface import IfaceError, select, underlay_addresses
 from pyflannel.leases import Lease
 from pyflannel.netconfig import ConfigError, NetworkConfig
 from pyflannel.subnet import Backoff, LeaseEvent, LeaseLost, LeaseManager, NoConfig, Stopped
 
 log = logging.getLogger("pyflannel.agent")
 
-TICK = 5.0  # seconds between backend.tick() calls
+TICK = 5.0  # seconds between backend.tick() calls (and the checks of subnet.env and the underlay addresses)
+SUMMARY_INTERVAL = 60.0  # seconds: at most one INFO line about lease events per interval
 # seconds between re-reads of <prefix>/config while running (PYFLANNEL_CONFIG_POLL: tests only)
 CONFIG_POLL = float(os.environ.get("PYFLANNEL_CONFIG_POLL") or 10.0)
 
@@ -61,11 +62,16 @@ class Agent:
         self.iptables: List[Any] = []  # one IPTables per address family of the network
         self.health: Optional[HealthServer] = None
         self.lease: Optional[Lease] = None
-        self.events: queue.Queue = queue.Queue()
+        self.events = EventQueue()  # the watch thread's lease events, coalesced per lease
         self.leases: Dict[str, Lease] = {}
-        self.stats = {"lease_events": 0, "iptables_repairs": 0}
+        self.stats = {"lease_events": 0, "iptables_repairs": 0, "subnet_file_rewrites": 0}
         self.config: Any = None  # the network config the agent started with (and keeps)
+        self.ext: Any = None  # the external interface chosen at start (iface.select)
+        self.summary = EventSummary()
         self._config_note: Optional[str] = None  # the last runtime-config message logged
+        self._subnet_text: Optional[str] = None  # subnet.env as written at start (rewritten if it vanishes)
+        self._subnet_note: Optional[str] = None  # the last subnet.env rewrite error logged
+        self._missing: Set[int] = set()  # address families whose underlay address is gone (logged once)
 
     # -- entry point ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -144,13 +150,14 @@ class Agent:
                                           ttl=opts.subnet_lease_ttl,
                                           renew_margin=opts.subnet_lease_renew_margin * 60.0)
         config = mgr.wait_config(self.stop)
-        log.info("network config: %s", config.to_json())
+        log.info("network config: %s", config_text(config))
         try:
             ext = select(opts.iface, opts.iface_regex, opts.iface_can_reach or None, opts.public_ip or None,
                          public_ipv6=getattr(opts, "public_ipv6", "") or None, want_ipv4=config.enable_ipv4,
                          want_ipv6=config.enable_ipv6)
         except IfaceError as err:
             raise _Fatal(str(err)) from None
+        self.ext = ext
         log.info("using interface %s (index %d, address %s, public IP %s%s, MTU %d)", ext.name, ext.index,
                  ext.address, ext.public_ip,
                  ", IPv6 address %s, public IPv6 %s" % (ext.address6, ext.public_ipv6) if config.enable_ipv6 else "",
@@ -158,9 +165,12 @@ class Agent:
         try:
             backend = backends.create(config, ext, {"wireguard_key_file": getattr(opts, "wireguard_key_file", "")})
             backends.remove_leftovers(backend)
+            backend.check_identity(mgr.list_leases()[0])  # a key another node's older lease holds is replaced
             attrs = backend.prepare()
         except backends.BackendError as err:
             raise _Fatal(str(err)) from None
+        except StoreError as err:
+            raise _Fatal("cannot list the leases in etcd: %s" % err) from None
         # the lease names the node by the addresses of the network's families only
         if not config.enable_ipv4:
             attrs.public_ip = None
@@ -178,8 +188,9 @@ class Agent:
             raise _Fatal(str(err)) from None
 
         self._setup_iptables(config, lease)
-        subnetenv.write(opts.subnet_file, config.network, lease.subnet, backend.mtu(), opts.ip_masq,
-                        ipv6_network=config.ipv6_network, ipv6_subnet=lease.ipv6_subnet)
+        self._subnet_text = subnetenv.render(config.network, lease.subnet, backend.mtu(), opts.ip_masq,
+                                             ipv6_network=config.ipv6_network, ipv6_subnet=lease.ipv6_subnet)
+        subnetenv.write_atomic(opts.subnet_file, self._subnet_text)
         log.info("wrote %s (subnet %s, MTU %d)", opts.subnet_file, lease.label, backend.mtu())
         self.config = config
         self.ready = True
@@ -236,19 +247,23 @@ class Agent:
         while not self.stop.is_set():
             now = time.monotonic()
             wait = min(next_tick, next_iptables, now + 1.0) - now
-            try:
-                item = self.events.get(timeout=max(0.0, min(wait, 1.0)))
-            except queue.Empty:
-                item = None
+            # everything the watch queued since the last pass, coalesced: the last event per lease, a
+            # snapshot replacing what came before it (churn costs one datapath change per lease)
+            batch = self.events.get(timeout=max(0.0, min(wait, 1.0)))
             if self.stop.is_set():
                 break
-            if isinstance(item, LeaseLost):
-                return self._lost(item)
-            if isinstance(item, Exception):
-                log.error("watching leases failed unexpectedly: %s: %s; exiting", type(item).__name__, item)
+            if isinstance(batch.error, LeaseLost):
+                return self._lost(batch.error)
+            if batch.error is not None:
+                log.error("watching leases failed unexpectedly: %s: %s; exiting", type(batch.error).__name__,
+                          printable(batch.error))
                 return 1
-            if isinstance(item, LeaseEvent):
+            for item in batch.events:
                 self._handle(item)
+            self.summary.received += batch.received
+            line = self.summary.line(len(self.leases))
+            if line:
+                log.info("%s", line)
             if mgr.renew_due():
                 try:
                     self.lease = mgr.renew()
@@ -262,9 +277,15 @@ class Agent:
             if now >= next_tick:
                 next_tick = now + TICK
                 try:
+                    backend.check_identity([mgr.lease, *mgr.known.values()])
                     backend.tick()
+                except backends.IdentityClash as err:
+                    log.error("%s", err)
+                    return 1
                 except Exception as err:
-                    log.warning("backend %s tick failed: %s", backend.name, err)
+                    log.warning("backend %s tick failed: %s", backend.name, printable(err))
+                self._check_subnet_file()
+                self._check_addresses()
             if now >= next_iptables:
                 next_iptables = now + self.opts.iptables_resync
                 self._check_iptables()
@@ -291,17 +312,20 @@ class Agent:
                 # counted once the datapath has them: flannel_remote_leases tells "peers reachable"
                 self.leases = {lease.key_name: lease for lease in event.leases}
             elif event.kind == "added" and event.lease is not None:
-                log.info("lease added: %s of %s", event.lease.label, event.lease.attrs.address)
+                # one INFO line a minute sums these up (self.summary): churn must not flood the log
+                log.debug("lease added: %s of %s", event.lease.label, event.lease.attrs.address)
+                self.summary.count(event)
                 backend.lease_added(event.lease)
                 self.leases[event.lease.key_name] = event.lease
             elif event.kind == "removed" and event.lease is not None:
                 self.leases.pop(event.lease.key_name, None)
-                log.info("lease removed: %s of %s", event.lease.label, event.lease.attrs.address)
+                log.debug("lease removed: %s of %s", event.lease.label, event.lease.attrs.address)
+                self.summary.count(event)
                 backend.lease_removed(event.lease)
         except backends.BackendError as err:
-            log.error("%s", err)
+            log.error("%s", printable(err))
         except Exception as err:
-            log.error("backend %s failed on %s: %s: %s", backend.name, event, type(err).__name__, err)
+            log.error("backend %s failed on %s: %s: %s", backend.name, event, type(err).__name__, printable(err))
 
     def _check_config(self) -> None:
         """Re-read ``<prefix>/config``; log once per change what changed and what the agent does.
@@ -329,10 +353,10 @@ class Agent:
         for label, old, now in (("Network", running.network, new.network),
                                 ("SubnetLen", running.subnet_len, new.subnet_len),
                                 ("IPv6Network", running.ipv6_network, new.ipv6_network),
-                                ("IPv6SubnetLen", running.ipv6_subnet_len, new.ipv6_subnet_len),
-                                ("Backend", running.to_dict().get("Backend"), new.to_dict().get("Backend"))):
+                                ("IPv6SubnetLen", running.ipv6_subnet_len, new.ipv6_subnet_len)):
             if old != now:
                 changes.append("%s %s -> %s" % (label, _show(old), _show(now)))
+        changes.extend(backend_changes(running, new))
         if changes:
             self._note("the network config in %s changed (%s); the agent keeps running with the config it started "
                        "with; restart flanneld to apply it (the lease is re-checked against the new config at start)"
@@ -367,6 +391,55 @@ class Agent:
                     log.info("%s rules were missing and have been restored", rules.tool)
             except Exception as err:
                 log.error("checking the %s rules failed: %s", rules.tool, err)
+
+    def _check_subnet_file(self) -> None:
+        """Write subnet.env again when it disappeared (a cleaned /run, an operator's rm): docker and
+        mk-docker-opts read it at their next start.  One line when it is rewritten, one per new error."""
+        path = self.opts.subnet_file
+        if self._subnet_text is None or os.path.exists(path):
+            return
+        try:
+            subnetenv.write_atomic(path, self._subnet_text)
+        except OSError as err:
+            note = "%s is gone and cannot be written again: %s; docker cannot read this node's subnet until it is " \
+                   "back (fix the directory, or restart flanneld)" % (path, err.strerror or err)
+            if note != self._subnet_note:
+                log.error("%s", note)
+                self._subnet_note = note
+            return
+        self._subnet_note = None
+        self.stats["subnet_file_rewrites"] += 1
+        log.warning("%s had disappeared: wrote it again (subnet %s)", path, self.lease.label if self.lease else "-")
+
+    def _check_addresses(self) -> None:
+        """Log once when an underlay address the agent started with leaves its interface (WARNING: other
+        nodes reach this one at it), and once when it is back (INFO)."""
+        ext, config = self.ext, self.config
+        if ext is None or config is None:
+            return
+        wanted = []
+        if config.enable_ipv4 and ext.address:
+            wanted.append((4, ext.address, ext.public_ip))
+        if config.enable_ipv6 and ext.address6:
+            wanted.append((6, ext.address6, ext.public_ipv6))
+        if not wanted:
+            return
+        try:
+            present = dict(zip((4, 6), underlay_addresses(ext.index)))
+        except Exception as err:
+            log.debug("could not read the addresses of %s: %s", ext.name, err)
+            return
+        for family, address, public in wanted:
+            here = address in present[family]
+            if not here and family not in self._missing:
+                self._missing.add(family)
+                log.warning("the IPv%d address %s is gone from %s: other nodes reach this one at %s (its lease), so "
+                            "traffic over IPv%d to and from them fails until it is back; put the address back, or "
+                            "restart flanneld to choose another", family, address, ext.name, public or address,
+                            family)
+            elif here and family in self._missing:
+                self._missing.discard(family)
+                log.info("the IPv%d address %s is back on %s", family, address, ext.name)
 
     # -- observability ----------------------------------------------------------------------------
     def _health(self) -> Tuple[bool, Dict[str, Any]]:
@@ -413,6 +486,8 @@ class Agent:
              self.stats["lease_events"]),
             ("flannel_iptables_repairs_total", "counter", "times missing iptables rules were restored",
              self.stats["iptables_repairs"]),
+            ("flannel_subnet_file_rewrites_total", "counter", "times the subnet file had disappeared and was "
+             "written again", self.stats["subnet_file_rewrites"]),
             ("flannel_leases_rejected", "gauge", "leases in etcd the validator refuses now (each logged once)",
              float(len(mgr.book.rejected)) if mgr is not None else 0.0),
             ("flannel_leases_rejected_total", "counter", "lease verdicts of refusal (new or changed reasons)",
@@ -447,6 +522,148 @@ def _log_some(leases: List[Lease], what: str) -> None:
         log.info("lease %s of %s %s", lease.label, lease.attrs.address, what)
     if len(leases) > SNAPSHOT_LOG_LINES:
         log.info("... and %d more leases %s", len(leases) - SNAPSHOT_LOG_LINES, what)
+
+
+class Batch:
+    """What :meth:`EventQueue.get` hands the main loop: ``events`` in order (a snapshot first if one
+    came), ``error`` the watch's exception if it raised, ``received`` how many added/removed events the
+    watch delivered for them (before coalescing)."""
+
+    __slots__ = ("events", "error", "received")
+
+    def __init__(self, events: List[LeaseEvent], error: Optional[BaseException], received: int) -> None:
+        self.events = events
+        self.error = error
+        self.received = received
+
+
+class EventQueue:
+    """The watch thread's lease events for the main loop, coalesced as they arrive.
+
+    Per lease key only the last event is kept (a lease added and removed ten times while the datapath
+    was busy costs one change), and a snapshot replaces everything queued before it (it holds the whole
+    truth).  What waits is bounded by the number of leases, not by the rate of churn, so the agent is
+    caught up one pass after churn ends."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._snapshot: Optional[LeaseEvent] = None
+        self._events: Dict[str, LeaseEvent] = {}  # key name -> last event, in order of arrival
+        self._error: Optional[BaseException] = None
+        self._received = 0
+
+    def put(self, item: Union[LeaseEvent, BaseException]) -> None:
+        with self._cond:
+            if isinstance(item, LeaseEvent):
+                if item.kind == "snapshot":
+                    self._snapshot = item
+                    self._events.clear()
+                elif item.lease is not None:
+                    self._received += 1
+                    key = item.lease.key_name
+                    self._events.pop(key, None)  # re-inserted: the order is that of the last events
+                    self._events[key] = item
+            elif self._error is None:
+                self._error = item
+            self._cond.notify()
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._events) + (self._snapshot is not None) + (self._error is not None)
+
+    def get(self, timeout: Optional[float] = None) -> Batch:
+        """Everything queued, at once; waits up to ``timeout`` seconds for something (an empty batch then)."""
+        with self._cond:
+            if not (self._snapshot or self._events or self._error):
+                self._cond.wait(timeout)
+            events = ([self._snapshot] if self._snapshot is not None else []) + list(self._events.values())
+            batch = Batch(events, self._error, self._received)
+            self._snapshot, self._events, self._error, self._received = None, {}, None, 0
+            return batch
+
+
+class EventSummary:
+    """Lease events summed up in one INFO line at most every :data:`SUMMARY_INTERVAL` seconds, e.g.
+    ``lease events in the last 60 s: 312 added, 298 removed (from 1840 watch events); 41 remote leases
+    now``; the first change after a quiet interval is logged at once, and a few changes are named."""
+
+    NAMED = 3  # changes named in a line; more are only counted
+
+    def __init__(self, interval: float = SUMMARY_INTERVAL, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self.added = 0
+        self.removed = 0
+        self.received = 0  # events the watch delivered (before coalescing)
+        self.named: List[str] = []
+        self.last = clock() - interval  # so the first change is logged at once
+
+    def count(self, event: LeaseEvent) -> None:
+        if event.lease is None:
+            return
+        if event.kind == "added":
+            self.added += 1
+        elif event.kind == "removed":
+            self.removed += 1
+        else:
+            return
+        if len(self.named) < self.NAMED:
+            self.named.append("%s %s of %s" % (event.kind, event.lease.label, event.lease.attrs.address))
+
+    def line(self, remote: int) -> Optional[str]:
+        """The summary once the interval has passed since the last one and something changed, else None."""
+        now = self.clock()
+        if not (self.added or self.removed) or now - self.last < self.interval:
+            return None
+        changes = self.added + self.removed
+        text = "lease events in the last %.0f s: %d added, %d removed" % (now - self.last, self.added, self.removed)
+        if self.received > changes:
+            text += " (from %d watch events)" % self.received
+        if changes <= self.NAMED:
+            text += " (%s)" % ", ".join(self.named)
+        text += "; %d remote lease%s now" % (remote, "" if remote == 1 else "s")
+        self.added = self.removed = self.received = 0
+        self.named = []
+        self.last = now
+        return text
+
+
+def config_text(config: Any) -> str:
+    """A network config (NetworkConfig or dict) as JSON for the log, secrets hidden by the catalogue's
+    ``no_log`` (the one redactor the modules use too)."""
+    data = config.to_dict(defaults=False) if hasattr(config, "to_dict") else config
+    return json.dumps(catalogue.redact(data), separators=(",", ":"))
+
+
+def backend_changes(old: NetworkConfig, new: NetworkConfig) -> List[str]:
+    """``Backend.Type vxlan -> host-gw``, ``Backend.PSK (hidden) -> (hidden)``: what differs between the
+    Backend sections of two configs, option by option, values redacted."""
+    before = catalogue.redact(old.to_dict())["Backend"]
+    after = catalogue.redact(new.to_dict())["Backend"]
+    raw_before, raw_after = old.to_dict()["Backend"], new.to_dict()["Backend"]
+    out = []
+    for name in list(raw_before) + [n for n in raw_after if n not in raw_before]:
+        if raw_before.get(name) != raw_after.get(name):
+            out.append("Backend.%s %s -> %s" % (name, _show(before.get(name)), _show(after.get(name))))
+    return out
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _printable(text: Any, limit: int = 300) -> str:
+    """Text that may quote etcd (a key, a value) safe for one log line: control characters escaped as
+    repr() does, cut after ``limit`` characters."""
+    text = str(text)
+    more = len(text) - limit
+    text = _CONTROL.sub(lambda match: repr(match.group())[1:-1], text[:limit] if more > 0 else text)
+    return text + ("... (%d more characters)" % more if more > 0 else "")
+
+
+try:  # the lease layout's helper, shared with the lease manager and the modules, where it exists
+    from pyflannel.leases import printable
+except ImportError:  # pragma: no cover - an older leases.py
+    printable = _printable
 
 
 class _Fatal(Exception):

@@ -6,13 +6,18 @@ Flag names and defaults are Go flanneld's.  As with Go's ``flag`` package a flag
 dashes as underscores, e.g. ``FLANNELD_ETCD_ENDPOINTS``); the command line wins.
 
 Extensions over Go flanneld: ``--etcd-api v2|v3|auto`` and ``--subnet-lease-ttl`` (seconds; tests and
-operations only — production keeps the 24 h TTL).
+operations only — production keeps the 24 h TTL).  One default differs: ``--healthz-ip`` is 127.0.0.1
+(Go: 0.0.0.0).
+
+Secrets (``--etcd-password``, a password in an endpoint URL) never reach a message: options are
+shown through :meth:`Options.__repr__`, which leaves them out, and usage errors mask them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -74,7 +79,9 @@ FLAGS: List[Flag] = [
     Flag("iptables-forward-rules", "bool", True, "add default accept rules to FORWARD chain in iptables"),
     Flag("wireguard-key-file", "str", "", "private key file of the wireguard backend (base64, mode 0400, created "
          "when missing); empty: $WIREGUARD_KEY_FILE, else /run/flannel/wgkey"),
-    Flag("healthz-ip", "str", "0.0.0.0", "the IP address for healthz server to listen"),
+    # Go's default is 0.0.0.0; loopback here: /healthz and /metrics are for the node's own probes, and
+    # every address they listen on is one more place for anyone to open connections to the agent
+    Flag("healthz-ip", "str", "127.0.0.1", "the IP address for healthz server to listen (Go flanneld: 0.0.0.0)"),
     Flag("healthz-port", "int", 0, "the port for healthz server to listen (0 to disable)", low=0, high=65535),
     Flag("version", "bool", False, "print version and exit"),
     Flag("v", "int", 0, "log level for V logs (1 or more: debug)", low=0, high=100),
@@ -97,8 +104,8 @@ class Options:
         self.set_on_command_line: List[str] = []
 
     def __repr__(self) -> str:
-        return "Options(%s)" % ", ".join("%s=%r" % (f.dest, getattr(self, f.dest)) for f in FLAGS
-                                         if f.name != "etcd-password")
+        return mask_userinfo("Options(%s)" % ", ".join("%s=%r" % (f.dest, getattr(self, f.dest)) for f in FLAGS
+                                                       if f.name != "etcd-password"))
 
 
 def _convert(flag: Flag, raw: str, origin: str) -> object:
@@ -192,7 +199,17 @@ def _check_endpoints(opts: Options, origin: str) -> None:
         parse_endpoints(opts.etcd_endpoints)
     except BadEndpoint as err:
         reason = str(err).replace("(fix --etcd-endpoints)", "").rstrip("; ")
-        raise UsageError("invalid value %r for %s: %s" % (opts.etcd_endpoints, origin, reason)) from None
+        raise UsageError(mask_userinfo("invalid value %r for %s: %s" % (opts.etcd_endpoints, origin, reason))) \
+            from None
+
+
+_USERINFO = re.compile(r"(://)[^/@\s'\"]*@")
+
+
+def mask_userinfo(text: str) -> str:
+    """``http://user:secret@host`` -> ``http://(hidden)@host`` wherever a URL with credentials appears in
+    ``text`` (an endpoint is echoed in messages; its password must not be)."""
+    return _USERINFO.sub(r"\1(hidden)@", text)
 
 
 def usage() -> str:

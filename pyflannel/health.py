@@ -9,13 +9,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 import platform
 import re
+import socket
+import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 log = logging.getLogger("pyflannel.health")
@@ -125,24 +129,95 @@ def backend_metrics(backend: str, values: Dict[str, float]) -> List[Metric]:
     return out
 
 
+# A local prober needs one connection at a time; a flood of slow clients (any local user can open
+# sockets) must not take the agent's file descriptors or threads.  At most MAX_CONNECTIONS are served
+# at once, each in a thread of its own; further connections wait in the kernel's listen queue
+# (LISTEN_BACKLOG) and cost the agent no descriptor until a slot frees.  A client has REQUEST_TIMEOUT
+# seconds in all to send its request, and again to take the answer; then it is dropped.
+MAX_CONNECTIONS = 16
+LISTEN_BACKLOG = 64
+REQUEST_TIMEOUT = 5.0
+REPORT_INTERVAL = 60.0  # seconds between two log lines about dropped or failed connections
+
+# a client that went away or was too slow: nothing an operator must read about (debug at most)
+_DISCONNECTS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The request side of a connection, with one deadline for the whole request: a client that sends
+    a byte every few seconds is dropped as surely as one that sends nothing."""
+
+    def __init__(self, sock: socket.socket, deadline: float, on_timeout: Callable[[], None]) -> None:
+        super().__init__()
+        self.sock = sock
+        self.deadline = deadline
+        self.on_timeout = on_timeout
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        remaining = self.deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise TimeoutError("no complete request in time")
+            self.sock.settimeout(remaining)
+            return self.sock.recv_into(buf)
+        except TimeoutError:
+            self.on_timeout()
+            raise
+
+
+class _Server(HTTPServer):
+    """Binds and parses like HTTPServer; :class:`HealthServer` runs the accept loop and the threads."""
+
+    request_queue_size = LISTEN_BACKLOG
+
+    def __init__(self, address: Tuple[str, int], handler: Any, owner: HealthServer) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.owner = owner
+        super().__init__(address, handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:  # no traceback on stderr, ever
+        self.owner.connection_failed(sys.exc_info()[1])
+
+
 class HealthServer:
-    """Serves the three endpoints from callbacks, in a daemon thread."""
+    """Serves the three endpoints from callbacks: an accept loop in a daemon thread, one thread per
+    connection, at most :data:`MAX_CONNECTIONS` at once."""
 
     def __init__(self, host: str, port: int, health: Callable[[], Tuple[bool, Dict[str, Any]]],
-                 ready: Callable[[], bool], metrics: Callable[[], List[Metric]]) -> None:
+                 ready: Callable[[], bool], metrics: Callable[[], List[Metric]],
+                 max_connections: int = MAX_CONNECTIONS, timeout: float = REQUEST_TIMEOUT) -> None:
         self.health = health
         self.ready = ready
         self.metrics = metrics
+        self.max_connections = max_connections
+        self.timeout = timeout
+        self.stats = {"timeouts": 0, "errors": 0, "connections": 0}
+        self._reported = {"timeouts": 0, "errors": 0}
+        self._last_report = float("-inf")
+        self._first_error = ""
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._stopping = threading.Event()
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "pyflannel"
+            protocol_version = "HTTP/1.0"  # one request per connection
+
+            def setup(self) -> None:
+                super().setup()
+                deadline = time.monotonic() + owner.timeout
+                self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline, owner.timed_out))
 
             def log_message(self, fmt: str, *args: Any) -> None:  # quiet: no access log on stderr
                 log.debug("healthz: " + fmt, *args)
 
             def _send(self, code: int, body: str, ctype: str) -> None:
                 data = body.encode("utf-8")
+                self.connection.settimeout(owner.timeout)  # the answer, too, is taken in time or dropped
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(data)))
@@ -155,25 +230,28 @@ class HealthServer:
                 try:
                     if path == "/healthz":
                         ok, body = owner.health()
-                        self._send(200 if ok else 503, json.dumps(body, sort_keys=True) + "\n", "application/json")
+                        answer = (200 if ok else 503, json.dumps(body, sort_keys=True) + "\n", "application/json")
                     elif path == "/readyz":
                         ok = owner.ready()
-                        self._send(200 if ok else 503, "ok\n" if ok else "not ready\n", "text/plain")
+                        answer = (200 if ok else 503, "ok\n" if ok else "not ready\n", "text/plain")
                     elif path == "/metrics":
-                        self._send(200, render_metrics(owner.metrics()), "text/plain; version=0.0.4")
+                        answer = (200, render_metrics(owner.metrics() + owner.own_metrics()),
+                                  "text/plain; version=0.0.4")
                     else:
-                        self._send(404, "not found: try /healthz, /readyz or /metrics\n", "text/plain")
+                        answer = (404, "not found: try /healthz, /readyz or /metrics\n", "text/plain")
                 except Exception as err:  # a broken callback must not kill the server
-                    self._send(500, "internal error: %s\n" % err, "text/plain")
+                    log.debug("healthz: %s failed: %s: %s", path, type(err).__name__, err, exc_info=True)
+                    answer = (500, "internal error: %s\n" % err, "text/plain")
+                self._send(*answer)  # a client gone by now raises here: handled by the connection thread
 
             do_HEAD = do_GET
 
         try:
-            self.httpd = ThreadingHTTPServer((host, port), Handler)
+            self.httpd = _Server((host, port), Handler, self)
         except OSError as err:
             raise OSError("cannot serve healthz on %s:%d: %s; pick another --healthz-port or free the port"
                           % (host, port, err.strerror or err)) from None
-        self.httpd.daemon_threads = True
+        self.httpd.socket.settimeout(0.5)  # the accept loop looks at the stop flag twice a second
         self.thread: Optional[threading.Thread] = None
 
     @property
@@ -181,10 +259,104 @@ class HealthServer:
         return self.httpd.server_address[1]
 
     def start(self) -> HealthServer:
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="healthz", daemon=True)
+        self.thread = threading.Thread(target=self._serve, name="healthz", daemon=True)
         self.thread.start()
         return self
 
     def stop(self) -> None:
-        self.httpd.shutdown()
+        self._stopping.set()
+        if self.thread is not None:
+            self.thread.join(5)
         self.httpd.server_close()
+
+    # -- the accept loop --------------------------------------------------------------------------
+    def _serve(self) -> None:
+        sock = self.httpd.socket
+        while not self._stopping.is_set():
+            self._report()
+            # every slot busy: leave new connections in the kernel's queue (no descriptor of ours)
+            if not self._slots.acquire(timeout=0.5):
+                continue
+            conn = None
+            try:
+                conn, address = sock.accept()
+                threading.Thread(target=self._connection, args=(conn, address), name="healthz-conn",
+                                 daemon=True).start()
+            except TimeoutError:  # nobody knocked
+                self._slots.release()
+            except Exception as err:  # EMFILE, a thread that cannot start, the socket closed at stop
+                self._slots.release()
+                if conn is not None:
+                    _close(conn)
+                if self._stopping.is_set():
+                    break
+                self.connection_failed(err)
+                self._stopping.wait(0.1)  # out of descriptors: do not spin
+        self._report(final=True)
+
+    def _connection(self, conn: socket.socket, address: Any) -> None:
+        try:
+            with self._lock:
+                self.stats["connections"] += 1
+            self.httpd.finish_request(conn, address)
+        except Exception as err:
+            self.connection_failed(err)
+        finally:
+            _close(conn)
+            self._slots.release()
+
+    # -- accounting: a flood of slow or broken clients costs a log line a minute, not one each -----
+    def timed_out(self) -> None:
+        with self._lock:
+            self.stats["timeouts"] += 1
+
+    def connection_failed(self, err: Optional[BaseException]) -> None:
+        if err is None or isinstance(err, _DISCONNECTS):
+            log.debug("healthz: client gone: %s", err)
+            return
+        log.debug("healthz: connection failed: %s: %s", type(err).__name__, err, exc_info=err)
+        with self._lock:
+            self.stats["errors"] += 1
+            if not self._first_error:
+                self._first_error = "%s: %s" % (type(err).__name__, err)
+
+    def _report(self, final: bool = False) -> None:
+        now = time.monotonic()
+        if now - self._last_report < REPORT_INTERVAL and not final:
+            return
+        with self._lock:
+            timeouts = self.stats["timeouts"] - self._reported["timeouts"]
+            errors = self.stats["errors"] - self._reported["errors"]
+            first, self._first_error = self._first_error, ""
+            self._reported.update(timeouts=self.stats["timeouts"], errors=self.stats["errors"])
+        if not (timeouts or errors):
+            return
+        parts = []
+        if timeouts:
+            parts.append("dropped %d connection%s that did not complete a request within %g s"
+                         % (timeouts, "" if timeouts == 1 else "s", self.timeout))
+        if errors:
+            parts.append("%d connection%s failed (first: %s)" % (errors, "" if errors == 1 else "s", first))
+        since = "" if self._last_report == float("-inf") else " in the last %.0f s" % (now - self._last_report)
+        log.warning("healthz: %s%s (at most %d connections are served at once; more of these are summed up "
+                    "once a minute)", "; ".join(parts), since, self.max_connections)
+        self._last_report = now
+
+    def own_metrics(self) -> List[Metric]:
+        with self._lock:
+            timeouts, errors = self.stats["timeouts"], self.stats["errors"]
+        return [("flannel_healthz_timeouts_total", "counter", "healthz connections dropped because the request "
+                 "or the answer took longer than %g s" % self.timeout, float(timeouts)),
+                ("flannel_healthz_errors_total", "counter", "healthz connections that failed otherwise",
+                 float(errors))]
+
+
+def _close(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        conn.close()
+    except OSError:
+        pass

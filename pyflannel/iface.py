@@ -277,3 +277,17 @@ def select(ifaces: Sequence[str] = (), regexes: Sequence[str] = (), can_reach: O
     return ExternalInterface(name=link.name, index=link.index, address=address,
                              public_ip=(public_ip or address) if want_ipv4 else None, mtu=link.mtu,
                              address6=address6, public_ipv6=public_ipv6 or address6)
+
+
+def underlay_addresses(index: int) -> Tuple[List[str], List[str]]:
+    """The addresses :func:`select` could pick on the link ``index`` right now: its IPv4 addresses and its
+    usable global IPv6 addresses (not tentative, not dadfailed), canonical text, in the kernel's order.
+    Both lists are empty once the link is gone.  The agent checks its chosen addresses against these."""
+    try:
+        ipv4 = [str(iface.ip) for iface in netlink.addresses(index, socket.AF_INET)]
+        ipv6 = [str(iface.ip) for iface in netlink.global_addresses(index, socket.AF_INET6)]
+    except Exception as err:  # pyroute2's NetlinkError: ENODEV once the link is deleted
+        if getattr(err, "code", None) == 19:
+            return [], []
+        raise
+    return ipv4, ipv6

@@ -22,6 +22,7 @@ FLANNEL_SUBNET lines are left out::
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import tempfile
@@ -96,31 +97,51 @@ def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
         os.close(dfd)
 
 
-def check_writable(path: str) -> None:
-    """Raise OSError with one line naming ``path`` unless :func:`write` can create the file.
+# bytes check_writable writes: the file is ~150 bytes, but a rewrite needs a block for the temporary
+# copy while the old file still holds its own; a few KiB proves a real write, not just a directory entry
+PROBE_BYTES = 8192
 
-    The directory is created like :func:`write` would (``os.makedirs``), then a temporary file is
-    created and removed in it, so a read-only file system or missing permission shows at start-up,
-    before anything is set up."""
+
+def check_writable(path: str) -> None:
+    """Raise OSError with one line naming ``path`` unless :func:`write` can write the file.
+
+    The directory is created like :func:`write` would (``os.makedirs``), then a temporary file of
+    :data:`PROBE_BYTES` real bytes is written, fsync'ed and removed in it, so a read-only file system,
+    a missing permission or a full disk shows at start-up, before anything is set up."""
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise OSError("--subnet-file %s is a directory; give a file path such as %s" % (path, DEFAULT_PATH))
+    tmp = None
     try:
         parent = directory
         while parent and not os.path.exists(parent):
             parent = os.path.dirname(parent)
         if parent and not os.path.isdir(parent):
-            raise NotADirectoryError(20, "%s is not a directory" % parent)
+            raise NotADirectoryError(errno.ENOTDIR, "%s is not a directory" % parent)
         os.makedirs(directory, exist_ok=True)
         if not os.access(directory, os.W_OK | os.X_OK):
-            raise PermissionError("not writable")
+            raise PermissionError(errno.EACCES, "not writable")
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
-        os.close(fd)
-        os.unlink(tmp)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(b"\0" * PROBE_BYTES)
+            handle.flush()
+            os.fsync(handle.fileno())
     except OSError as err:
         reason = err.strerror or str(err)
-        raise OSError("--subnet-file %s cannot be written: directory %s: %s; create the directory or make it "
-                      "writable, or pass another --subnet-file" % (path, directory, reason)) from None
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            hint = "free some space there (or raise the quota), or pass another --subnet-file"
+        elif err.errno == errno.EROFS:
+            hint = "the file system is read-only; pass a --subnet-file on a writable one (e.g. %s)" % DEFAULT_PATH
+        else:
+            hint = "create the directory or make it writable, or pass another --subnet-file"
+        raise OSError("--subnet-file %s cannot be written: directory %s: %s; %s" % (path, directory, reason, hint)) \
+            from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
 def write(path: str, network: Optional[ipaddress.IPv4Network], subnet: Optional[ipaddress.IPv4Network], mtu: int,

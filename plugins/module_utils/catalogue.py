@@ -199,3 +199,33 @@ def _show(value):
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+# What a redacted secret shows in logs, messages and diffs (the schema's errors say the same).
+HIDDEN = "(hidden)"
+
+
+def secret_options():
+    """The Go keys, in lower case, of every option marked ``no_log`` in any backend (``psk`` today)."""
+    return set(opt.go.lower() for backend in BACKENDS for opt in backend.options if opt.no_log)
+
+
+def redact(config):
+    """A copy of a network config (a dict with Go's key names, in any case, as read from etcd or as
+    ``NetworkConfig.to_dict()`` gives it) fit for a log, a message or a diff: the value of every
+    ``Backend`` option the catalogue marks ``no_log`` is replaced by :data:`HIDDEN` (an unset one,
+    None, stays None so a log still tells set from unset).  Anything that is not a dict is returned as is."""
+    if not isinstance(config, dict):
+        return config
+    secrets = secret_options()
+    out = {}
+    for key, value in config.items():
+        if isinstance(key, str) and key.lower() == "backend" and isinstance(value, dict):
+            value = dict((name, HIDDEN if _is_secret(name, secrets) and item is not None else item)
+                         for name, item in value.items())
+        out[key] = value
+    return out
+
+
+def _is_secret(name, secrets):
+    return isinstance(name, str) and name.lower() in secrets

@@ -176,7 +176,8 @@ def test_restart_reuses_lease_healthz_and_failover(agents, store, etcd_server, e
 
 def test_lease_deleted_is_written_back_taken_exits_non_zero(agents, store, etcd_server, etcd_api, etcd_prefix):
     store.put(etcd_prefix + "/config", BIG)
-    a = agents("a", etcd_server.url, etcd_api, etcd_prefix, "127.0.0.121")
+    # -v=1: each lease event is a debug line (at INFO they are summed up once a minute)
+    a = agents("a", etcd_server.url, etcd_api, etcd_prefix, "127.0.0.121", extra=["-v=1"])
     b = agents("b", etcd_server.url, etcd_api, etcd_prefix, "127.0.0.122")
     sa, sb = a.wait_subnet(), b.wait_subnet()
     a.wait_log("%s of 127.0.0.122" % sb)  # "lease added: ..." or, if b was first, "... is present"

@@ -21,7 +21,7 @@ def test_defaults():
     assert o.subnet_lease_ttl == 86400
     assert o.ip_masq is False and o.iptables_forward_rules is True
     assert o.iptables_resync == 5
-    assert (o.healthz_ip, o.healthz_port) == ("0.0.0.0", 0)
+    assert (o.healthz_ip, o.healthz_port) == ("127.0.0.1", 0)  # Go: 0.0.0.0
     assert o.iface == [] and o.iface_regex == []
 
 

@@ -151,3 +151,45 @@ def test_previous_subnets_missing_garbage_or_unreadable(tmp_path):
     junk = tmp_path / "junk.env"
     junk.write_bytes(b"\xff\xfe\x00garbage\nFLANNEL_SUBNET\n=\n")
     assert subnetenv.previous_subnets(str(junk)) == (None, None)
+
+
+PROBE = r"""
+import resource, signal, sys
+from pyflannel import subnetenv
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+try:
+    subnetenv.check_writable(sys.argv[1])
+except OSError as err:
+    print(err)
+    sys.exit(1)
+"""
+
+
+def test_check_writable_writes_real_bytes(tmp_path):
+    """A file system that takes a new directory entry but not the data (a full disk; here a file-size
+    limit below the probe) fails the check, naming the path; no probe file stays behind."""
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "run" / "subnet.env")
+    ok = subprocess.run([sys.executable, "-c", PROBE, path, str(subnetenv.PROBE_BYTES)], capture_output=True,
+                        text=True, timeout=60, check=False)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    small = subprocess.run([sys.executable, "-c", PROBE, path, "1024"], capture_output=True, text=True, timeout=60,
+                           check=False)
+    assert small.returncode == 1, small.stdout + small.stderr
+    line = small.stdout.strip()
+    assert "\n" not in line and line.startswith("--subnet-file %s cannot be written" % path), line
+    assert "too large" in line.lower(), line
+    assert os.listdir(str(tmp_path / "run")) == []
+
+
+def test_check_writable_names_the_path_for_a_directory_and_a_file_in_the_way(tmp_path):
+    with pytest.raises(OSError) as err:
+        subnetenv.check_writable(str(tmp_path))
+    assert "is a directory" in str(err.value)
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(OSError) as err:
+        subnetenv.check_writable(str(tmp_path / "plain" / "subnet.env"))
+    assert str(tmp_path / "plain" / "subnet.env") in str(err.value) and "not a directory" in str(err.value)
