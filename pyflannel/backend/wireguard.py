@@ -56,8 +56,9 @@ How the peers are kept in step (per device):
 * ``tick()`` pins each peer's endpoint to its lease: WireGuard moves an endpoint to wherever the peer's
   last authenticated packet came from, so a host holding a copy of that peer's private key (a cloned
   key file) would draw our packets for the peer to itself and decrypt them.  An endpoint at an address
-  the peer's lease does not name (PublicIP, PublicIPv6) is set back to the lease's endpoint, with one
-  warning per peer and foreign endpoint; another port at a lease address is left alone (a NAT may
+  the peer's lease does not name (PublicIP, PublicIPv6) is set back to the lease's endpoint and its
+  session reset (the next packet starts a fresh handshake there), with one warning per peer and
+  foreign endpoint; another port at a lease address is left alone (a NAT may
   rewrite the source port; in Mode auto a peer may send over its other family).  flannel configures
   every peer from its lease, so a node behind NAT must publish where it is reached (``--public-ip``,
   ListenPort forwarded) — as it must anyway for its peers to reach it first.  A missing endpoint is
@@ -628,9 +629,6 @@ class Device:
         if args:
             wg("set", self.name, *args, stdin=self.private + "\n")
 
-    def set_endpoint(self, key: str, where: str) -> None:
-        wg("set", self.name, "peer", key, "endpoint", where)
-
     def set_peer(self, peer: Peer) -> None:
         psk = "/dev/stdin" if peer.psk != ZERO_KEY else "/dev/null"  # wg reads /dev/null as "no pre-shared key"
         wg("set", self.name, "peer", peer.public_key, "preshared-key", psk, "endpoint", peer.endpoint,
@@ -682,7 +680,14 @@ class Device:
     def pin_endpoints(self, dump: Dump) -> int:
         """Set back every peer whose endpoint moved to an address its lease does not name (see
         :func:`pin_endpoint`); returns how many.  Warned once per peer and foreign endpoint (a clone that
-        keeps sending would otherwise log every tick), then at debug level."""
+        keeps sending would otherwise log every tick), then at debug level.
+
+        The peer is removed and added again, not only given its endpoint back: the session that moved
+        it was made with the other host (a copy of the peer's key), and our next packet for the peer must
+        start a fresh handshake with the host at the lease's address instead of going there under keys
+        it does not hold (seen here: without it, the peer stayed unreachable until a keepalive of the
+        other host reset WireGuard's 15 s retry timer, again and again).  The other host has to make a
+        new handshake to draw the endpoint again, not just send a keepalive."""
         wanted = {p.public_key: p for p in self.want.values()}
         for key in list(self.roams):
             if key not in wanted:
@@ -693,7 +698,9 @@ class Device:
             back = pin_endpoint(have["endpoint"], peer) if peer is not None else None
             if back is None:
                 continue
-            self.set_endpoint(key, back)
+            self.remove_peer(peer)  # type: ignore[arg-type]
+            self.set_peer(peer)  # type: ignore[arg-type]
+            self.traffic.pop(key, None)  # a new session: unstick() starts watching it afresh
             pinned += 1
             if self.roams.get(key) != have["endpoint"]:
                 self.roams[key] = have["endpoint"]
@@ -1020,9 +1027,9 @@ class WireguardBackend(Backend):
             for device in self.devices:
                 dump = device.dump()
                 synced = device.sync_peers(dump)
-                self.repairs += synced + device.unstick(dump)
                 if not synced:  # a syncconf just now set every endpoint: the dump is stale
                     self.repairs += device.pin_endpoints(dump)
+                self.repairs += synced + device.unstick(dump)
 
     def cleanup(self) -> None:
         with self._lock:

@@ -498,7 +498,9 @@ def test_a_roamed_endpoint_is_set_back_and_warned_once(monkeypatch, caplog):
     peer = wgb.Peer(KEY_B, "192.0.2.2:51820", ("10.100.2.0/24",), wgb.ZERO_KEY, 0, ("192.0.2.2",))
     dev.want = {"10.100.2.0-24": peer}
     calls = []
-    monkeypatch.setattr(dev, "set_endpoint", lambda key, where: calls.append((key, where)))
+    monkeypatch.setattr(dev, "remove_peer", lambda p: calls.append(("remove", p.public_key)))
+    monkeypatch.setattr(dev, "set_peer", lambda p: calls.append(("set", p.public_key, p.endpoint)))
+    dev.traffic[KEY_B] = (1, 2, 0.0)
 
     def at(where):
         return wgb.parse_dump("%s\tPUB\t51820\toff\n%s\t(none)\t%s\t10.100.2.0/24\t1\t2\t3\toff\n"
@@ -509,7 +511,9 @@ def test_a_roamed_endpoint_is_set_back_and_warned_once(monkeypatch, caplog):
         assert [dev.pin_endpoints(at("192.0.2.3:51820")) for _n in range(3)] == [1, 1, 1]
         assert dev.pin_endpoints(at("192.0.2.2:51820")) == 0
         assert dev.pin_endpoints(at("192.0.2.4:51820")) == 1  # another roam: warned again
-    assert calls == [(KEY_B, "192.0.2.2:51820")] * 4 and dev.pins == 4
+    # removed and added again at the lease's endpoint: the next packet makes a fresh handshake there
+    assert calls == [("remove", KEY_B), ("set", KEY_B, "192.0.2.2:51820")] * 4 and dev.pins == 4
+    assert KEY_B not in dev.traffic
     warnings = [r.getMessage() for r in caplog.records]
     assert warnings == [
         "flannel-wg: peer %s's endpoint moved to 192.0.2.3:51820, which is not in its lease (10.100.2.0/24); set "
