@@ -566,25 +566,39 @@ class LeaseManager:
                 self._renew_due = float("inf")
                 return self.lease
             value = encode_lease(self.attrs, self.store.api)
+            why = None
             try:
-                kv = self.store.update(self._kv, value, self.ttl)
+                # The store's update rewrites whatever the key holds; after a partition or a restore
+                # the key may be another node's by now (it expired and was created again): look first.
+                current, _revision = self.store.head(self._kv.key)
+                if current is None:
+                    why = "was gone from etcd"
+                elif self._kv.created and current.created and current.created != self._kv.created:
+                    why = "had been created again in etcd (revision %d, ours was %d)" % (current.created,
+                                                                                          self._kv.created)
+                else:
+                    kv = self.store.update(self._kv, value, self.ttl)
+                    if kv is None:
+                        why = "was gone from etcd"
             except StoreError as err:
                 self._error(err)
-                self.stats["renew_failures"] += 1
-                self._renew_due = self._monotonic() + self.retry_interval()
+                self._renew_failed()
                 raise
-            if kv is None:
+            if why is not None:
                 try:
-                    return self.restore("our lease %s was gone from etcd when we renewed it" % self.lease.label)
+                    return self.restore("our lease %s %s when we renewed it" % (self.lease.label, why))
                 except StoreError:
-                    self.stats["renew_failures"] += 1
-                    self._renew_due = self._monotonic() + self.retry_interval()
+                    self._renew_failed()
                     raise
             self.stats["renewals"] += 1
             lease = self._own(kv, self.attrs)
             log.info("renewed lease %s, expires %s", lease.label,
                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lease.expiration or 0)))
             return lease
+
+    def _renew_failed(self) -> None:
+        self.stats["renew_failures"] += 1
+        self._renew_due = self._monotonic() + self.retry_interval()
 
     def restore(self, why: str) -> Lease:
         """Write our lease back with the same subnets after etcd lost it (wiped, restored, expired
@@ -679,6 +693,7 @@ class LeaseManager:
                 raise LeaseLost("our lease %s now belongs to %s" % (self.lease.label, mine[0].attrs.address))
             else:
                 self._give_way_to_older(mine[0], leases)
+                self._kv = mine[0]._kv  # type: ignore[attr-defined]  # as etcd has it now (restored: created anew)
         others = [lease for lease in leases if lease.key_name != own]
         change = self.book.replace_all(others, self._unparsed)
         self._log_rejected(change)
@@ -733,6 +748,17 @@ class LeaseManager:
         if kv is None:
             self.stats["etcd_state_losses"] += 1
             log.warning("our lease %s is missing from etcd; listing the leases again", self.lease.label)
+            return False
+        # Present is not enough: after a wipe or a restore etcd's revision may have caught up, and the
+        # key may have been created again, by another node (it took our subnet while we were cut off).
+        holder = self._holder(kv)
+        ours = self._kv.created if self._kv is not None else 0
+        if holder is None or holder.attrs.address != self.lease.attrs.address or (
+                ours and kv.created and kv.created != ours):
+            self.stats["etcd_state_losses"] += 1
+            log.warning("our lease %s was written again in etcd (created at revision %d, ours at %d) by %s; "
+                        "listing the leases again", self.lease.label, kv.created, ours,
+                        holder.attrs.address if holder is not None else "an unreadable value")
             return False
         return True
 

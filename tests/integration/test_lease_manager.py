@@ -427,3 +427,107 @@ def test_reuse_with_longer_ttl_gets_it(store, etcd_server, etcd_api, etcd_prefix
         assert store.get(mgr.key_of(lease.subnet)).lease_id != short.lease_id
         resp = store._post("/kv/lease/timetolive", {"ID": short.lease_id}, "test")
         assert int(resp.get("TTL", -1)) == -1  # revoked
+
+
+DUAL = '{"Network":"10.100.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:100::/48","Backend":{"Type":"alloc"}}'
+
+
+def attrs6(ip):
+    return LeaseAttrs(ip, "", public_ipv6="fd00:100::%s" % ip.rsplit(".", 1)[1])
+
+
+def rival_key(prefix, lease, n):
+    """A key with our IPv4 subnet and another IPv6 subnet (fc00:100:0:<n>::/64): another node's lease."""
+    return "%s/subnets/%s-24&fc00:100:0:%x::-64" % (prefix, lease.subnet.network_address, n)
+
+
+def interleaved(etcd_server, etcd_api):
+    """A real store of the API under test that runs its ``hook()`` once, when set, just before its next
+    create: another node writing between our checks and our write (no mock: both writes reach etcd)."""
+    store = etcdstore.connect(etcd_server.url, api=etcd_api)
+
+    class Store(type(store)):
+        def create(self, key, value, ttl=None):
+            hook, self.hook = getattr(self, "hook", None), None
+            if hook is not None:
+                hook()
+            return super().create(key, value, ttl)
+
+    store.__class__ = Store
+    store.hook = None
+    return store
+
+
+def test_write_back_gives_way_to_a_lease_written_at_the_same_time(store, etcd_server, etcd_api, etcd_prefix):
+    """Dual stack: our key is gone; while we write it back, another node creates our IPv4 subnet with
+    another IPv6 subnet (another key), just before us: it is older, so ours is deleted again."""
+    store.put(etcd_prefix + "/config", DUAL)
+    theirs = {}
+
+    def other_node():
+        theirs["key"] = rival_key(etcd_prefix, mgr.lease, 0x99)
+        assert store.create(theirs["key"], encode_lease(attrs6("127.0.0.98"), etcd_api), ttl=60) is not None
+
+    mgr = LeaseManager(interleaved(etcd_server, etcd_api), etcd_prefix, ttl=60)
+    own = mgr.acquire(attrs6("127.0.0.71"))
+    key = mgr.key_of(own.subnet, own.ipv6_subnet)
+    store.delete(key)
+    mgr.store.hook = other_node
+    with pytest.raises(LeaseLost) as err:
+        mgr.restore("our lease %s was missing from etcd" % own.label)
+    text = str(err.value)
+    assert "127.0.0.98 wrote the older lease %s fc00:100:0:99::/64" % own.subnet in text and "deleted ours" in text
+    assert "\n" not in text
+    assert store.get(key) is None and store.get(theirs["key"]) is not None
+
+
+def test_write_back_gives_way_to_a_lease_that_took_a_subnet_meanwhile(store, etcd_server, etcd_api, etcd_prefix):
+    store.put(etcd_prefix + "/config", DUAL)
+    mgr = new_manager(etcd_server, etcd_api, etcd_prefix, ttl=60)
+    own = mgr.acquire(attrs6("127.0.0.72"))
+    key = mgr.key_of(own.subnet, own.ipv6_subnet)
+    store.delete(key)  # expired while we were cut off
+    taken = rival_key(etcd_prefix, own, 0x98)
+    store.create(taken, encode_lease(attrs6("127.0.0.97"), etcd_api), ttl=60)
+    with pytest.raises(LeaseLost) as err:
+        mgr.renew()
+    assert str(err.value) == (
+        "our lease %s was gone from etcd when we renewed it, and 127.0.0.97 took %s meanwhile (its lease %s "
+        "fc00:100:0:98::/64); the node that holds it in etcd keeps it, this node gives way"
+        % (own.label, own.subnet, own.subnet))
+    assert store.get(key) is None  # never written back beside theirs
+    # a single-stack key over our IPv6 subnet counts as well (any family, any key)
+    store.delete(taken)
+    other6 = "%s/subnets/0.0.0.0-0&%s-64" % (etcd_prefix, own.ipv6_subnet.network_address)
+    store.create(other6, encode_lease(LeaseAttrs(None, "", public_ipv6="fd00:100::96"), etcd_api), ttl=60)
+    with pytest.raises(LeaseLost) as err:
+        mgr.restore("our lease %s was deleted or expired in etcd" % own.label)
+    assert "fd00:100::96 took %s meanwhile" % own.ipv6_subnet in str(err.value)
+    assert store.get(key) is None
+
+
+def test_snapshot_and_restart_give_way_to_an_older_overlapping_lease(store, etcd_server, etcd_api, etcd_prefix):
+    """Both leases in etcd (written back at once, or restored from a backup): on its next snapshot the
+    younger node deletes its lease and gives way; restarted, it does not reuse it either."""
+    store.put(etcd_prefix + "/config", DUAL)
+    mgr = new_manager(etcd_server, etcd_api, etcd_prefix, ttl=60)
+    own = mgr.acquire(attrs6("127.0.0.73"))
+    key = mgr.key_of(own.subnet, own.ipv6_subnet)
+    gen = mgr.watch(threading.Event())
+    assert next(gen).kind == "snapshot"
+    store.delete(key)
+    older = rival_key(etcd_prefix, own, 0x97)
+    store.create(older, encode_lease(attrs6("127.0.0.96"), etcd_api), ttl=60)
+    ours = store.create(key, encode_lease(attrs6("127.0.0.73"), etcd_api), ttl=60)  # younger, by another path
+    assert ours is not None
+    with pytest.raises(LeaseLost) as err:
+        mgr.snapshot()
+    assert str(err.value) == ("our lease %s overlaps the older lease %s fc00:100:0:97::/64 of 127.0.0.96 in etcd, "
+                              "which keeps %s: deleted ours, this node gives way" % (own.label, own.subnet, own.subnet))
+    assert store.get(key) is None and store.get(older) is not None
+    # the same node restarted while its younger lease is still there: not reused, a free subnet instead
+    store.create(key, encode_lease(attrs6("127.0.0.73"), etcd_api), ttl=60)
+    again = new_manager(etcd_server, etcd_api, etcd_prefix, ttl=60).acquire(attrs6("127.0.0.73"))
+    assert again.subnet != own.subnet and again.ipv6_subnet != ipaddress.IPv6Network("fc00:100:0:97::/64")
+    assert store.get(key) is None
+

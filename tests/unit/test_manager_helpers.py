@@ -65,6 +65,9 @@ class FailingStore:
 
     api = "v3"
 
+    def head(self, key):
+        raise Unreachable("etcd is unreachable (reading %s failed)" % key)
+
     def update(self, kv, value, ttl=None):
         raise Unreachable("etcd is unreachable (renewing %s failed)" % kv.key)
 
