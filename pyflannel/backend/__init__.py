@@ -6,9 +6,10 @@ Life cycle, driven by the agent (pyflannel/agent.py):
 1. ``backend = create(config, ext_iface, settings)`` — ``config`` is the parsed NetworkConfig,
    ``ext_iface`` the selected :class:`ExternalInterface`, ``settings`` the agent's flags a backend may
    need (``wireguard_key_file``, ...).
-   ``backend.check_identity(leases)`` with every lease in the store (ours included), before prepare():
-   an identity of this node (wireguard's key) that an older lease of another node already holds is
-   replaced before any device or lease uses it (optional: the default checks nothing).
+   ``backend.check_identity(leases)`` before prepare(), ``leases`` a callable listing every lease in the
+   store (ours included), called only by a backend that has an identity to check: an identity of this
+   node (wireguard's key) that an older lease of another node already holds is replaced before any
+   device or lease uses it (optional: the default checks nothing and lists nothing).
 2. ``attrs = backend.prepare()`` — create devices that must exist before the lease is taken
    (vxlan needs its VtepMAC) and return the :class:`LeaseAttrs` to publish.
 3. The agent acquires the lease (its subnet may be a different one than last time).
@@ -17,8 +18,9 @@ Life cycle, driven by the agent (pyflannel/agent.py):
    ``lease_added(lease)`` / ``lease_removed(lease)`` as the watch reports changes.  ``sync`` must make
    the datapath match exactly the given set (add what is missing, remove what is stale).
 6. ``backend.tick()`` every few seconds (repairs, counters), after ``backend.check_identity(leases)``
-   with our lease and every other lease the agent knows (valid or not): :class:`IdentityClash` means an
-   older lease of another node holds our identity, and the agent exits 1 (the next start uses a new one);
+   with ``leases`` giving our lease and every other lease the agent knows (valid or not):
+   :class:`IdentityClash` means an older lease of another node holds our identity, and the agent exits 1
+   (the next start uses a new one);
    ``backend.close()`` on shutdown
    (a restart keeps devices and routes so traffic does not flap; ``cleanup()`` removes everything
    this backend installs, used when the backend type or VNI changed).
@@ -103,12 +105,14 @@ class Backend:
         override = self.config.option("MTU")
         return int(override) if override else self.ext_iface.mtu - (self.spec.overhead if self.spec else 0)
 
-    def check_identity(self, leases: Iterable[Optional[Lease]]) -> None:
+    def check_identity(self, leases: Callable[[], Iterable[Optional[Lease]]]) -> None:
         """Make sure no other node's older lease holds an identity of this node (wireguard's public key).
 
-        ``leases``: every lease in the store, ours included (None entries are skipped).  Before
-        :meth:`prepare` a backend replaces such an identity (no device or lease has used it yet); once
-        prepared it raises :class:`IdentityClash`.  The default has nothing to check."""
+        ``leases()``: every lease in the store, ours included (None entries are skipped); a callable, so
+        that a backend without an identity costs no listing.  Before :meth:`prepare` a backend replaces
+        such an identity (no device or lease has used it yet); once prepared it raises
+        :class:`IdentityClash`.  Whatever ``leases()`` raises (the store failing) goes to the caller.
+        The default has nothing to check."""
 
     def configure(self, lease: Lease) -> None:
         self.lease = lease

@@ -85,7 +85,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from pyflannel import catalogue, netlink
 from pyflannel.backend import Backend, BackendError, ExternalInterface, IdentityClash, register
@@ -898,7 +898,7 @@ class WireguardBackend(Backend):
         address = self.ext_iface.public_ip if self.use_ipv4 else self.ext_iface.public_ipv6
         return str(ipaddress.ip_address(address)) if address else None
 
-    def check_identity(self, leases: Iterable[Optional[Lease]]) -> None:
+    def check_identity(self, leases: Callable[[], Iterable[Optional[Lease]]]) -> None:
         """Our public key in an older lease of another node (a cloned key file, e.g. a cloned VM image):
         before prepare(), a fresh key replaces the key file's (one warning naming the other node), so
         no device and no lease of ours ever uses the other node's key; once prepared, a fresh key
@@ -908,7 +908,7 @@ class WireguardBackend(Backend):
         with self._lock:
             self._load_key()
             running = self._prepared or self.lease is not None
-            other = key_clash(self.public, self._own_address(), leases, claim_now=not running)
+            other = key_clash(self.public, self._own_address(), leases(), claim_now=not running)
             if other is None:
                 return
             old = self.public

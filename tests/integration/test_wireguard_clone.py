@@ -152,8 +152,8 @@ def test_a_cloned_key_file_gets_a_fresh_key_and_steals_nothing(testbed: Any, bed
     with open(pcap, "rb") as f:
         assert bytes.fromhex(PATTERN * 2) not in f.read()
     # ... while the capture did see the clone's own pings on its flannel-wg
-    mine = read_pcap(pcap, "src host %s and dst host %s and icmp[icmptype] == icmp-echo" % (a3.bridge_ip,
-                                                                                           a1.bridge_ip))
+    echo = "src host %s and dst host %s and icmp[icmptype] == icmp-echo" % (a3.bridge_ip, a1.bridge_ip)
+    mine = read_pcap(pcap, echo)
     assert len(mine) >= 10, mine
     assert not failed, failed
     wait_peers([a1, a2, a3], 30)

@@ -413,7 +413,7 @@ def test_a_cloned_key_is_replaced_before_use(monkeypatch, tmp_path, caplog):
     be, path = identity_backend(monkeypatch, tmp_path)
     other = held("10.100.7.0/24", "192.0.2.7", fake_public(KEY_A), 10)
     with caplog.at_level("INFO", logger="pyflannel.backend.wireguard"):
-        be.check_identity([other, held("10.100.8.0/24", "192.0.2.8", KEY_B, 11)])
+        be.check_identity(lambda: [other, held("10.100.8.0/24", "192.0.2.8", KEY_B, 11)])
     fresh = path.read_text()
     assert fresh.endswith("\n") and fresh.strip() != KEY_A and wgb.catalogue.key_problem(fresh.strip()) is None
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o400 and os.listdir(tmp_path) == ["wgkey"]
@@ -425,7 +425,7 @@ def test_a_cloned_key_is_replaced_before_use(monkeypatch, tmp_path, caplog):
         assert words in warnings[0]
     assert be.private not in caplog.text and KEY_A not in caplog.text  # no private key in any log line
     # prepare() then uses the fresh key; a second check finds nothing
-    be.check_identity([other])
+    be.check_identity(lambda: [other])
     assert path.read_text() == fresh
 
 
@@ -434,23 +434,23 @@ def test_own_lease_with_the_key_is_no_clash(monkeypatch, tmp_path, caplog):
     mine = held("10.100.1.0/24", "192.0.2.1", fake_public(KEY_A), 10)
     clone = held("10.100.7.0/24", "192.0.2.7", fake_public(KEY_A), 20)
     with caplog.at_level("WARNING"):
-        be.check_identity([clone, mine])
+        be.check_identity(lambda: [clone, mine])
     assert path.read_text() == KEY_A + "\n" and be.private == KEY_A and not caplog.records
 
 
 def test_a_clash_found_while_running_replaces_the_key_and_raises(monkeypatch, tmp_path):
     be, path = identity_backend(monkeypatch, tmp_path)
-    be.check_identity([])
+    be.check_identity(lambda: [])
     be._prepared = True
     applied = []
     for device in be.devices:
         device.index = 5
         monkeypatch.setattr(device, "apply_interface", lambda d=device: applied.append((d.name, d.private)))
     mine = held("10.100.1.0/24", "192.0.2.1", fake_public(KEY_A), 30)
-    be.check_identity([mine, held("10.100.7.0/24", "192.0.2.7", fake_public(KEY_A), 40)])  # theirs is younger
+    be.check_identity(lambda: [mine, held("10.100.7.0/24", "192.0.2.7", fake_public(KEY_A), 40)])  # theirs is younger
     assert applied == [] and be.private == KEY_A
     with pytest.raises(wgb.IdentityClash) as err:
-        be.check_identity([mine, held("10.100.7.0/24", "192.0.2.7", fake_public(KEY_A), 20)])
+        be.check_identity(lambda: [mine, held("10.100.7.0/24", "192.0.2.7", fake_public(KEY_A), 20)])
     assert isinstance(err.value, BackendError) and "\n" not in str(err.value)
     assert "older lease 10.100.7.0/24 of 192.0.2.7" in str(err.value) and "exits" in str(err.value)
     assert be.private != KEY_A and path.read_text() == be.private + "\n"
@@ -465,15 +465,18 @@ def test_a_key_file_that_cannot_be_replaced_is_one_line(monkeypatch, tmp_path):
 
     monkeypatch.setattr(wgb.os, "rename", refuse)
     with pytest.raises(BackendError) as err:
-        be.check_identity([held("10.100.7.0/24", "192.0.2.7", fake_public(KEY_A), 1)])
+        be.check_identity(lambda: [held("10.100.7.0/24", "192.0.2.7", fake_public(KEY_A), 1)])
     assert "\n" not in str(err.value) and str(path) in str(err.value) and "Read-only" in str(err.value)
     assert path.read_text() == KEY_A + "\n" and os.listdir(tmp_path) == ["wgkey"]
 
 
-def test_the_base_backend_checks_no_identity():
+def test_the_base_backend_checks_no_identity_and_lists_nothing():
     from pyflannel.backend import Backend
 
-    assert Backend.check_identity(object(), [lease("10.100.1.0/24", KEY_A)]) is None  # type: ignore[arg-type]
+    def never():
+        raise AssertionError("the base backend lists no leases")
+
+    assert Backend.check_identity(object(), never) is None  # type: ignore[arg-type]
 
 
 def test_endpoint_pinning_decision():
