@@ -165,7 +165,7 @@ class Agent:
         try:
             backend = backends.create(config, ext, {"wireguard_key_file": getattr(opts, "wireguard_key_file", "")})
             backends.remove_leftovers(backend)
-            backend.check_identity(mgr.list_leases()[0])  # a key another node's older lease holds is replaced
+            backend.check_identity(lambda: mgr.list_leases()[0])  # a key another node's older lease holds is replaced
             attrs = backend.prepare()
         except backends.BackendError as err:
             raise _Fatal(str(err)) from None
@@ -277,7 +277,7 @@ class Agent:
             if now >= next_tick:
                 next_tick = now + TICK
                 try:
-                    backend.check_identity([mgr.lease, *mgr.known.values()])
+                    backend.check_identity(lambda: [mgr.lease, *mgr.known.values()])
                     backend.tick()
                 except backends.IdentityClash as err:
                     log.error("%s", err)
@@ -482,8 +482,8 @@ class Agent:
              stats.get("lost_races", 0)),
             ("flannel_watch_relists_total", "counter", "full re-lists after the watch history expired",
              stats.get("watch_relists", 0)),
-            ("flannel_lease_events_total", "counter", "lease events handed to the backend",
-             self.stats["lease_events"]),
+            ("flannel_lease_events_total", "counter", "lease events handed to the backend (the last per lease when "
+             "they queue up)", self.stats["lease_events"]),
             ("flannel_iptables_repairs_total", "counter", "times missing iptables rules were restored",
              self.stats["iptables_repairs"]),
             ("flannel_subnet_file_rewrites_total", "counter", "times the subnet file had disappeared and was "

@@ -273,3 +273,21 @@ def test_ready_notification_after_subnet_file(agents, store, etcd_server, etcd_a
         assert node.stop() == 0
     finally:
         sock.close()
+
+
+def test_subnet_file_written_again_when_it_disappears(agents, etcd_server, etcd_prefix):
+    store = etcdstore.connect(etcd_server.url, api="v3")
+    store.put(etcd_prefix + "/config", BIG)
+    store.close()
+    node = agents("sf", etcd_server.url, "v3", etcd_prefix, "127.0.0.191")
+    node.wait_subnet()
+    node.wait_log("running with lease")
+    text = node.subnet_file.read_text()
+    node.subnet_file.unlink()  # a cleaned /run, an operator's rm
+    node.wait_log("had disappeared: wrote it again", 15)  # checked every tick (5 s)
+    assert node.subnet_file.read_text() == text
+    assert oct(node.subnet_file.stat().st_mode & 0o777) == oct(0o644)
+    time.sleep(6)  # another tick: the file is there, nothing more is said
+    lines = [line for line in node.log().splitlines() if "had disappeared" in line]
+    assert len(lines) == 1 and lines[0].startswith("W") and str(node.subnet_file) in lines[0], node.log()
+    assert node.stop() == 0

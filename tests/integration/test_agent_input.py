@@ -1,14 +1,15 @@
 """Bad input and outages read like one sentence each: real ``flanneld`` against a real etcd.
 
 (a) bad --etcd-endpoints: exit 2 naming the flag and the value; (b) a subnet file that cannot be
-written: exit 1 naming --subnet-file before any lease exists; (c) an etcd outage: one line when it
-begins, one when it ends, no client-library retry text; (d) the network config changed at runtime:
-one line per change.
+written (no directory, a full disk): exit 1 naming --subnet-file before any lease exists; (c) an etcd
+outage: one line when it begins, one when it ends, no client-library retry text; (d) the network config
+changed at runtime: one line per change.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -105,3 +106,40 @@ def test_config_changed_at_runtime(agents, etcd_server, etcd_prefix):
     assert len(changed) == 1 and "10.100.0.0/16" in changed[0] and "restart" in changed[0], log
     assert agent.proc.poll() is None
     store.close()
+
+
+def test_full_disk_subnet_file_exit_1_before_a_lease(agents, tmp_path, etcd_server, etcd_prefix):
+    """A subnet file on a full file system (a tiny tmpfs, filled): creating a file there still works,
+    writing its bytes does not; the check at start writes real bytes, so the agent stops in one line
+    naming the file before it takes a lease."""
+    store = etcdstore.connect(etcd_server.url, api="v3")
+    store.put(etcd_prefix + "/config", BIG)
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], check=True, timeout=20)
+    try:
+        with open(full / "filler", "wb", buffering=0) as filler:
+            for _block in range(64):  # 64 KiB at most: the file system's size
+                try:
+                    filler.write(b"\0" * 4096)
+                except OSError:
+                    break
+        with pytest.raises(OSError), open(full / "one-more", "wb", buffering=0) as extra:  # full indeed
+            extra.write(b"\0" * 4096)
+        (full / "one-more").unlink()
+        path = str(full / "subnet.env")
+        agent = agents("n-full", etcd_server.url, "v3", etcd_prefix, "127.0.0.112")
+        agent.args[agent.args.index("--subnet-file") + 1] = path
+        agent.kill()
+        agent.start()
+        assert agent.wait_exit(15) == 1
+        log = agent.log()
+        errors = [line for line in log.splitlines() if line.startswith("E")]
+        assert len(errors) == 1 and path in errors[0] and "No space left on device" in errors[0], log
+        assert "Traceback" not in log and "acquired" not in log, log
+        leases, _revision = store.list(etcd_prefix + "/subnets/")
+        assert leases == []
+        assert sorted(os.listdir(full)) == ["filler"]  # the probe left nothing behind
+    finally:
+        subprocess.run(["umount", "-l", str(full)], check=False, timeout=20)
+        store.close()
