@@ -24,7 +24,7 @@ import logging
 import random
 import threading
 import time
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar
 
 from pyflannel import etcdstore, subnetenv
 from pyflannel.etcdstore import KV, EtcdStore, StateLost, StoreError, Unreachable, WatchExpired
@@ -50,6 +50,7 @@ from pyflannel.leases import (
 from pyflannel.netconfig import ConfigError, NetworkConfig, Pool, parse_config
 
 log = logging.getLogger("pyflannel.subnet")
+_T = TypeVar("_T")
 
 MAX_CANDIDATES = 100  # Go flanneld picks at random among the first 100 free subnets
 RACE_TRIES = 10  # create attempts per acquire round before backing off
@@ -176,6 +177,39 @@ def _wait(stop: Optional[threading.Event], seconds: float) -> None:
         raise Stopped()
 
 
+STOP_POLL = 0.1  # seconds: how often a call waiting for etcd looks at the stop event
+
+
+def _until_stopped(stop: Optional[threading.Event], call: Callable[[], _T]) -> _T:
+    """``call()``, given up (Stopped) as soon as ``stop`` is set.
+
+    An etcd request to an address that drops packets blocks for the store's whole timeout (5 s, per
+    endpoint); run in a helper thread, it no longer holds up a stop.  A call given up finishes (or
+    times out) in the background; the caller is stopping and does not look at its result."""
+    if stop is None:
+        return call()
+    if stop.is_set():
+        raise Stopped()
+    box: Dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as err:  # handed to the caller below, whatever it is
+            box["error"] = err
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="etcd-call", daemon=True).start()
+    while not done.wait(STOP_POLL):
+        if stop.is_set():
+            raise Stopped()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 class LeaseManager:
     """Acquires, renews and watches this node's subnet lease.
 
@@ -209,6 +243,8 @@ class LeaseManager:
         self._renew_due = 0.0  # monotonic time of the next renewal (inf: a reservation, never)
         # renew() runs in the agent's main loop, the watch's restores in its thread: one at a time
         self._own_lock = threading.RLock()
+        # the stop event last given to wait_config/acquire/watch: renew() gives up waiting on etcd when set
+        self._stop: Optional[threading.Event] = None
         # Every other node's lease as last seen, and the validator's verdict on each (book.accepted
         # is what the datapath gets; book.rejected says why the others are not used).
         self.book = LeaseBook()
@@ -252,9 +288,12 @@ class LeaseManager:
 
     def read_config(self) -> NetworkConfig:
         """Read and parse ``<prefix>/config`` without adopting it (the agent compares it with the
-        config it runs on).  Raises NoConfig, ConfigError or StoreError."""
+        config it runs on).  Raises NoConfig, ConfigError or StoreError (also when the stop event given
+        to :meth:`wait_config`, :meth:`acquire` or :meth:`watch` is set before etcd answers)."""
         try:
-            kv = self.store.get(self.config_key)
+            kv = _until_stopped(self._stop, functools.partial(self.store.get, self.config_key))
+        except Stopped:
+            raise StoreError("stopped before etcd answered (reading %s)" % self.config_key) from None
         except StoreError as err:
             self._error(err)
             raise
@@ -268,6 +307,7 @@ class LeaseManager:
         an unreachable etcd with a bounded exponential back-off."""
         throttle = _Throttle()
         backoff = Backoff()
+        self._stop = stop or self._stop
         while True:
             try:
                 return self.get_config()
@@ -280,6 +320,8 @@ class LeaseManager:
                 backoff.reset()
                 _wait(stop, 1.0)
             except StoreError as err:
+                if stop is not None and stop.is_set():
+                    raise Stopped() from None
                 delay = backoff.next()
                 throttle(logging.DEBUG if isinstance(err, Unreachable) else logging.ERROR,
                          "%s (retrying in up to %.0f s)" % (err, backoff.high))
@@ -479,10 +521,11 @@ class LeaseManager:
         (or fixing the config) takes effect without a restart.  Every wait checks ``stop`` (Stopped)."""
         throttle = _Throttle()
         backoff = Backoff()
+        self._stop = stop or self._stop
         while True:
             try:
                 config = self.wait_config(stop)
-                return self.try_acquire(config, attrs, stop)
+                return _until_stopped(stop, functools.partial(self.try_acquire, config, attrs, stop))
             except OutOfSubnets as err:
                 throttle(logging.ERROR, str(err))
                 backoff.reset()
@@ -558,7 +601,19 @@ class LeaseManager:
 
         Raises LeaseLost when the key is gone and another node holds one of its subnets by now (else
         the lease is written back, see :meth:`restore`), StoreError when etcd failed (the caller
-        retries after :meth:`retry_interval`; the schedule is moved accordingly)."""
+        retries after :meth:`retry_interval`; the schedule is moved accordingly).
+
+        When the stop event given to :meth:`acquire` (or :meth:`watch`) is set while etcd has not
+        answered yet, returns the lease as it was at once: the caller is stopping."""
+        stop = self._stop
+        try:
+            return _until_stopped(stop, self._renew)
+        except Stopped:
+            if self.lease is None:
+                raise
+            return self.lease
+
+    def _renew(self) -> Lease:
         with self._own_lock:
             if self.lease is None or self._kv is None or self.attrs is None:
                 raise SubnetError("no lease to renew")
@@ -773,6 +828,7 @@ class LeaseManager:
         ``stop`` is set.  etcd outages are waited out with a bounded back-off."""
         backoff = Backoff(high=WATCH_BACKOFF)
         throttle = _Throttle()
+        self._stop = stop or self._stop
         revision = None
         probe_at = 0.0  # monotonic time of the next probe of our own key; 0: now
         while stop is None or not stop.is_set():

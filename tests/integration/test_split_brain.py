@@ -11,6 +11,8 @@ import ipaddress
 import json
 import os
 import shutil
+import signal
+import time
 import urllib.parse
 from typing import Any, Dict, List
 
@@ -138,3 +140,31 @@ def test_node_back_from_a_partition_gives_way_to_the_node_holding_its_subnet(
     assert not failed, failed
     assert peer.proc is not None and peer.proc.poll() is None
     assert new.proc is not None and new.proc.poll() is None
+
+
+@pytest.mark.parametrize("api", ["v2", "v3"])
+@pytest.mark.parametrize("phase", ["start-up", "running"])
+def test_sigterm_within_2_s_while_cut_off_from_etcd(phase: str, api: str, testbed: Any, bed_etcd: Any) -> None:
+    """A request to an etcd that drops packets waits for the store's 5 s timeout: SIGTERM does not."""
+    bed = testbed(["A"])
+    server = bed_etcd(bed)
+    Etcd(bed, server, api).put(PREFIX + "/config", json.dumps(CONFIG))
+    # a 4 s TTL renews every 2 s: a renewal is under way while the node is cut off
+    agent = Agent(bed.hosts[0], server.url, PREFIX, ["--etcd-api", api, "--subnet-lease-ttl", "4"])
+    if phase == "start-up":
+        cut_off(bed, agent.host)
+        agent.start(wait=False)
+        wait_for(lambda: "using etcd %s API" % api in agent.logtext(), 15, what="the agent asking etcd for its config")
+    else:
+        agent.start()
+        cut_off(bed, agent.host)
+    time.sleep(3)  # a request to etcd is under way (it times out after 5 s on v3, 20 s on v2)
+    assert agent.proc is not None
+    proc = agent.proc
+    began = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(15)
+    took = time.monotonic() - began
+    log = agent.logtext()
+    assert code == 0 and took < 2.0, (code, took, log[-2000:])
+    assert ("stopped before the agent was ready" if phase == "start-up" else "is kept for the next start") in log

@@ -4,12 +4,13 @@ clocks, log escaping."""
 from __future__ import annotations
 
 import ipaddress
+import threading
 
 import pytest
 
 from pyflannel.etcdstore import KV, Unreachable
 from pyflannel.leases import Lease, LeaseAttrs, parse_subnet_key, printable
-from pyflannel.subnet.manager import Backoff, LeaseManager, _rival, _Taken
+from pyflannel.subnet.manager import Backoff, LeaseManager, Stopped, _rival, _Taken, _until_stopped
 
 
 def net(text):
@@ -157,3 +158,71 @@ def test_printable_escapes_what_could_end_or_forge_a_log_line(text, shown):
 def test_printable_cuts_long_text():
     out = printable("x" * 5000 + "\n", limit=100)
     assert out == "x" * 100 + "... (4901 more characters)"
+
+
+class BlockedStore:
+    """A store whose reads wait until released, like a request to an etcd that drops packets."""
+
+    api = "v3"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def _block(self):
+        self.entered.set()
+        self.release.wait(60)  # bounded; released by the test
+        raise Unreachable("etcd is unreachable (timed out)")
+
+    def head(self, key):
+        return self._block()
+
+    def get(self, key):
+        return self._block()
+
+
+def stop_once_entered(store: BlockedStore, stop: threading.Event) -> threading.Thread:
+    def run():
+        store.entered.wait(60)
+        stop.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_until_stopped_passes_results_and_errors_and_gives_up_on_stop():
+    stop = threading.Event()
+    assert _until_stopped(stop, lambda: 42) == 42
+    assert _until_stopped(None, lambda: 43) == 43
+    with pytest.raises(Unreachable):
+        _until_stopped(stop, lambda: FailingStore().head("/k"))
+    store = BlockedStore()
+    helper = stop_once_entered(store, stop)
+    with pytest.raises(Stopped):
+        _until_stopped(stop, lambda: store.head("/k"))
+    store.release.set()
+    helper.join(10)
+    with pytest.raises(Stopped):  # already stopped: not even started
+        _until_stopped(stop, lambda: 44)
+
+
+def test_wait_config_and_renew_give_up_a_blocked_etcd_request_on_stop():
+    clocks = Clocks()
+    store = BlockedStore()
+    stop = threading.Event()
+    mgr = LeaseManager(store=store, prefix="/p", clock=lambda: clocks.wall, monotonic=lambda: clocks.mono)
+    helper = stop_once_entered(store, stop)
+    with pytest.raises(Stopped):
+        mgr.wait_config(stop)
+    helper.join(10)
+    store.release.set()
+    # renew() honours the stop event given to wait_config/acquire/watch: the lease as it was, at once
+    store = BlockedStore()
+    mgr = owned(clocks, store=store)
+    mgr._stop = stop = threading.Event()
+    helper = stop_once_entered(store, stop)
+    lease = mgr.lease
+    assert mgr.renew() is lease
+    helper.join(10)
+    store.release.set()
