@@ -316,7 +316,7 @@ class LeaseManager:
                 backoff.reset()
                 _wait(stop, 1.0)
             except ConfigError as err:
-                throttle(logging.ERROR, "%s (in %s; retrying every second)" % (err, self.config_key))
+                throttle(logging.ERROR, "%s (in %s; retrying every second)" % (printable(err, 500), self.config_key))
                 backoff.reset()
                 _wait(stop, 1.0)
             except StoreError as err:
@@ -324,7 +324,7 @@ class LeaseManager:
                     raise Stopped() from None
                 delay = backoff.next()
                 throttle(logging.DEBUG if isinstance(err, Unreachable) else logging.ERROR,
-                         "%s (retrying in up to %.0f s)" % (err, backoff.high))
+                         "%s (retrying in up to %.0f s)" % (printable(err, 500), backoff.high))
                 _wait(stop, delay)
 
     # -- listing ----------------------------------------------------------------------------------
@@ -533,7 +533,7 @@ class LeaseManager:
             except StoreError as err:
                 delay = backoff.next()
                 throttle(logging.DEBUG if isinstance(err, Unreachable) else logging.ERROR,
-                         "failed to acquire lease: %s" % err)
+                         "failed to acquire lease: %s" % printable(err, 500))
                 _wait(stop, delay)
             except SubnetError as err:
                 log.warning("%s", err)
@@ -564,7 +564,7 @@ class LeaseManager:
             self.store.delete(key)
         except StoreError as err:
             self._error(err)
-            log.warning("could not delete lease %s: %s", label, err)
+            log.warning("could not delete lease %s: %s", label, printable(err, 500))
 
     # -- renew ------------------------------------------------------------------------------------
     def _margin(self) -> float:
@@ -854,18 +854,18 @@ class LeaseManager:
                     backoff.reset()
             except StateLost as err:
                 self.stats["etcd_state_losses"] += 1
-                log.warning("%s; listing the leases again", err)
+                log.warning("%s; listing the leases again", printable(err, 500))
                 revision = None
             except WatchExpired as err:
                 self.stats["watch_relists"] += 1
-                log.info("%s; listing the leases again", err)
+                log.info("%s; listing the leases again", printable(err, 500))
                 revision = None
             except (Unreachable, StoreError) as err:
                 self._error(err)
                 delay = backoff.next()
                 probe_at = 0.0
                 throttle(logging.DEBUG if isinstance(err, Unreachable) else logging.ERROR,
-                         "watching leases failed: %s (retrying in up to %.0f s)" % (err, backoff.high))
+                         "watching leases failed: %s (retrying in up to %.0f s)" % (printable(err, 500), backoff.high))
                 if stop is not None:
                     if stop.wait(delay):
                         return
