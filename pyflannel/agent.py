@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import threading
@@ -22,7 +21,7 @@ from pyflannel import backend as backends
 from pyflannel.etcdstore import StoreError, Unreachable
 from pyflannel.health import HealthServer, Metric
 from pyflannel.iface import IfaceError, select, underlay_addresses
-from pyflannel.leases import Lease
+from pyflannel.leases import Lease, printable
 from pyflannel.netconfig import ConfigError, NetworkConfig
 from pyflannel.subnet import Backoff, LeaseEvent, LeaseLost, LeaseManager, NoConfig, Stopped
 
@@ -297,7 +296,7 @@ class Agent:
 
     def _lost(self, err: Exception) -> int:
         log.error("%s; exiting with status 1 so the service manager restarts flanneld (which takes a new lease)",
-                  err)
+                  printable(err))
         return 1
 
     def _handle(self, event: LeaseEvent) -> None:
@@ -646,24 +645,6 @@ def backend_changes(old: NetworkConfig, new: NetworkConfig) -> List[str]:
         if raw_before.get(name) != raw_after.get(name):
             out.append("Backend.%s %s -> %s" % (name, _show(before.get(name)), _show(after.get(name))))
     return out
-
-
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def _printable(text: Any, limit: int = 300) -> str:
-    """Text that may quote etcd (a key, a value) safe for one log line: control characters escaped as
-    repr() does, cut after ``limit`` characters."""
-    text = str(text)
-    more = len(text) - limit
-    text = _CONTROL.sub(lambda match: repr(match.group())[1:-1], text[:limit] if more > 0 else text)
-    return text + ("... (%d more characters)" % more if more > 0 else "")
-
-
-try:  # the lease layout's helper, shared with the lease manager and the modules, where it exists
-    from pyflannel.leases import printable
-except ImportError:  # pragma: no cover - an older leases.py
-    printable = _printable
 
 
 class _Fatal(Exception):

@@ -114,3 +114,33 @@ def test_summary_names_only_a_few_changes():
     line = summary.line(0)
     assert line is not None and "4 removed" in line and "10.1.0.0/24" not in line
     assert line.endswith("; 0 remote leases now")
+
+
+class _Backend:
+    """A stand-in datapath that fails with text quoting etcd (a key with a newline in it)."""
+
+    name = "stub"
+
+    def lease_added(self, _lease):
+        from pyflannel.backend import BackendError
+
+        raise BackendError("cannot use lease /coreos.com/network/subnets/10.1.1.0-24\nE1206 fake line")
+
+    def lease_removed(self, _lease):
+        raise RuntimeError("odd\r\nvalue")
+
+
+def test_backend_errors_quoting_etcd_stay_one_line(caplog):
+    from types import SimpleNamespace
+
+    from pyflannel.agent import Agent
+
+    agent = Agent(SimpleNamespace())
+    agent.backend = _Backend()
+    caplog.set_level("DEBUG", logger="pyflannel.agent")
+    agent._handle(added(1))
+    agent._handle(removed(1))
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2 and all("\n" not in e and "\r" not in e for e in errors), errors
+    assert "\\nE1206 fake line" in errors[0]
+    assert [r.levelname for r in caplog.records if "lease added" in r.getMessage()] == ["DEBUG"]
