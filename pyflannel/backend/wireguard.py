@@ -180,17 +180,12 @@ def load_or_create_key(path: str) -> Tuple[str, bool]:
 
 
 def replace_key(path: str) -> str:
-    """Write a fresh private key over the key file ``path`` (mode 0400) and return it.
+    """Write a fresh private key over the key file ``path`` (mode 0400) and return it; raises OSError.
 
     Atomic: the key goes to a temporary file (exclusive create) that is renamed over ``path``, so the
     file holds the old key or the new one, never a part of either."""
     key = generate_private_key()
-    try:
-        _write_key_file(path, key, replace=True)
-    except OSError as err:
-        raise BackendError("cannot replace the wireguard private key file %s: %s; give this node a key of its own "
-                           "(delete the file: a new key is made at the next start)" % (path, err.strerror or err)
-                           ) from None
+    _write_key_file(path, key, replace=True)
     return key
 
 
@@ -911,16 +906,27 @@ class WireguardBackend(Backend):
             other = key_clash(self.public, self._own_address(), leases(), claim_now=not running)
             if other is None:
                 return
-            old = self.public
-            self._use_key(replace_key(self.key_file))
             what = ("wireguard public key %s of key file %s is already in the older lease %s of %s (a copy of that "
-                    "node's key file, e.g. a cloned image?)" % (old, self.key_file, other.label, other.attrs.address))
+                    "node's key file, e.g. a cloned image?)" % (self.public, self.key_file, other.label,
+                                                                 other.attrs.address))
+            try:
+                fresh, problem = replace_key(self.key_file), ""
+            except OSError as err:
+                fresh, problem = generate_private_key(), str(err.strerror or err)
+            if problem and not running:
+                raise BackendError("%s, and the key file cannot be replaced: %s; give this node a key of its own "
+                                   "(delete the file: a new key is made at the next start)" % (what, problem))
+            self._use_key(fresh)
             if not running:
                 log.warning("%s: made a fresh key for this node instead (public key %s)", what, self.public)
                 return
-            for device in self.devices:
+            for device in self.devices:  # off the devices at once, even when the key file cannot be written
                 if device.index:
                     device.apply_interface()
+            if problem:
+                raise IdentityClash("%s: this node stopped using it and exits; the key file cannot be replaced (%s): "
+                                    "give this node a key of its own (delete the file: a new key is made at the "
+                                    "next start)" % (what, problem))
             raise IdentityClash("%s: this node now uses a fresh key (public key %s) and exits so that its next "
                                 "start publishes it" % (what, self.public))
 

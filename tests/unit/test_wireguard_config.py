@@ -464,10 +464,25 @@ def test_a_key_file_that_cannot_be_replaced_is_one_line(monkeypatch, tmp_path):
         raise OSError(30, "Read-only file system")
 
     monkeypatch.setattr(wgb.os, "rename", refuse)
+    other = held("10.100.7.0/24", "192.0.2.7", fake_public(KEY_A), 1)
+    # at start: the agent stops with one line naming the clash and the file (no device, no lease yet)
     with pytest.raises(BackendError) as err:
-        be.check_identity(lambda: [held("10.100.7.0/24", "192.0.2.7", fake_public(KEY_A), 1)])
-    assert "\n" not in str(err.value) and str(path) in str(err.value) and "Read-only" in str(err.value)
-    assert path.read_text() == KEY_A + "\n" and os.listdir(tmp_path) == ["wgkey"]
+        be.check_identity(lambda: [other])
+    text = str(err.value)
+    assert not isinstance(err.value, wgb.IdentityClash) and "\n" not in text
+    assert str(path) in text and "Read-only" in text and "older lease 10.100.7.0/24 of 192.0.2.7" in text
+    assert path.read_text() == KEY_A + "\n" and os.listdir(tmp_path) == ["wgkey"] and be.private == KEY_A
+    # running: the devices stop using the key all the same, and the agent exits
+    be._prepared = True
+    applied = []
+    for device in be.devices:
+        device.index = 5
+        monkeypatch.setattr(device, "apply_interface", lambda d=device: applied.append(d.private))
+    mine = held("10.100.1.0/24", "192.0.2.1", fake_public(KEY_A), 30)
+    with pytest.raises(wgb.IdentityClash) as err:
+        be.check_identity(lambda: [mine, other])
+    assert "Read-only" in str(err.value) and "stopped using it" in str(err.value) and "\n" not in str(err.value)
+    assert be.private != KEY_A and applied == [be.private] and path.read_text() == KEY_A + "\n"
 
 
 def test_the_base_backend_checks_no_identity_and_lists_nothing():
