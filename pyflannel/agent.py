@@ -595,7 +595,8 @@ class EventSummary:
         self.removed = 0
         self.received = 0  # events the watch delivered (before coalescing)
         self.named: List[str] = []
-        self.last = clock() - interval  # so the first change is logged at once
+        self.since = clock()  # the start of the window the next line covers
+        self.last: Optional[float] = None  # when the last line was logged (None: the first change is logged at once)
 
     def count(self, event: LeaseEvent) -> None:
         if event.lease is None:
@@ -612,10 +613,11 @@ class EventSummary:
     def line(self, remote: int) -> Optional[str]:
         """The summary once the interval has passed since the last one and something changed, else None."""
         now = self.clock()
-        if not (self.added or self.removed) or now - self.last < self.interval:
+        if not (self.added or self.removed) or (self.last is not None and now - self.last < self.interval):
             return None
         changes = self.added + self.removed
-        text = "lease events in the last %.0f s: %d added, %d removed" % (now - self.last, self.added, self.removed)
+        text = "lease events in the last %.0f s: %d added, %d removed" % (max(1.0, now - self.since), self.added,
+                                                                         self.removed)
         if self.received > changes:
             text += " (from %d watch events)" % self.received
         if changes <= self.NAMED:
@@ -623,7 +625,7 @@ class EventSummary:
         text += "; %d remote lease%s now" % (remote, "" if remote == 1 else "s")
         self.added = self.removed = self.received = 0
         self.named = []
-        self.last = now
+        self.last = self.since = now
         return text
 
 

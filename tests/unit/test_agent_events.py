@@ -85,9 +85,10 @@ def test_summary_first_change_at_once_then_at_most_one_line_per_interval():
     clock = Clock()
     summary = EventSummary(interval=60, clock=clock)
     assert summary.line(0) is None  # nothing happened
+    clock.now += 5
     summary.count(added(1))
     first = summary.line(1)
-    assert first == "lease events in the last 60 s: 1 added, 0 removed (added 10.1.1.0/24 of 192.0.2.1); " \
+    assert first == "lease events in the last 5 s: 1 added, 0 removed (added 10.1.1.0/24 of 192.0.2.1); " \
                     "1 remote lease now"
     lines = []
     for _second in range(120):  # two minutes of churn, a pass every second
