@@ -629,8 +629,7 @@ class LeaseManager:
                 if current is None:
                     why = "was gone from etcd"
                 elif self._kv.created and current.created and current.created != self._kv.created:
-                    why = "had been created again in etcd (revision %d, ours was %d)" % (current.created,
-                                                                                          self._kv.created)
+                    why = "had been created again in etcd"
                 else:
                     kv = self.store.update(self._kv, value, self.ttl)
                     if kv is None:
@@ -699,8 +698,8 @@ class LeaseManager:
                     raise
                 if rival is not None:
                     self._delete_key_quietly(key, lease.label)
-                    raise LeaseLost("%s; while we wrote it back, %s wrote the older lease %s, which keeps %s: "
-                                    "deleted ours, this node gives way"
+                    raise LeaseLost("%s, and %s wrote the older lease %s as we wrote ours back: it keeps %s, "
+                                    "ours is deleted, this node gives way"
                                     % (why, rival.attrs.address, rival.label, _overlap(own, rival)))
                 self.stats["lease_restores"] += 1
                 log.warning("%s; wrote it back to etcd with the same subnet", why)
@@ -771,7 +770,7 @@ class LeaseManager:
         if rival is None:
             return
         self._delete_key_quietly(kv.key, mine.label)
-        raise LeaseLost("our lease %s overlaps the older lease %s of %s in etcd, which keeps %s: deleted ours, "
+        raise LeaseLost("our lease %s overlaps the older lease %s of %s in etcd: it keeps %s, ours is deleted, "
                         "this node gives way" % (mine.label, rival.label, rival.attrs.address, _overlap(own, rival)))
 
     def _log_rejected(self, change: Change) -> None:
@@ -956,9 +955,8 @@ def _taken(why: str, ours: Lease, rival: Optional[Lease]) -> LeaseLost:
     """LeaseLost for a lease that another node took while ours was gone from etcd."""
     if rival is None:
         return LeaseLost("%s, and its key holds a value that does not parse by now: this node gives way" % why)
-    return LeaseLost("%s, and %s took %s meanwhile (its lease %s); the node that holds it in etcd keeps it, "
-                     "this node gives way" % (why, rival.attrs.address, _overlap(_subnets_of(ours), rival),
-                                              rival.label))
+    return LeaseLost("%s, and %s took %s meanwhile (its lease %s): the holder keeps it, this node gives way"
+                     % (why, rival.attrs.address, _overlap(_subnets_of(ours), rival), rival.label))
 
 
 def _mark(taken: List[_Taken], subnets: Tuple[Optional[ipaddress._BaseNetwork], ...]) -> None:

@@ -476,7 +476,7 @@ def test_write_back_gives_way_to_a_lease_written_at_the_same_time(store, etcd_se
     with pytest.raises(LeaseLost) as err:
         mgr.restore("our lease %s was missing from etcd" % own.label)
     text = str(err.value)
-    assert "127.0.0.98 wrote the older lease %s fc00:100:0:99::/64" % own.subnet in text and "deleted ours" in text
+    assert "127.0.0.98 wrote the older lease %s fc00:100:0:99::/64" % own.subnet in text and "ours is deleted" in text
     assert "\n" not in text
     assert store.get(key) is None and store.get(theirs["key"]) is not None
 
@@ -493,7 +493,7 @@ def test_write_back_gives_way_to_a_lease_that_took_a_subnet_meanwhile(store, etc
         mgr.renew()
     assert str(err.value) == (
         "our lease %s was gone from etcd when we renewed it, and 127.0.0.97 took %s meanwhile (its lease %s "
-        "fc00:100:0:98::/64); the node that holds it in etcd keeps it, this node gives way"
+        "fc00:100:0:98::/64): the holder keeps it, this node gives way"
         % (own.label, own.subnet, own.subnet))
     assert store.get(key) is None  # never written back beside theirs
     # a single-stack key over our IPv6 subnet counts as well (any family, any key)
@@ -522,8 +522,8 @@ def test_snapshot_and_restart_give_way_to_an_older_overlapping_lease(store, etcd
     assert ours is not None
     with pytest.raises(LeaseLost) as err:
         mgr.snapshot()
-    assert str(err.value) == ("our lease %s overlaps the older lease %s fc00:100:0:97::/64 of 127.0.0.96 in etcd, "
-                              "which keeps %s: deleted ours, this node gives way" % (own.label, own.subnet, own.subnet))
+    assert str(err.value) == ("our lease %s overlaps the older lease %s fc00:100:0:97::/64 of 127.0.0.96 in etcd: "
+                              "it keeps %s, ours is deleted, this node gives way" % (own.label, own.subnet, own.subnet))
     assert store.get(key) is None and store.get(older) is not None
     # the same node restarted while its younger lease is still there: not reused, a free subnet instead
     store.create(key, encode_lease(attrs6("127.0.0.73"), etcd_api), ttl=60)

@@ -128,6 +128,7 @@ def test_node_back_from_a_partition_gives_way_to_the_node_holding_its_subnet(
     assert code == 1, log[-3000:]
     lines = [line for line in log.splitlines() if "exiting with status 1" in line]
     assert len(lines) == 1 and new.host.address in lines[0], log[-3000:]
+    assert "more characters)" not in lines[0]  # not cut: the whole story on one line
     if dual:  # the line names the lease that keeps the subnet
         assert "its lease %s %s" % (new.subnet_of(4), new.subnet_of(6)) in lines[0], lines[0]
     assert "wrote it back" not in log.split("==== start 0", 1)[1]
