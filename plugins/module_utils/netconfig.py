@@ -30,7 +30,7 @@ Every error is a single line naming the field, the value and the rule (``ConfigE
 import ipaddress
 import json
 
-from .catalogue import BACKENDS, BY_NAME, FOREIGN_BACKENDS, key_problem
+from .catalogue import BACKENDS, BY_NAME, FOREIGN_BACKENDS, HIDDEN, key_problem, secret_options
 
 DEFAULT_BACKEND = "udp"
 
@@ -47,6 +47,8 @@ class ConfigError(ValueError):
 
 
 def _fail(field, value, rule):
+    if field.lower().startswith("backend.") and field.split(".", 1)[1].lower() in secret_options():
+        value = HIDDEN  # a secret (no_log in the catalogue) never reaches an error line, whatever is wrong with it
     if not field.isprintable():  # a key with a newline or a control character: keep it on one line
         field = json.dumps(field)
     raise ConfigError("invalid network config: %s=%s: %s" % (field, json.dumps(value), rule))
@@ -397,7 +399,7 @@ def parse_backend(raw):
         elif opt.kind == "key":
             why = key_problem(value)
             if why:
-                _fail(field, "(hidden)" if opt.no_log else value, why)
+                _fail(field, value, why)
         elif opt.kind == "str":
             if not isinstance(value, str):
                 _fail(field, value, "must be a string")

@@ -158,7 +158,7 @@ class RouteBackend(Backend):
                 if nets is None:
                     nets = self._networks()
                 if self._install(hop, nets, fresh):
-                    log.info("%s: lease %s: %s", self.name, subnet, self.describe(hop))
+                    log.debug("%s: lease %s: %s", self.name, subnet, self.describe(hop))
             self._report(fresh)
 
     def lease_removed(self, lease: Lease) -> None:
@@ -168,7 +168,7 @@ class RouteBackend(Backend):
                 self._unreachable.discard(subnet)
                 if old is not None:
                     self._uninstall(old)
-                    log.info("%s: lease %s gone: its route removed", self.name, subnet)
+                    log.debug("%s: lease %s gone: its route removed", self.name, subnet)
 
     def sync(self, leases: List[Lease]) -> None:
         with self._lock:

@@ -271,13 +271,13 @@ class UdpBackend(Backend):
             if self._usable(lease) and self._routes.get(lease.subnet) != lease.attrs.public_ip:
                 self._routes[lease.subnet] = lease.attrs.public_ip
                 self._push()
-                log.info("lease %s: via %s:%d", lease.subnet, lease.attrs.public_ip, self.port)
+                log.debug("lease %s: via %s:%d", lease.subnet, lease.attrs.public_ip, self.port)
 
     def lease_removed(self, lease: Lease) -> None:
         with self._lock:
             if self._routes.pop(lease.subnet, None) is not None:
                 self._push()
-                log.info("lease %s gone", lease.subnet)
+                log.debug("lease %s gone", lease.subnet)
 
     def tick(self) -> None:
         with self._lock:

@@ -999,7 +999,7 @@ class WireguardBackend(Backend):
             for device in self.devices:
                 peer = self._peer_for(lease, device)
                 if device.put(lease.key_name, peer) and peer is not None:
-                    log.info("lease %s: peer %s at %s on %s", lease.label, peer.public_key, peer.endpoint,
+                    log.debug("lease %s: peer %s at %s on %s", lease.label, peer.public_key, peer.endpoint,
                              device.name)
 
     def lease_removed(self, lease: Lease) -> None:
@@ -1007,7 +1007,7 @@ class WireguardBackend(Backend):
             for device in self.devices:
                 old = device.drop(lease.key_name)
                 if old is not None:
-                    log.info("lease %s gone: removed its peer %s from %s", lease.label, old.public_key, device.name)
+                    log.debug("lease %s gone: removed its peer %s from %s", lease.label, old.public_key, device.name)
 
     def sync(self, leases: List[Lease]) -> None:
         with self._lock:
