@@ -23,6 +23,7 @@ from pyflannel.health import HealthServer, Metric
 from pyflannel.iface import IfaceError, select, underlay_addresses
 from pyflannel.leases import Lease, printable
 from pyflannel.netconfig import ConfigError, NetworkConfig
+from pyflannel.netconfig import changes as config_changes
 from pyflannel.subnet import Backoff, LeaseEvent, LeaseLost, LeaseManager, NoConfig, Stopped
 
 log = logging.getLogger("pyflannel.agent")
@@ -348,26 +349,12 @@ class Agent:
             self._note("the network config in %s is not valid: %s; the agent keeps running with the config it "
                        "started with (%s); fix the config in etcd" % (mgr.config_key, err, _nets(running)))
             return
-        changes = []
-        for label, old, now in (("Network", running.network, new.network),
-                                ("SubnetLen", running.subnet_len, new.subnet_len),
-                                ("IPv6Network", running.ipv6_network, new.ipv6_network),
-                                ("IPv6SubnetLen", running.ipv6_subnet_len, new.ipv6_subnet_len)):
-            if old != now:
-                changes.append("%s %s -> %s" % (label, _show(old), _show(now)))
-        changes.extend(backend_changes(running, new))
-        if changes:
+        restart, limits = config_changes(running, new, values=True)
+        if restart:
             self._note("the network config in %s changed (%s); the agent keeps running with the config it started "
                        "with; restart flanneld to apply it (the lease is re-checked against the new config at start)"
-                       % (mgr.config_key, ", ".join(changes)))
+                       % (mgr.config_key, ", ".join(restart)))
             return
-        limits = []
-        for label, old, now in (("SubnetMin", running.subnet_min, new.subnet_min),
-                                ("SubnetMax", running.subnet_max, new.subnet_max),
-                                ("IPv6SubnetMin", _pool_attr(running, "subnet_min"), _pool_attr(new, "subnet_min")),
-                                ("IPv6SubnetMax", _pool_attr(running, "subnet_max"), _pool_attr(new, "subnet_max"))):
-            if old != now:
-                limits.append("%s %s -> %s" % (label, old, now))
         if limits:
             self._note("the network config in %s changed (%s); this only matters for new leases, the agent keeps "
                        "its lease %s" % (mgr.config_key, ", ".join(limits),
@@ -636,19 +623,6 @@ def config_text(config: Any) -> str:
     return json.dumps(catalogue.redact(data), separators=(",", ":"))
 
 
-def backend_changes(old: NetworkConfig, new: NetworkConfig) -> List[str]:
-    """``Backend.Type vxlan -> host-gw``, ``Backend.PSK (hidden) -> (hidden)``: what differs between the
-    Backend sections of two configs, option by option, values redacted."""
-    before = catalogue.redact(old.to_dict())["Backend"]
-    after = catalogue.redact(new.to_dict())["Backend"]
-    raw_before, raw_after = old.to_dict()["Backend"], new.to_dict()["Backend"]
-    out = []
-    for name in list(raw_before) + [n for n in raw_after if n not in raw_before]:
-        if raw_before.get(name) != raw_after.get(name):
-            out.append("Backend.%s %s -> %s" % (name, _show(before.get(name)), _show(after.get(name))))
-    return out
-
-
 class _Fatal(Exception):
     """Start-up cannot continue; the message is one line for a person."""
 
@@ -659,14 +633,6 @@ def _text(value: Any) -> str:
 
 def _nets(config: NetworkConfig) -> str:
     return " ".join(str(pool.network) for pool in config.pools())
-
-
-def _pool_attr(config: NetworkConfig, name: str) -> Any:
-    return getattr(config.pool6, name) if config.pool6 is not None else None
-
-
-def _show(value: Any) -> str:
-    return json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value)
 
 
 def _clock(when: float) -> str:

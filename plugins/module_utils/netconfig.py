@@ -30,7 +30,7 @@ Every error is a single line naming the field, the value and the rule (``ConfigE
 import ipaddress
 import json
 
-from .catalogue import BACKENDS, BY_NAME, FOREIGN_BACKENDS, HIDDEN, key_problem, secret_options
+from .catalogue import BACKENDS, BY_NAME, FOREIGN_BACKENDS, HIDDEN, key_problem, redact, secret_options
 
 DEFAULT_BACKEND = "udp"
 
@@ -294,15 +294,38 @@ RESTART_KEYS = ("EnableIPv4", "Network", "SubnetLen", "EnableIPv6", "IPv6Network
 LIMIT_KEYS = ("SubnetMin", "SubnetMax", "IPv6SubnetMin", "IPv6SubnetMax")
 
 
-def changes(old, new):
+def changes(old, new, values=False):
     """What differs between two configs -> (restart, limits): the keys of RESTART_KEYS (a running agent
     applies them at its next start) and of LIMIT_KEYS (new leases only) whose values differ, in that order.
-    Names only, never values: a Backend value may hold a secret."""
+
+    Names only by default (``["Backend"]``).  ``values=True`` describes each difference for a log line
+    instead, Backend option by option, secrets hidden by the catalogue's no_log:
+    ``["Network 10.1.0.0/16 -> 10.2.0.0/16", "Backend.PSK (hidden) -> (hidden)"]``."""
     before = old.to_dict() if old is not None else {}
     after = new.to_dict() if new is not None else {}
-    restart = [key for key in RESTART_KEYS if before.get(key) != after.get(key)]
-    limits = [key for key in LIMIT_KEYS if before.get(key) != after.get(key)]
-    return restart, limits
+    out = ([], [])
+    for group, keys in zip(out, (RESTART_KEYS, LIMIT_KEYS)):
+        for key in keys:
+            if before.get(key) == after.get(key):
+                continue
+            if not values:
+                group.append(key)
+            elif key == "Backend":
+                group.extend(_backend_changes(before.get(key) or {}, after.get(key) or {}))
+            else:
+                group.append("%s %s -> %s" % (key, before.get(key), after.get(key)))
+    return out
+
+
+def _backend_changes(before, after):
+    shown_before, shown_after = redact({"Backend": before})["Backend"], redact({"Backend": after})["Backend"]
+    names = list(before) + [name for name in after if name not in before]
+    return ["Backend.%s %s -> %s" % (name, _plain(shown_before.get(name)), _plain(shown_after.get(name)))
+            for name in names if before.get(name) != after.get(name)]
+
+
+def _plain(value):
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value)
 
 
 def _want_bool(cfg, key, default):

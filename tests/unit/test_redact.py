@@ -11,9 +11,9 @@ import logging
 import pytest
 
 from pyflannel import catalogue
-from pyflannel.agent import backend_changes, config_text
+from pyflannel.agent import config_text
 from pyflannel.cli import GlogFormatter, mask_userinfo, parse_args
-from pyflannel.netconfig import parse_config
+from pyflannel.netconfig import changes, parse_config
 
 PSK = "q2Xo0rO6fP1cB3bq6mkH0wKdQw4kVmXhP3n3mF1sA2U="
 PSK2 = "8CMfxUeyv5e7V2ZyG4i5tR0cZ5g0w1bJkmxX2kT0uH8="
@@ -59,14 +59,15 @@ def test_backend_changes_name_the_option_never_the_value():
     old = parse_config(json.dumps({"Network": "10.0.0.0/8", "Backend": {"Type": "wireguard", "PSK": PSK}}))
     new = parse_config(json.dumps({"Network": "10.0.0.0/8", "Backend": {"Type": "wireguard", "PSK": PSK2,
                                                                         "ListenPort": 51830}}))
-    changes = backend_changes(old, new)
-    assert changes == ["Backend.ListenPort 51820 -> 51830", "Backend.PSK (hidden) -> (hidden)"]
+    assert changes(old, new, values=True) == (["Backend.ListenPort 51820 -> 51830",
+                                               "Backend.PSK (hidden) -> (hidden)"], [])
+    assert changes(old, new) == (["Backend"], [])
     unset = parse_config(json.dumps({"Network": "10.0.0.0/8", "Backend": {"Type": "wireguard"}}))
-    assert backend_changes(unset, old) == ["Backend.PSK None -> (hidden)"]
+    assert changes(unset, old, values=True)[0] == ["Backend.PSK None -> (hidden)"]
     other = parse_config(json.dumps({"Network": "10.0.0.0/8", "Backend": {"Type": "vxlan"}}))
-    text = " ".join(backend_changes(old, other))
+    text = " ".join(changes(old, other, values=True)[0])
     assert "Backend.Type wireguard -> vxlan" in text and PSK not in text
-    assert backend_changes(old, old) == []
+    assert changes(old, old) == changes(old, old, values=True) == ([], [])
 
 
 def test_etcd_password_stays_out_of_options_and_usage_errors():
