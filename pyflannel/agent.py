@@ -7,6 +7,7 @@ does not disturb traffic), exit 0.  Our own lease lost: exit 1, so ``Restart=on-
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from pyflannel.iface import IfaceError, select, underlay_addresses
 from pyflannel.leases import Lease, printable
 from pyflannel.netconfig import ConfigError, NetworkConfig
 from pyflannel.netconfig import changes as config_changes
-from pyflannel.subnet import Backoff, LeaseEvent, LeaseLost, LeaseManager, NoConfig, Stopped
+from pyflannel.subnet import Backoff, LeaseEvent, LeaseLost, LeaseManager, NoConfig, Stopped, until_stopped
 
 log = logging.getLogger("pyflannel.agent")
 
@@ -123,16 +124,16 @@ class Agent:
         last = None
         while True:
             try:
-                store = etcdstore.connect(opts.etcd_endpoints, api=opts.etcd_api, ca_cert=opts.etcd_cafile or None,
-                                          client_cert=opts.etcd_certfile or None,
-                                          client_key=opts.etcd_keyfile or None,
-                                          username=opts.etcd_username or None,
-                                          password=opts.etcd_password or None)
+                # the API probe (--etcd-api auto) may wait seconds per endpoint that drops packets: not a stop
+                store = until_stopped(self.stop, functools.partial(
+                    etcdstore.connect, opts.etcd_endpoints, api=opts.etcd_api, ca_cert=opts.etcd_cafile or None,
+                    client_cert=opts.etcd_certfile or None, client_key=opts.etcd_keyfile or None,
+                    username=opts.etcd_username or None, password=opts.etcd_password or None))
                 log.info("using etcd %s API at %s", store.api, ", ".join(e.url for e in store.endpoints))
                 return store
             except Unreachable as err:
                 if str(err) != last:
-                    log.error("%s (retrying with back-off up to 10 s)", err)
+                    log.error("%s (retrying with back-off up to 10 s)", printable(err))
                     last = str(err)
                 if self.stop.wait(backoff.next()):
                     raise Stopped() from None
@@ -297,7 +298,7 @@ class Agent:
 
     def _lost(self, err: Exception) -> int:
         log.error("%s; exiting with status 1 so the service manager restarts flanneld (which takes a new lease)",
-                  printable(err))
+                  printable(err, 1000))
         return 1
 
     def _handle(self, event: LeaseEvent) -> None:

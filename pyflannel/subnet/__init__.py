@@ -10,6 +10,7 @@ from pyflannel.subnet.manager import (
     Stopped,
     SubnetError,
     read_subnet_file,
+    until_stopped,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "Stopped",
     "SubnetError",
     "read_subnet_file",
+    "until_stopped",
 ]

@@ -180,7 +180,7 @@ def _wait(stop: Optional[threading.Event], seconds: float) -> None:
 STOP_POLL = 0.1  # seconds: how often a call waiting for etcd looks at the stop event
 
 
-def _until_stopped(stop: Optional[threading.Event], call: Callable[[], _T]) -> _T:
+def until_stopped(stop: Optional[threading.Event], call: Callable[[], _T]) -> _T:
     """``call()``, given up (Stopped) as soon as ``stop`` is set.
 
     An etcd request to an address that drops packets blocks for the store's whole timeout (5 s, per
@@ -291,7 +291,7 @@ class LeaseManager:
         config it runs on).  Raises NoConfig, ConfigError or StoreError (also when the stop event given
         to :meth:`wait_config`, :meth:`acquire` or :meth:`watch` is set before etcd answers)."""
         try:
-            kv = _until_stopped(self._stop, functools.partial(self.store.get, self.config_key))
+            kv = until_stopped(self._stop, functools.partial(self.store.get, self.config_key))
         except Stopped:
             raise StoreError("stopped before etcd answered (reading %s)" % self.config_key) from None
         except StoreError as err:
@@ -525,7 +525,7 @@ class LeaseManager:
         while True:
             try:
                 config = self.wait_config(stop)
-                return _until_stopped(stop, functools.partial(self.try_acquire, config, attrs, stop))
+                return until_stopped(stop, functools.partial(self.try_acquire, config, attrs, stop))
             except OutOfSubnets as err:
                 throttle(logging.ERROR, str(err))
                 backoff.reset()
@@ -607,7 +607,7 @@ class LeaseManager:
         answered yet, returns the lease as it was at once: the caller is stopping."""
         stop = self._stop
         try:
-            return _until_stopped(stop, self._renew)
+            return until_stopped(stop, self._renew)
         except Stopped:
             if self.lease is None:
                 raise

@@ -10,7 +10,7 @@ import pytest
 
 from pyflannel.etcdstore import KV, Unreachable
 from pyflannel.leases import Lease, LeaseAttrs, parse_subnet_key, printable
-from pyflannel.subnet.manager import Backoff, LeaseManager, Stopped, _rival, _Taken, _until_stopped
+from pyflannel.subnet.manager import Backoff, LeaseManager, Stopped, _rival, _Taken, until_stopped
 
 
 def net(text):
@@ -193,18 +193,18 @@ def stop_once_entered(store: BlockedStore, stop: threading.Event) -> threading.T
 
 def test_until_stopped_passes_results_and_errors_and_gives_up_on_stop():
     stop = threading.Event()
-    assert _until_stopped(stop, lambda: 42) == 42
-    assert _until_stopped(None, lambda: 43) == 43
+    assert until_stopped(stop, lambda: 42) == 42
+    assert until_stopped(None, lambda: 43) == 43
     with pytest.raises(Unreachable):
-        _until_stopped(stop, lambda: FailingStore().head("/k"))
+        until_stopped(stop, lambda: FailingStore().head("/k"))
     store = BlockedStore()
     helper = stop_once_entered(store, stop)
     with pytest.raises(Stopped):
-        _until_stopped(stop, lambda: store.head("/k"))
+        until_stopped(stop, lambda: store.head("/k"))
     store.release.set()
     helper.join(10)
     with pytest.raises(Stopped):  # already stopped: not even started
-        _until_stopped(stop, lambda: 44)
+        until_stopped(stop, lambda: 44)
 
 
 def test_wait_config_and_renew_give_up_a_blocked_etcd_request_on_stop():
