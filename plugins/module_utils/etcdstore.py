@@ -268,7 +268,9 @@ class EtcdStore:
     def update(self, kv, value, ttl=None):
         """Rewrite an existing key with a fresh TTL (``ttl=None``: no TTL, a reservation).
 
-        Returns the new KV, or None when the key no longer exists (expired or deleted)."""
+        Only the key ``kv`` was read from is rewritten: returns None when it no longer exists (expired or
+        deleted), and also when it was changed or created anew since (v2: its modifiedIndex moved; v3: its
+        create revision differs), so a key another node made after ours expired is never overwritten."""
         raise NotImplementedError
 
     def delete(self, key):
@@ -399,10 +401,12 @@ class V2Store(EtcdStore):
 
     def update(self, kv, value, ttl=None):
         etcd = self._etcd
+        # compare-and-swap on the index we read: another writer in between makes it fail, not overwrite
+        cond = {"prevIndex": kv.revision} if kv.revision else {"prevExist": True}
         try:
             res = self._call("renewing %s" % kv.key,
-                             lambda c: c.write(kv.key, value, ttl=ttl, prevExist=True))
-        except etcd.EtcdKeyNotFound:
+                             lambda c: c.write(kv.key, value, ttl=ttl, **cond))
+        except (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed):
             return None
         return self._kv(res.key, res.value, res.modifiedIndex, ttl, None, res.createdIndex)
 
@@ -616,7 +620,9 @@ class V3Store(EtcdStore):
         return int(result.get("TTL", 0) or 0)
 
     def update(self, kv, value, ttl=None):
-        exists = {"key": _b64(kv.key), "target": "VERSION", "result": "GREATER", "version": 0}
+        # the very key we read (same create revision), not one created anew since with the same name
+        exists = ({"key": _b64(kv.key), "target": "CREATE", "result": "EQUAL", "create_revision": kv.created}
+                  if kv.created else {"key": _b64(kv.key), "target": "VERSION", "result": "GREATER", "version": 0})
         old_lease = kv.lease_id
         if ttl and old_lease:
             # Keep the key's own etcd lease alive: no new lease, nothing leaked.

@@ -631,7 +631,8 @@ class LeaseManager:
                 elif self._kv.created and current.created and current.created != self._kv.created:
                     why = "had been created again in etcd"
                 else:
-                    kv = self.store.update(self._kv, value, self.ttl)
+                    # the key as just read: the store's update is conditional on it (no write if it changes)
+                    kv = self.store.update(current, value, self.ttl)
                     if kv is None:
                         why = "was gone from etcd"
             except StoreError as err:
