@@ -531,3 +531,20 @@ def test_snapshot_and_restart_give_way_to_an_older_overlapping_lease(store, etcd
     assert again.subnet != own.subnet and again.ipv6_subnet != ipaddress.IPv6Network("fc00:100:0:97::/64")
     assert store.get(key) is None
 
+
+
+def test_update_rewrites_only_the_key_as_it_was_read(store, etcd_api, etcd_prefix):
+    """The facade's update is conditional: a key deleted and created anew by another writer after we read it
+    (v3: another create revision), or written by another writer meanwhile (v2: another modified index), is
+    left alone (None), never overwritten; the key as read is rewritten."""
+    key = etcd_prefix + "/subnets/10.77.1.0-24"
+    first = store.create(key, '{"PublicIP":"192.0.2.1"}', 60)
+    assert first is not None
+    store.delete(key)
+    again = store.create(key, '{"PublicIP":"192.0.2.2"}', 60)
+    assert again is not None
+    assert store.update(first, '{"PublicIP":"192.0.2.1"}', 60) is None
+    assert store.get(key).value == '{"PublicIP":"192.0.2.2"}'
+    fresh = store.get(key)
+    renewed = store.update(fresh, '{"PublicIP":"192.0.2.2"}', 60)
+    assert renewed is not None and store.get(key).value == '{"PublicIP":"192.0.2.2"}'
