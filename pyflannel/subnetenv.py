@@ -85,16 +85,21 @@ def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
         except OSError:
             pass
         raise
+    sync_dir(directory)
+
+
+def sync_dir(directory: str) -> None:
+    """fsync a directory, so a file renamed or linked into it survives a crash (best effort)."""
     try:
-        dfd = os.open(directory, os.O_RDONLY)
+        fd = os.open(directory, os.O_RDONLY)
     except OSError:
         return
     try:
-        os.fsync(dfd)
+        os.fsync(fd)
     except OSError:
         pass
     finally:
-        os.close(dfd)
+        os.close(fd)
 
 
 # bytes check_writable writes: the file is ~150 bytes, but a rewrite needs a block for the temporary

@@ -90,6 +90,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from pyflannel import catalogue, netlink
 from pyflannel.backend import Backend, BackendError, ExternalInterface, IdentityClash, register
 from pyflannel.leases import Lease, LeaseAttrs
+from pyflannel.subnetenv import sync_dir
 
 log = logging.getLogger("pyflannel.backend.wireguard")
 
@@ -206,31 +207,17 @@ def _write_key_file(path: str, key: str, replace: bool) -> bool:
             os.close(fd)
         if replace:
             os.rename(tmp, path)
-            _sync_dir(directory)
+            sync_dir(directory)
             return True
         try:
             os.link(tmp, path)
         except FileExistsError:
             return False
-        _sync_dir(directory)
+        sync_dir(directory)
         return True
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-
-
-def _sync_dir(directory: str) -> None:
-    """fsync a directory, so a renamed or linked file survives a crash (best effort)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # -- wg (wireguard-tools) -----------------------------------------------------------------------

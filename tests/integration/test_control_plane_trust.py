@@ -20,7 +20,7 @@ from typing import Any, Tuple
 import pytest
 
 from pyflannel import etcdstore
-from pyflannel.subnetenv import previous_subnets
+from tests.integration.test_agent_ipv6 import subnets
 
 HOSTILE = {"Network": "10.130.0.0/16", "EnableIPv6": True, "IPv6Network": "fd13::/32", "Backend": {"Type": "alloc"}}
 HOSTILE_KEY = "10.130.250.0-24&fd13::-33"  # a /33: half of the /32 network, 2^31 /64 subnets
@@ -56,18 +56,6 @@ def sigterm(agent: Any) -> Tuple[int, float]:
     return code, time.monotonic() - began
 
 
-def wait_subnets(agent: Any, timeout: float = 15.0) -> Tuple[Any, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = previous_subnets(str(agent.subnet_file))
-        if found != (None, None):
-            return found
-        if agent.proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise AssertionError("no subnet file within %.0f s; log:\n%s" % (timeout, agent.log()[-3000:]))
-
-
 def test_a_33_key_in_a_32_network_neither_wedges_joining_nor_outlasts_sigterm(
         agents: Any, store: Any, etcd_server: Any, etcd_api: str, etcd_prefix: str) -> None:
     store.put(etcd_prefix + "/config", json.dumps(HOSTILE))
@@ -75,7 +63,7 @@ def test_a_33_key_in_a_32_network_neither_wedges_joining_nor_outlasts_sigterm(
                                                                   "PublicIPv6": "fd00:130::250"}))
     node = agents("joiner", etcd_server.url, etcd_api, etcd_prefix, "127.0.0.141",
                   extra=["--public-ipv6", "fd00:130::141"])
-    v4, v6 = wait_subnets(node, 15.0)  # the old picker walked 2^31 subnets here, for hours
+    v4, v6 = subnets(node, 15.0)  # the old picker walked 2^31 subnets here, for hours
     assert v4 != ipaddress.ip_network("10.130.250.0/24") and v4.subnet_of(ipaddress.ip_network("10.130.0.0/16"))
     assert v6.prefixlen == 64 and v6.subnet_of(ipaddress.ip_network("fd13::/32"))
     assert not v6.overlaps(ipaddress.ip_network("fd13::/33"))  # taken, though no datapath would use it
