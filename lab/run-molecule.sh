@@ -65,27 +65,32 @@ step() {
 }
 
 # One live cluster through every operation; stops at the first failing step, always destroys.
-run_cluster() {
+cluster_steps() {
   local s=cluster backend
   export MOLECULE_IPV6=false MOLECULE_VERIFY=verify.yml
-  step "$s: destroy (leftovers)" molecule destroy -s $s || return 1
-  step "$s: syntax" molecule syntax -s $s &&
-  step "$s: create" molecule create -s $s &&
-  step "$s: prepare" molecule prepare -s $s || { molecule destroy -s $s; return 1; }
+  step "$s: syntax" molecule syntax -s $s || return 1
+  step "$s: create" molecule create -s $s || return 1
+  step "$s: prepare" molecule prepare -s $s || return 1
   for backend in "${cluster_backends[@]}" dualstack; do
     if [ "$backend" = dualstack ]; then
       export MOLECULE_BACKEND=vxlan MOLECULE_IPV6=true
     else
       export MOLECULE_BACKEND=$backend
     fi
-    step "$s: converge ($backend)" molecule converge -s $s &&
-    step "$s: idempotence ($backend)" molecule idempotence -s $s &&
-    step "$s: verify ($backend)" molecule verify -s $s || { molecule destroy -s $s; return 1; }
+    step "$s: converge ($backend)" molecule converge -s $s || return 1
+    step "$s: idempotence ($backend)" molecule idempotence -s $s || return 1
+    step "$s: verify ($backend)" molecule verify -s $s || return 1
   done
-  MOLECULE_VERIFY=member_down.yml step "$s: etcd member down" molecule verify -s $s &&
-  MOLECULE_VERIFY=teardown.yml step "$s: status and teardown" molecule verify -s $s || {
-    molecule destroy -s $s; return 1; }
-  step "$s: destroy" molecule destroy -s $s
+  MOLECULE_VERIFY=member_down.yml step "$s: etcd member down" molecule verify -s $s || return 1
+  MOLECULE_VERIFY=teardown.yml step "$s: status and teardown" molecule verify -s $s || return 1
+}
+
+run_cluster() {
+  local rc=0
+  step "cluster: destroy (leftovers)" molecule destroy -s cluster || return 1
+  cluster_steps || rc=1
+  step "cluster: destroy" molecule destroy -s cluster || rc=1
+  return $rc
 }
 
 for run in "${runs[@]}"; do

@@ -604,8 +604,8 @@ class EventSummary:
         if not (self.added or self.removed) or (self.last is not None and now - self.last < self.interval):
             return None
         changes = self.added + self.removed
-        text = "lease events in the last %.0f s: %d added, %d removed" % (max(1.0, now - self.since), self.added,
-                                                                         self.removed)
+        text = "lease events in the last %.0f s: %d added, %d removed" % (
+            max(1.0, now - self.since), self.added, self.removed)
         if self.received > changes:
             text += " (from %d watch events)" % self.received
         if changes <= self.NAMED:

@@ -6,7 +6,7 @@
 #                                   sanity, collection build, molecule (lab/run-molecule.sh's default runs)
 #   scripts/test-stages.sh quick    ruff, unit tests, ansible-lint, sanity
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 mode=${1:-full}
 mkdir -p build
 export TEST_TIMES=$PWD/build/test-times.tsv
@@ -15,7 +15,7 @@ start=$SECONDS
 
 report() {
   echo
-  echo "make test${mode/full/}: stages and seconds"
+  if [ "$mode" = quick ]; then echo "make test-quick: stages and seconds"; else echo "make test: stages and seconds"; fi
   awk -F'\t' '{ printf "  %-56s %-7s %5ds\n", $1, $3, $2 }' "$TEST_TIMES"
   printf '  %-56s %-7s %5ds\n' "total" "" $((SECONDS - start))
 }

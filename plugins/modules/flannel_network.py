@@ -264,7 +264,7 @@ config:
 stored:
   description:
     - The JSON document in etcd after the run (what was written, or what was already there).
-    - Secret backend options (C(PSK)) are shown as V((hidden)), here, in O(previous) and in the diff.
+    - Secret backend options (C(PSK)) are shown as V((hidden)), here, in RV(previous) and in the diff.
   returned: when O(state=present)
   type: str
   sample: '{"Network": "10.100.0.0/16", "Backend": {"Type": "vxlan"}}'
@@ -299,7 +299,7 @@ restart_agents:
   type: bool
   sample: true
 restart_keys:
-  description: The top-level keys behind O(restart_agents) (names only, never values).
+  description: The top-level keys behind RV(restart_agents) (names only, never values).
   returned: always
   type: list
   elements: str

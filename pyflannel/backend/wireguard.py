@@ -894,8 +894,8 @@ class WireguardBackend(Backend):
             if other is None:
                 return
             what = ("wireguard public key %s of key file %s is already in the older lease %s of %s (a copy of that "
-                    "node's key file, e.g. a cloned image?)" % (self.public, self.key_file, other.label,
-                                                                 other.attrs.address))
+                    "node's key file, e.g. a cloned image?)"
+                    % (self.public, self.key_file, other.label, other.attrs.address))
             try:
                 fresh, problem = replace_key(self.key_file), ""
             except OSError as err:
@@ -987,7 +987,7 @@ class WireguardBackend(Backend):
                 peer = self._peer_for(lease, device)
                 if device.put(lease.key_name, peer) and peer is not None:
                     log.debug("lease %s: peer %s at %s on %s", lease.label, peer.public_key, peer.endpoint,
-                             device.name)
+                              device.name)
 
     def lease_removed(self, lease: Lease) -> None:
         with self._lock:

@@ -532,7 +532,6 @@ def test_snapshot_and_restart_give_way_to_an_older_overlapping_lease(store, etcd
     assert store.get(key) is None
 
 
-
 def test_update_rewrites_only_the_key_as_it_was_read(store, etcd_api, etcd_prefix):
     """The facade's update is conditional: a key deleted and created anew by another writer after we read it
     (v3: another create revision), or written by another writer meanwhile (v2: another modified index), is
