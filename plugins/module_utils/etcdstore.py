@@ -742,9 +742,14 @@ class V3Store(EtcdStore):
                 resp.close()
 
 
+# What etcd's gateway says while its own gRPC server is stopping, starting or not listening yet.
+_GOING_AWAY = ("closing", "unavailable", "connection error", "connection refused", "error while dialing")
+
+
 def _going_away(status, text):
-    """An answer of an etcd that is shutting down or restarting: count it as not answering."""
-    return status in (408, 503) and ("closing" in text.lower() or "unavailable" in text.lower())
+    """An answer of an etcd that is shutting down or restarting (the JSON gateway answers 503 "connection
+    error ... connection refused" while the server behind it is gone): count it as not answering."""
+    return status in (408, 503) and any(part in text.lower() for part in _GOING_AWAY)
 
 
 def _short(err):

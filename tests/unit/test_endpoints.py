@@ -79,3 +79,16 @@ def test_outage_logged_once_each_way(caplog):
     assert len(texts) == 2, texts
     assert texts[0].startswith("etcd outage began") and "http://a:1, http://b:2" in texts[0]
     assert texts[1].startswith("etcd outage ended: etcd is reachable again at http://a:1; the outage lasted")
+
+
+def test_gateway_answers_of_a_stopping_etcd_count_as_not_answering():
+    """While etcd stops or starts, its JSON gateway answers 503 with the gRPC dial error: an outage (one
+    line from the facade), not an error of the request."""
+    from pyflannel.etcdstore import _going_away
+
+    dial = ('{"error":"connection error: desc = \\"transport: Error while dialing dial tcp 127.0.0.1:55881: '
+            'connect: connection refused\\"","code":14}')
+    assert _going_away(503, dial)
+    assert _going_away(503, '{"error":"grpc: the client connection is closing"}')
+    assert not _going_away(503, '{"error":"etcdserver: request is too large"}')
+    assert not _going_away(400, dial)
