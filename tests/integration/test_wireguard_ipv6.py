@@ -31,6 +31,7 @@ from tests.integration.netns import (
     wait_for,
     wait_peers,
 )
+from tests.integration.test_wireguard import diagnose
 
 pytestmark = [pytest.mark.integration]
 
@@ -389,8 +390,9 @@ def test_agents_dual_stack_separate_mode(bed6: Any, bed_etcd: Any) -> None:
         assert env["FLANNEL_MTU"] == "1420" and env["FLANNEL_IPV6_NETWORK"] == NETWORK6, env
         points.append((agent.host, env["FLANNEL_SUBNET"].split("/")[0], env["FLANNEL_IPV6_SUBNET"].split("/")[0]))
     failed = ping_mesh(points)  # the agents tick their backends themselves
-    assert not failed, "%s\n%s" % ("\n".join("%s:\n%s" % kv for kv in failed.items()),
-                                   "\n".join(a.logtext()[-2000:] for a in agents))
+    assert not failed, "%s\n%s\n%s" % ("\n".join("%s:\n%s" % kv for kv in failed.items()),
+                                       "\n".join(diagnose(a) for a in agents),
+                                       "\n".join(a.logtext()[-2000:] for a in agents))
     values = [json.loads(line) for line in etcdctl(bed, server, "get", "--prefix", "--print-value-only",
                                                    "/coreos.com/network/subnets/").splitlines() if line.strip()]
     assert len(values) == 3
