@@ -116,13 +116,18 @@ def bounded_ping(host: Host, source: str, target: str, count: int, deadline: int
                                      "-I", source, target), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_a_cloned_key_file_gets_a_fresh_key_and_steals_nothing(testbed: Any, bed_etcd: Any) -> None:
+def two_nodes_up(testbed: Any, bed_etcd: Any) -> Tuple[Any, Any, List[Host], List[Any]]:
+    """Three hosts on one segment, a wireguard network, agents on h1 and h2 reaching each other; h3 idle."""
     bed = testbed(["A", "A", "A"])
     server = bed_etcd(bed)
     put_config(bed, server, PREFIX, {"Network": NETWORK, "Backend": {"Type": "wireguard"}})
-    h1, h2, h3 = bed.hosts
-    a1, a2 = start([wg_agent(h1, server), wg_agent(h2, server)])
-    assert_mesh([a1, a2])
+    agents = start([wg_agent(bed.hosts[0], server), wg_agent(bed.hosts[1], server)])
+    assert_mesh(agents)
+    return bed, server, bed.hosts, agents
+
+
+def test_a_cloned_key_file_gets_a_fresh_key_and_steals_nothing(testbed: Any, bed_etcd: Any) -> None:
+    bed, server, (h1, h2, h3), (a1, a2) = two_nodes_up(testbed, bed_etcd)
     pub1 = public_of(key_file(h1))
     copy_key(h1, h3)
     assert public_of(key_file(h3)) == pub1
@@ -202,12 +207,7 @@ def rogue_wireguard(host: Host, private_path: str, peer_pub: str, peer_at: str, 
 
 
 def test_a_peer_endpoint_drawn_away_by_a_cloned_key_is_set_back(testbed: Any, bed_etcd: Any) -> None:
-    bed = testbed(["A", "A", "A"])
-    server = bed_etcd(bed)
-    put_config(bed, server, PREFIX, {"Network": NETWORK, "Backend": {"Type": "wireguard"}})
-    h1, h2, h3 = bed.hosts
-    a1, a2 = start([wg_agent(h1, server), wg_agent(h2, server)])
-    assert_mesh([a1, a2])
+    _bed, _server, (h1, h2, h3), (a1, a2) = two_nodes_up(testbed, bed_etcd)
     pub1, pub2 = public_of(key_file(h1)), public_of(key_file(h2))
     home = "%s:51820" % h1.address
     assert wg_dump(a2)[pub1][2] == home
