@@ -700,7 +700,7 @@ class V3Store(EtcdStore):
                         continue
                     msg = json.loads(line.decode("utf-8"))
                     if "error" in msg and "result" not in msg:
-                        if (msg["error"] or {}).get("grpc_code") == 14:  # UNAVAILABLE: etcd is going away
+                        if _stream_going_away(msg["error"] or {}):
                             raise requests.exceptions.ConnectionError("etcd closed the watch stream")
                         raise StoreError("etcd watch failed: %s" % json.dumps(msg["error"])[:200])
                     result = msg.get("result", {})
@@ -750,6 +750,18 @@ def _going_away(status, text):
     """An answer of an etcd that is shutting down or restarting (the JSON gateway answers 503 "connection
     error ... connection refused" while the server behind it is gone): count it as not answering."""
     return status in (408, 503) and any(part in text.lower() for part in _GOING_AWAY)
+
+
+def _stream_going_away(error):
+    """An error inside a v3 watch stream that means etcd is going away: gRPC UNAVAILABLE, or the gateway's
+    408 "grpc: the client connection is closing" when the server behind it stops."""
+    if error.get("grpc_code") == 14:
+        return True
+    try:
+        status = int(error.get("http_code", 0) or 0)
+    except (TypeError, ValueError):
+        return False
+    return _going_away(status, str(error.get("message", "")))
 
 
 def _short(err):

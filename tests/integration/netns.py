@@ -118,14 +118,21 @@ class Host:
     def set_bridge_address(self, address: str, address6: Optional[str] = None) -> None:
         """Give the docker stand-in bridge FLANNEL_SUBNET's first address (e.g. ``10.100.3.1/24``); an
         IPv6 ``address`` (e.g. ``fd10::1/64``) replaces only the bridge's global IPv6 addresses (an IPv4
-        one only the IPv4 ones); ``address6`` sets the IPv6 one too."""
+        one only the IPv4 ones); ``address6`` sets the IPv6 one too.  An address already there stays (a
+        backend restart sets the same one again while traffic flows to it); a new one is added before
+        the old ones go."""
         for addr in [address] + ([address6] if address6 else []):
-            if ":" in addr:
-                self.run("ip", "-6", "addr", "flush", "dev", "docker0", "scope", "global")
-                self.run("ip", "addr", "add", addr, "dev", "docker0", "nodad")
-            else:
-                self.run("ip", "-4", "addr", "flush", "dev", "docker0")
-                self.run("ip", "addr", "add", addr, "dev", "docker0")
+            family = "-6" if ":" in addr else "-4"
+            rows = json.loads(self.run("ip", "-j", family, "addr", "show", "dev", "docker0", "scope", "global")
+                              .stdout or "[]")
+            have = ["%s/%s" % (a["local"], a["prefixlen"]) for row in rows for a in row.get("addr_info", [])
+                    if a.get("local")]
+            want = str(ipaddress.ip_interface(addr))
+            if want not in [str(ipaddress.ip_interface(h)) for h in have]:
+                self.run("ip", "addr", "add", addr, "dev", "docker0", *(["nodad"] if family == "-6" else []))
+            for old in have:
+                if str(ipaddress.ip_interface(old)) != want:
+                    self.run("ip", "addr", "del", old, "dev", "docker0")
 
     def stop_procs(self) -> None:
         for proc in self.procs:

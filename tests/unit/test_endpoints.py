@@ -92,3 +92,16 @@ def test_gateway_answers_of_a_stopping_etcd_count_as_not_answering():
     assert _going_away(503, '{"error":"grpc: the client connection is closing"}')
     assert not _going_away(503, '{"error":"etcdserver: request is too large"}')
     assert not _going_away(400, dial)
+
+
+def test_watch_stream_errors_of_a_stopping_etcd_count_as_not_answering():
+    """Inside a v3 watch stream the gateway reports a stopping etcd as grpc_code 14, or as 408 "the client
+    connection is closing" (grpc_code 1): a reconnect under the outage line, not a second ERROR line."""
+    from pyflannel.etcdstore import _stream_going_away
+
+    assert _stream_going_away({"grpc_code": 14, "http_code": 503, "message": "unavailable"})
+    assert _stream_going_away({"grpc_code": 1, "http_code": 408, "message": "grpc: the client connection is closing",
+                               "http_status": "Request Timeout"})
+    assert not _stream_going_away({"grpc_code": 11, "http_code": 400, "message": "etcdserver: mvcc: required "
+                                   "revision has been compacted"})
+    assert not _stream_going_away({"grpc_code": 1, "http_code": "x", "message": "closing"})
