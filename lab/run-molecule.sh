@@ -64,6 +64,44 @@ step() {
   return $rc
 }
 
+# site.yml --check --diff -v on the live cluster, as a switch to wireguard with a PSK and an etcd login would
+# run: it must succeed, change nothing on the nodes, and print none of the secrets (the PSK, the password, the
+# etcd CA's and certificates' private keys). The secrets reach ansible in a vars file, not on a command line.
+# shellcheck disable=SC2317  # called through step
+secrets_check() {
+  local dir=$work/secrets out psk pw pki key found=0
+  rm -rf "$dir" && mkdir -m 0700 "$dir"
+  out=$dir/check-diff.log
+  psk=$(head -c 32 /dev/urandom | base64)
+  pw=$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')
+  printf '{"flannel_backend": {"type": "wireguard", "psk": "%s"}, "flannel_etcd_username": "flannel", "flannel_etcd_password": "%s"}\n' \
+    "$psk" "$pw" >"$dir/secrets.json"
+  if ! MOLECULE_BACKEND=wireguard molecule converge -s cluster -- --check --diff -v -e "@$dir/secrets.json" >"$out" 2>&1; then
+    tail -40 "$out"
+    echo "secrets check: site.yml --check --diff -v failed (log: $out)"
+    return 1
+  fi
+  grep -E '^\s*(│ )?cluster-node[0-9]+ +: ok=' "$out" | sed 's/^/  /' || true
+  if grep -qF -- "$psk" "$out"; then echo "secrets check: the wireguard PSK is in the output"; found=1; fi
+  if grep -qF -- "$pw" "$out"; then echo "secrets check: the etcd password is in the output"; found=1; fi
+  pki=$(find "$HOME/.ansible/tmp" -maxdepth 2 -path '*/molecule.*.cluster/etcd-pki' -printf '%T@ %p\n' 2>/dev/null \
+        | sort -rn | head -1 | cut -d' ' -f2-)
+  [ -n "$pki" ] || { echo "secrets check: no etcd PKI directory of the cluster found"; return 1; }
+  while IFS= read -r key; do
+    # every base64 line of the key's PEM body
+    while IFS= read -r line; do
+      case $line in -----*|"") continue ;; esac
+      if grep -qF -- "$line" "$out"; then echo "secrets check: private key $key is in the output"; found=1; break; fi
+    done <"$key"
+  done < <(find "$pki" -name '*.key')
+  if docker exec cluster-node1 grep -qF -- "$pw" /etc/flannel/flanneld-secrets.env 2>/dev/null; then
+    echo "secrets check: check mode wrote the password to cluster-node1"; found=1
+  fi
+  echo "secrets check: $(find "$pki" -name '*.key' | wc -l) private keys, the PSK and the password searched in $(wc -l <"$out") lines"
+  rm -f "$dir/secrets.json"
+  return "$found"
+}
+
 # One live cluster through every operation; stops at the first failing step, always destroys.
 cluster_steps() {
   local s=cluster backend
@@ -76,6 +114,9 @@ cluster_steps() {
       export MOLECULE_BACKEND=vxlan MOLECULE_IPV6=true
     else
       export MOLECULE_BACKEND=$backend
+    fi
+    if [ "$backend" = wireguard ]; then
+      step "$s: check --diff -v shows no secret" secrets_check || return 1
     fi
     step "$s: converge ($backend)" molecule converge -s $s || return 1
     step "$s: idempotence ($backend)" molecule idempotence -s $s || return 1
