@@ -30,8 +30,8 @@ lint: venv ## ruff over the Python code
 test-unit: venv ## unit tests only (no root needed)
 	$(PYTEST) tests/unit
 
-test-integration: deps venv ## integration tests: real etcd, namespaces, netlink (root); two workers
-	$(PYTEST) -n 2 --dist worksteal tests/integration
+test-integration: deps venv ## integration tests: real etcd, namespaces, netlink (root); three workers
+	$(PYTEST) -n $${PYTEST_WORKERS:-3} --dist worksteal tests/integration
 
 # Both end with a table of their stages (and of every molecule step) and the seconds each took.
 test: deps venv collections-link ## everything CI runs: ruff, pytest, lint/syntax/argspec, sanity, collection build, molecule
