@@ -26,8 +26,15 @@ options:
       - The etcd API to use.
       - V(v2) talks to the v2 keys API (etcd needs C(--enable-v2=true)); flannel 0.17 and older use it.
       - V(v3) talks to the v3 API through etcd's JSON gateway.
-      - V(auto) uses v3 when the v3 gateway answers, else v2. Go flanneld nodes and pyflannel nodes of one
-        network must use the same API, since v2 and v3 keys are separate in etcd.
+      - V(auto) uses the API under which C(<prefix>/config) exists. Only under v2, v2; only under v3, v3;
+        under both with the same content (compared as parsed JSON), v3; under both with different content the
+        module fails with one line naming both documents, and O(api) must say which one holds the network.
+        Under neither (a new network), v3, or v2 when etcd serves only the v2 API (no v3 gateway).
+      - V(auto) reads C(<prefix>/config) under both APIs only when both client libraries are installed; with
+        only one of them it uses that library's API.
+      - Go flanneld nodes and pyflannel nodes of one network must use the same API, since v2 and v3 keys are
+        separate in etcd. Pass O(api) explicitly in playbooks that manage a known network; RV(api) in the
+        result says which API a run used.
     type: str
     choices: [v2, v3, auto]
     default: auto

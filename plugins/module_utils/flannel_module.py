@@ -1,8 +1,9 @@
 # Copyright: netfabric.flannel contributors
 # Apache License 2.0 (see LICENSE)
 """Glue the netfabric.flannel modules share: the etcd connection options, opening the store through
-THE facade (``etcdstore.connect``) with errors turned into one ``fail_json`` line, reading the network
-config through THE schema and the leases through THE lease layout.
+THE facade (``etcdstore.connect``, or ``etcdstore.connect_for_prefix`` for ``api: auto``) with errors turned
+into one ``fail_json`` line, reading the network config through THE schema and the leases through THE lease
+layout.
 
 Nothing here talks to etcd or parses JSON on its own.
 """
@@ -16,7 +17,12 @@ import time
 
 from ansible.module_utils.basic import missing_required_lib
 
-from ansible_collections.netfabric.flannel.plugins.module_utils.etcdstore import StoreError, connect
+from ansible_collections.netfabric.flannel.plugins.module_utils.etcdstore import (
+    EtcdStore,
+    StoreError,
+    connect,
+    connect_for_prefix,
+)
 from ansible_collections.netfabric.flannel.plugins.module_utils.leases import (
     DEFAULT_PREFIX,
     Lease,
@@ -79,24 +85,31 @@ def _require_library(module, api: str) -> str:
     return api
 
 
-def connect_store(module):
+def connect_store(module) -> EtcdStore:
     """Open the etcd store the module's connection options describe; fails the module with one line
-    (the facade's message) when etcd cannot be reached or refuses."""
+    (the facade's message) when etcd cannot be reached or refuses.
+
+    ``api: auto`` means the API where ``<prefix>/config`` is (``etcdstore.connect_for_prefix``): only under
+    one API, that one; under both and the same, v3; under both and different, a failure naming both; under
+    neither, v3, or v2 when only the v2 API answers. With only one client library installed, auto is that
+    library's API (the other cannot be read)."""
     params = module.params
     api = _require_library(module, params["api"])
     if params["timeout"] is not None and params["timeout"] <= 0:
         module.fail_json(msg="timeout=%s: must be a positive number of seconds" % params["timeout"])
+    options = dict(
+        endpoints=params["endpoints"],
+        ca_cert=params["ca_cert"],
+        client_cert=params["client_cert"],
+        client_key=params["client_key"],
+        username=params["username"],
+        password=params["password"],
+        timeout=params["timeout"],
+    )
     try:
-        return connect(
-            endpoints=params["endpoints"],
-            api=api,
-            ca_cert=params["ca_cert"],
-            client_cert=params["client_cert"],
-            client_key=params["client_key"],
-            username=params["username"],
-            password=params["password"],
-            timeout=params["timeout"],
-        )
+        if api == "auto":
+            return connect_for_prefix(prefix_of(module), **options)
+        return connect(api=api, **options)
     except StoreError as err:
         module.fail_json(msg=one_line(err))
 

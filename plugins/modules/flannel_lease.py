@@ -85,21 +85,25 @@ EXAMPLES = r"""
 - name: Give node 10.0.0.21 the subnet 10.100.5.0/24 for good
   netfabric.flannel.flannel_lease:
     endpoints: [http://10.0.0.11:2379]
+    api: v3
     subnet: 10.100.5.0/24
     public_ip: 10.0.0.21
 
-- name: Free the subnet of a decommissioned host
+- name: Free the subnet of a decommissioned host of a classic (etcd v2) network
   netfabric.flannel.flannel_lease:
+    api: v2
     public_ip: 10.0.0.23
     state: absent
 
-- name: Release one subnet
+- name: Release one subnet, under the API that holds the network config
   netfabric.flannel.flannel_lease:
+    api: auto
     subnet: 10.100.7.0/24
     state: absent
 
 - name: Dual-stack network, reserve both subnets for node 10.0.0.22 / 2001:db8::22
   netfabric.flannel.flannel_lease:
+    api: v3
     subnet: 10.100.6.0/24
     ipv6_subnet: fc00:100:0:6::/64
     public_ip: 10.0.0.22
@@ -107,6 +111,7 @@ EXAMPLES = r"""
 
 - name: Release a lease of an IPv6-only network
   netfabric.flannel.flannel_lease:
+    api: v3
     ipv6_subnet: fd00:42::300/120
     state: absent
 """
@@ -184,7 +189,9 @@ released:
     - {subnet: 10.100.7.0/24, ipv6_subnet: null, public_ip: 10.0.0.23, public_ipv6: null, reservation: false,
        key: /coreos.com/network/subnets/10.100.7.0-24}
 api:
-  description: The etcd API that was used.
+  description:
+    - The etcd API that was used, V(v2) or V(v3); with O(api=auto), the API under which C(<prefix>/config) was
+      found.
   returned: always
   type: str
   sample: v3

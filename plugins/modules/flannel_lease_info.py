@@ -54,24 +54,31 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: All leases
+- name: All leases of a network kept under the etcd v3 API
   netfabric.flannel.flannel_lease_info:
     endpoints: [http://10.0.0.11:2379]
+    api: v3
   register: flannel_leases
 
 - name: Show which host holds which subnet
   ansible.builtin.debug:
     msg: "{{ flannel_leases.leases | items2dict(key_name='subnet', value_name='public_ip') }}"
 
-- name: The lease of one host
+- name: The lease of one host, in a classic network under the etcd v2 API
   netfabric.flannel.flannel_lease_info:
+    api: v2
     public_ip: 10.0.0.21
   register: node_lease
 
-- name: The leases in one part of the IPv6 range
+- name: The leases in one part of the IPv6 range, wherever the network config is (v2 or v3)
   netfabric.flannel.flannel_lease_info:
+    api: auto
     ipv6_subnet: fc00:100::/56
   register: some_leases
+
+- name: Which API that was
+  ansible.builtin.debug:
+    var: some_leases.api
 """
 
 RETURN = r"""
@@ -152,7 +159,9 @@ config_error:
   type: str
   sample: 'invalid network config: Network is missing; ...'
 api:
-  description: The etcd API that was used.
+  description:
+    - The etcd API that was used, V(v2) or V(v3); with O(api=auto), the API under which C(<prefix>/config) was
+      found (V(v3) when there is none and the v3 API answers).
   returned: always
   type: str
   sample: v2
