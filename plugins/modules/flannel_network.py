@@ -184,6 +184,7 @@ seealso:
 EXAMPLES = r"""
 - name: VXLAN network, one /24 per host
   netfabric.flannel.flannel_network:
+    api: v3
     endpoints:
       - http://10.0.0.11:2379
       - http://10.0.0.12:2379
@@ -207,6 +208,7 @@ EXAMPLES = r"""
 
 - name: Move a live network to a new range (every node re-acquires a subnet)
   netfabric.flannel.flannel_network:
+    api: auto  # the API that holds the network's config
     network: 10.200.0.0/16
     backend:
       type: host-gw
@@ -214,6 +216,7 @@ EXAMPLES = r"""
 
 - name: Dual stack, one /24 and one /64 per host
   netfabric.flannel.flannel_network:
+    api: v3
     network: 10.100.0.0/16
     enable_ipv6: true
     ipv6_network: fc00:100::/48
@@ -222,6 +225,7 @@ EXAMPLES = r"""
 
 - name: IPv6 only, 255 /120 subnets
   netfabric.flannel.flannel_network:
+    api: v3
     enable_ipv4: false
     enable_ipv6: true
     ipv6_network: fd00:42::/112
@@ -231,6 +235,7 @@ EXAMPLES = r"""
 
 - name: Remove the network config
   netfabric.flannel.flannel_network:
+    api: v3
     state: absent
 """
 
@@ -241,7 +246,9 @@ key:
   type: str
   sample: /coreos.com/network/config
 api:
-  description: The etcd API that was used (V(auto) resolved).
+  description:
+    - The etcd API that was used, V(v2) or V(v3); with O(api=auto), the API under which C(<prefix>/config) was
+      found (V(v3) for a new network, unless etcd serves only the v2 API).
   returned: always
   type: str
   sample: v3
