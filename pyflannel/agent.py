@@ -60,7 +60,7 @@ class Agent:
         self.store: Optional[etcdstore.EtcdStore] = None
         self.manager: Optional[LeaseManager] = None
         self.backend: Optional[backends.Backend] = None
-        self.iptables: List[Any] = []  # one IPTables per address family of the network
+        self.iptables: List[Any] = []  # one IPTables (or NFTables) per address family of the network
         self.health: Optional[HealthServer] = None
         self.lease: Optional[Lease] = None
         self.events = EventQueue()  # the watch thread's lease events, coalesced per lease
@@ -202,24 +202,40 @@ class Agent:
         return self._loop()
 
     def _setup_iptables(self, config: NetworkConfig, lease: Lease) -> None:
+        """The masquerade and forward rules of each address family of the network: nftables tables when the
+        config sets EnableNFTables (iptables is then never called), else iptables chains."""
         opts = self.opts
-        if not (opts.ip_masq or opts.iptables_forward_rules):
-            return
-        try:
-            from pyflannel.ipmasq import IPTables
-        except ModuleNotFoundError as err:
-            if err.name != "pyflannel.ipmasq":
-                raise
-            if opts.ip_masq:
-                raise _Fatal("--ip-masq is not available in this pyflannel build (pyflannel.ipmasq is missing); "
-                             "run without --ip-masq or install a complete pyflannel") from None
-            log.warning("--iptables-forward-rules: pyflannel.ipmasq is missing in this build, no FORWARD rules "
-                        "installed; pass --iptables-forward-rules=false to silence this")
-            return
-        for network, subnet in ((config.network, lease.subnet), (config.ipv6_network, lease.ipv6_subnet)):
+        families = ((4, config.network, lease.subnet), (6, config.ipv6_network, lease.ipv6_subnet))
+        Rules: Any
+        if getattr(config, "enable_nftables", False):
+            from pyflannel.nftables import NFTables, NFTablesError, remove_table
+
+            Rules = NFTables  # a table per family even with both flags off (empty then, as Go leaves it)
+            for version, network, _subnet in families:
+                if network is None:  # the family left the network: its old table must not keep rules
+                    try:
+                        remove_table(version)
+                    except NFTablesError as err:
+                        log.debug("could not look for a leftover nftables table of IPv%d: %s", version, err)
+        else:
+            if not (opts.ip_masq or opts.iptables_forward_rules):
+                return
+            try:
+                from pyflannel.ipmasq import IPTables
+            except ModuleNotFoundError as err:
+                if err.name != "pyflannel.ipmasq":
+                    raise
+                if opts.ip_masq:
+                    raise _Fatal("--ip-masq is not available in this pyflannel build (pyflannel.ipmasq is missing); "
+                                 "run without --ip-masq or install a complete pyflannel") from None
+                log.warning("--iptables-forward-rules: pyflannel.ipmasq is missing in this build, no FORWARD rules "
+                            "installed; pass --iptables-forward-rules=false to silence this")
+                return
+            Rules = IPTables
+        for _version, network, subnet in families:
             if network is None or subnet is None:
                 continue
-            rules = IPTables(network, subnet, opts.ip_masq, opts.iptables_forward_rules)
+            rules = Rules(network, subnet, opts.ip_masq, opts.iptables_forward_rules)
             try:
                 rules.ensure()
             except Exception as err:

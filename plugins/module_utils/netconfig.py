@@ -24,6 +24,9 @@ IPv6 follows Go flanneld v0.20 (``EnableIPv6``; ``EnableIPv4`` defaults to true)
   explicit values must lie inside the network on an IPv6SubnetLen boundary.
 * ``EnableIPv4: false`` with EnableIPv6 is an IPv6-only network (``Network`` is then not needed).
 
+``EnableNFTables`` (Go flanneld v0.25+, default false) moves the masquerade and forward rules from
+iptables into the nftables tables ``flannel-ipv4``/``flannel-ipv6``; it must be true or false.
+
 Every error is a single line naming the field, the value and the rule (``ConfigError``).
 """
 
@@ -37,7 +40,8 @@ DEFAULT_BACKEND = "udp"
 # Backend name -> {Go option name: (kind, default)}, derived from the catalogue.
 BACKEND_OPTIONS = dict((b.name, dict((o.go, (o.kind, o.default)) for o in b.options)) for b in BACKENDS)
 
-TOP_LEVEL_KEYS = ("Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend", "EnableIPv4", "EnableIPv6")
+TOP_LEVEL_KEYS = ("Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend", "EnableIPv4", "EnableIPv6",
+                  "EnableNFTables")
 # Go keys for IPv6 that only matter with EnableIPv6; accepted and ignored when IPv6 is off.
 IPV6_KEYS = ("IPv6Network", "IPv6SubnetLen", "IPv6SubnetMin", "IPv6SubnetMax")
 
@@ -209,9 +213,11 @@ class NetworkConfig:
     ``subnet_len``, ``subnet_min``, ``subnet_max``, ``contains()``, ``subnets()`` and ``capacity()``
     speak of the IPv4 pool (None / empty for an IPv6-only network)."""
 
-    def __init__(self, network, subnet_len, subnet_min, subnet_max, backend_type, backend, pool6=None):
+    def __init__(self, network, subnet_len, subnet_min, subnet_max, backend_type, backend, pool6=None,
+                 enable_nftables=False):
         self.pool4 = Pool(network, subnet_len, subnet_min, subnet_max) if network is not None else None
         self.pool6 = pool6
+        self.enable_nftables = bool(enable_nftables)  # masquerade/forward rules in nftables instead of iptables
         self.backend_type = backend_type  # str
         self.backend = backend  # dict: Go option name -> value, defaults filled (None = unset)
 
@@ -252,7 +258,8 @@ class NetworkConfig:
 
     def to_dict(self, defaults=True):
         """The effective config with Go's key names; ``defaults=False`` leaves out backend options
-        that are unset (None).  An IPv4-only config has no EnableIPv4/EnableIPv6 keys."""
+        that are unset (None).  An IPv4-only config has no EnableIPv4/EnableIPv6 keys; EnableNFTables is
+        there only when it is true."""
         backend = {"Type": self.backend_type}
         for name, value in self.backend.items():
             if value is not None or defaults:
@@ -267,6 +274,8 @@ class NetworkConfig:
             out.update({"EnableIPv6": True, "IPv6Network": str(self.pool6.network),
                         "IPv6SubnetLen": self.pool6.subnet_len, "IPv6SubnetMin": str(self.pool6.subnet_min),
                         "IPv6SubnetMax": str(self.pool6.subnet_max)})
+        if self.enable_nftables:
+            out["EnableNFTables"] = True
         out["Backend"] = backend
         return out
 
@@ -290,8 +299,11 @@ class NetworkConfig:
 
 # Keys a running agent applies only when it starts (its lease, devices and rules were made for them), and
 # keys that only matter for leases taken from now on.
-RESTART_KEYS = ("EnableIPv4", "Network", "SubnetLen", "EnableIPv6", "IPv6Network", "IPv6SubnetLen", "Backend")
+RESTART_KEYS = ("EnableIPv4", "Network", "SubnetLen", "EnableIPv6", "IPv6Network", "IPv6SubnetLen", "EnableNFTables",
+                "Backend")
 LIMIT_KEYS = ("SubnetMin", "SubnetMax", "IPv6SubnetMin", "IPv6SubnetMax")
+# What a key that to_dict() leaves out means, for the log line of a change ("EnableNFTables False -> True").
+SHOWN_WHEN_ABSENT = {"EnableNFTables": False}
 
 
 def changes(old, new, values=False):
@@ -313,7 +325,8 @@ def changes(old, new, values=False):
             elif key == "Backend":
                 group.extend(_backend_changes(before.get(key) or {}, after.get(key) or {}))
             else:
-                group.append("%s %s -> %s" % (key, before.get(key), after.get(key)))
+                absent = SHOWN_WHEN_ABSENT.get(key)
+                group.append("%s %s -> %s" % (key, before.get(key, absent), after.get(key, absent)))
     return out
 
 
@@ -361,6 +374,7 @@ def parse_config(data):
             _fail(key, cfg[key], "unknown key (known: %s)" % ", ".join(TOP_LEVEL_KEYS + IPV6_KEYS))
     enable4 = _want_bool(cfg, "EnableIPv4", True)
     enable6 = _want_bool(cfg, "EnableIPv6", False)
+    nftables = _want_bool(cfg, "EnableNFTables", False)
     if not enable4 and not enable6:
         _fail("EnableIPv4", False, "a network needs IPv4 or IPv6: set EnableIPv4 or EnableIPv6 to true")
     pool4 = _parse_pool(cfg, 4) if enable4 else None
@@ -375,9 +389,9 @@ def parse_config(data):
         _fail("EnableIPv4", False, "the %s backend cannot run an IPv6-only network; use one of %s or set "
               "EnableIPv4 to true" % (backend_type, ", ".join(b.name for b in BACKENDS if b.ipv6_only)))
     if pool4 is None:
-        return NetworkConfig(None, None, None, None, backend_type, backend, pool6)
+        return NetworkConfig(None, None, None, None, backend_type, backend, pool6, enable_nftables=nftables)
     return NetworkConfig(pool4.network, pool4.subnet_len, pool4.subnet_min, pool4.subnet_max, backend_type,
-                         backend, pool6)
+                         backend, pool6, enable_nftables=nftables)
 
 
 def parse_backend(raw):

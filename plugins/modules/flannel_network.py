@@ -15,8 +15,8 @@ description:
     invalid value fails with the schema's one-line message and etcd is left as it was.
   - The stored JSON uses Go flanneld's key names (C(Network), C(SubnetLen), C(SubnetMin), C(SubnetMax),
     C(EnableIPv6), C(IPv6Network), C(Backend.Type), C(VNI), C(Port), C(DirectRouting) ...) and holds only the
-    options you give, plus C(Backend.Type). C(EnableIPv4) is stored only when it is V(false) and C(EnableIPv6)
-    only when it is V(true), so an IPv4-only config looks exactly as before IPv6 existed.
+    options you give, plus C(Backend.Type). C(EnableIPv4) is stored only when it is V(false), C(EnableIPv6) and
+    C(EnableNFTables) only when they are V(true), so an IPv4-only config looks exactly as before IPv6 existed.
   - IPv6 follows Go flanneld v0.20. O(enable_ipv6=true) with O(ipv6_network) gives a dual-stack network (every
     lease holds an IPv4 and an IPv6 subnet); adding O(enable_ipv4=false) gives an IPv6-only network, which needs
     a backend that carries IPv6 (not V(udp)).
@@ -62,6 +62,15 @@ options:
     description:
       - Whether the network has IPv6 (C(EnableIPv6)); needs O(ipv6_network). The O(ipv6_network),
         O(ipv6_subnet_len), O(ipv6_subnet_min) and O(ipv6_subnet_max) options are only accepted with V(true).
+    type: bool
+    default: false
+  enable_nftables:
+    description:
+      - Whether the agents put their masquerade and forward rules into nftables instead of iptables
+        (C(EnableNFTables), Go flanneld v0.25 and later). With V(true) every agent keeps its rules in the tables
+        C(flannel-ipv4) (family C(ip)) and C(flannel-ipv6) (family C(ip6)) and leaves iptables alone; the nodes
+        need the C(nft) command (Debian package C(nftables)).
+      - A change is applied by each agent when it restarts (RV(restart_agents) is V(true)); no lease moves.
     type: bool
     default: false
   ipv6_network:
@@ -233,6 +242,14 @@ EXAMPLES = r"""
     backend:
       type: host-gw
 
+- name: VXLAN network whose agents keep their masquerade and forward rules in nftables
+  netfabric.flannel.flannel_network:
+    api: v3
+    network: 10.100.0.0/16
+    enable_nftables: true
+    backend:
+      type: vxlan
+
 - name: Remove the network config
   netfabric.flannel.flannel_network:
     api: v3
@@ -258,6 +275,7 @@ config:
     - With IPv6 it also holds C(EnableIPv6) (V(true)), C(IPv6Network), C(IPv6SubnetLen), C(IPv6SubnetMin) and
       C(IPv6SubnetMax); an IPv6-only config holds C(EnableIPv4) (V(false)) and no C(Network), C(SubnetLen),
       C(SubnetMin), C(SubnetMax). An IPv4-only config has no C(Enable*) keys.
+    - C(EnableNFTables) (V(true)) is there only when the agents use nftables.
     - Empty when O(state=absent).
   returned: always
   type: dict
@@ -298,9 +316,9 @@ leases:
 restart_agents:
   description:
     - Whether running agents must restart to apply the change, because a key they apply only when they start
-      changed (C(Network), C(SubnetLen), C(EnableIPv4), C(EnableIPv6), C(IPv6Network), C(IPv6SubnetLen) or
-      C(Backend)). V(false) when there was no config before, when nothing changed, and when only
-      C(SubnetMin)/C(SubnetMax) moved (they matter for new leases only).
+      changed (C(Network), C(SubnetLen), C(EnableIPv4), C(EnableIPv6), C(IPv6Network), C(IPv6SubnetLen),
+      C(EnableNFTables) or C(Backend)). V(false) when there was no config before, when nothing changed, and
+      when only C(SubnetMin)/C(SubnetMax) moved (they matter for new leases only).
     - The flannel role restarts the agents that are running when this is V(true).
   returned: always
   type: bool
@@ -362,8 +380,8 @@ def backend_spec() -> dict:
 def wanted_document(params: dict) -> dict:
     """The JSON object to store: only the options given, plus Backend.Type, with Go's key names.
 
-    EnableIPv4/EnableIPv6 are stored only when they differ from Go's defaults (true/false), so an
-    IPv4-only document is what it was before IPv6."""
+    EnableIPv4/EnableIPv6/EnableNFTables are stored only when they differ from Go's defaults (true/false/false),
+    so an IPv4-only document is what it was before IPv6."""
     doc = {}
     for option, key in IPV4_OPTIONS:
         if params.get(option) is not None:
@@ -375,6 +393,8 @@ def wanted_document(params: dict) -> dict:
     for option, key in IPV6_OPTIONS:
         if params.get(option) is not None:
             doc[key] = params[option]
+    if params.get("enable_nftables"):
+        doc["EnableNFTables"] = True
     backend_params = params.get("backend") or {}
     backend = {"Type": backend_params.get("type") or "udp"}
     for option, key in BACKEND_KEYS:
@@ -483,6 +503,7 @@ def main() -> None:
             subnet_max=dict(type="str"),
             enable_ipv4=dict(type="bool", default=True),
             enable_ipv6=dict(type="bool", default=False),
+            enable_nftables=dict(type="bool", default=False),
             ipv6_network=dict(type="str"),
             ipv6_subnet_len=dict(type="int"),
             ipv6_subnet_min=dict(type="str"),
