@@ -505,6 +505,11 @@ class V3Store(EtcdStore):
         except self._requests.exceptions.RequestException as err:
             raise _ConnectionProblem(_short(err))
         if resp.status_code != 200:
+            if "authentication is not enabled" in resp.text:
+                # etcd without auth takes every request without a token (Go's clientv3 goes on the same way);
+                # a login set up before auth is switched on in etcd must not stop the agent
+                _log.debug("etcd at %s has authentication off: going on without a token", client.get_url(""))
+                return
             raise StoreError("etcd refused the login of user %r: %s; check --etcd-username/--etcd-password"
                              % (self.username, resp.text.strip()[:200]))
         token = resp.json().get("token")

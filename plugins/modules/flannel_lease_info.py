@@ -148,7 +148,9 @@ skipped:
   elements: dict
   sample: [{key: /coreos.com/network/subnets/10.1.2.300-24, reason: "not a lease key: ..."}]
 config:
-  description: The effective network config with defaults filled in; empty when there is none or it is invalid.
+  description:
+    - The effective network config with defaults filled in; empty when there is none or it is invalid.
+    - Secret backend options (the wireguard C(PSK)) are shown as V((hidden)).
   returned: always
   type: dict
   sample: {Network: 10.100.0.0/16, SubnetLen: 24, SubnetMin: 10.100.1.0, SubnetMax: 10.100.255.0,
@@ -182,6 +184,7 @@ from ansible_collections.netfabric.flannel.plugins.module_utils.flannel_module i
     read_config,
     read_leases,
 )
+from ansible_collections.netfabric.flannel.plugins.module_utils.catalogue import redact
 from ansible_collections.netfabric.flannel.plugins.module_utils.leases import judge_leases, subnets_dir
 
 
@@ -226,7 +229,7 @@ def main() -> None:
         fill_expiration(module, store, kv, lease)
         out.append(lease_summary(kv, lease, now))
     result = dict(changed=False, api=store.api, leases=out, skipped=skipped,
-                  config=config.to_dict() if config is not None else {})
+                  config=redact(config.to_dict()) if config is not None else {})
     if config_error:
         result["config_error"] = config_error
     module.exit_json(**result)

@@ -114,3 +114,17 @@ def test_etcd_password_is_never_logged(agents: Any, tmp_path: Path) -> None:
         store.close()
     finally:
         server.destroy()
+
+
+@pytest.mark.parametrize("api", ["v2", "v3"])
+def test_a_login_works_while_etcd_has_auth_off(api: str) -> None:
+    """A login configured before auth is switched on in etcd (or a --check run that adds one) must not
+    stop anything: etcd without auth takes the requests without a token, as Go's client goes on."""
+    server = EtcdServer(enable_v2=api == "v2").start()
+    try:
+        store = etcdstore.connect(server.url, api=api, username="flannel", password=PASSWORD)
+        store.put(PREFIX + "/config", BIG)
+        assert store.get(PREFIX + "/config").value == BIG
+        store.close()
+    finally:
+        server.destroy()

@@ -142,4 +142,6 @@ def test_auto_refuses_to_guess_when_the_apis_disagree(collections_path: Path, tm
     for api in ("v2", "v3"):
         assert read(etcd_server.url, api, subnet_key(etcd_prefix, SUBNET)) is None
     assert r["info_v2"]["api"] == "v2" and r["info_v2"]["config"]["Network"] == "10.62.0.0/16"
+    # the config the info module returns hides the PSK too
+    assert r["info_v2"]["config"]["Backend"]["PSK"] == "(hidden)" and PSK not in json.dumps(r["info_v2"])
     assert r["network_v3"]["api"] == "v3" and r["network_v3"]["changed"] is False
