@@ -110,8 +110,13 @@ cluster_steps() {
   step "$s: create" molecule create -s $s || return 1
   step "$s: prepare" molecule prepare -s $s || return 1
   for backend in "${cluster_backends[@]}" dualstack; do
+    # host-gw runs with EnableNFTables: the switch to it and away from it moves the rules between iptables
+    # and nftables on a live network
+    export MOLECULE_NFTABLES=false
     if [ "$backend" = dualstack ]; then
       export MOLECULE_BACKEND=vxlan MOLECULE_IPV6=true
+    elif [ "$backend" = host-gw ]; then
+      export MOLECULE_BACKEND=$backend MOLECULE_NFTABLES=true
     else
       export MOLECULE_BACKEND=$backend
     fi

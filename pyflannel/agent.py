@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -50,6 +51,35 @@ def sd_notify(state: str) -> bool:
         log.warning("could not notify systemd (%s): %s", os.environ.get("NOTIFY_SOCKET"), err)
         return False
     return True
+
+
+def _drop_other_mode(nftables: bool, families: Any) -> None:
+    """A switch of EnableNFTables leaves the previous mode's rules behind: in nftables mode our own iptables
+    chains (FLANNEL-POSTRTG, FLANNEL-FWD and the jumps to them), in iptables mode our nftables tables
+    (flannel-ipv4, flannel-ipv6), each only where its tool is installed.  Nothing else is touched; a failure
+    is logged at debug level and does not stop the agent."""
+    if nftables:
+        from pyflannel.ipmasq import IPTables
+
+        for version, network, subnet in families:
+            tool = "iptables" if version == 4 else "ip6tables"
+            if network is None or subnet is None or not shutil.which(tool + "-save"):
+                continue
+            try:
+                if IPTables(network, subnet, True, True).remove():
+                    log.info("EnableNFTables is on: removed the %s rules an earlier iptables mode left", tool)
+            except Exception as err:
+                log.debug("could not look for leftover %s rules: %s", tool, err)
+        return
+    if not shutil.which("nft"):
+        return
+    from pyflannel.nftables import remove_table
+
+    for version in (4, 6):
+        try:
+            remove_table(version)  # logs the table it deletes
+        except Exception as err:
+            log.debug("could not look for a leftover nftables table of IPv%d: %s", version, err)
 
 
 class Agent:
@@ -232,6 +262,7 @@ class Agent:
                             "installed; pass --iptables-forward-rules=false to silence this")
                 return
             Rules = IPTables
+        _drop_other_mode(bool(getattr(config, "enable_nftables", False)), families)
         for _version, network, subnet in families:
             if network is None or subnet is None:
                 continue

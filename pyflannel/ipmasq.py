@@ -198,10 +198,12 @@ class IPTables:
             log.info("removed the forward rules (filter/%s): --iptables-forward-rules is off", FWD_CHAIN)
         return changed
 
-    def remove(self) -> None:
-        """Delete both chains and the jumps to them (of this object's family only)."""
-        self._remove_table("nat", MASQ_CHAIN, "POSTROUTING", self.MASQ_JUMP)
-        self._remove_table("filter", FWD_CHAIN, "FORWARD", self.FWD_JUMP)
+    def remove(self) -> bool:
+        """Delete both chains and the jumps to them (of this object's family only); True when there was
+        something to delete."""
+        nat = self._remove_table("nat", MASQ_CHAIN, "POSTROUTING", self.MASQ_JUMP)
+        fwd = self._remove_table("filter", FWD_CHAIN, "FORWARD", self.FWD_JUMP)
+        return nat or fwd
 
     def rules(self) -> Dict[str, List[str]]:
         """What ``ensure()`` installs, per table (for status and tests)."""

@@ -253,7 +253,8 @@ def test_bad_value_is_one_line_and_changes_nothing(testbed: Any, bed_etcd: Any) 
 
 def test_switch_from_iptables_needs_a_restart(testbed: Any, bed_etcd: Any) -> None:
     """EnableNFTables switched on under a running agent: one warning asking for a restart; after it the
-    rules are in nftables (iptables mode before: the iptables chains, no flannel tables)."""
+    rules are in nftables (iptables mode before: the iptables chains, no flannel tables) and the iptables
+    chains are gone; switched off again, the restart puts the chains back and deletes the table."""
     bed = testbed(["A"])
     server = bed_etcd(bed)
     host = bed.hosts[0]
@@ -269,6 +270,16 @@ def test_switch_from_iptables_needs_a_restart(testbed: Any, bed_etcd: Any) -> No
     assert agent.stop() == 0
     agent.start()
     assert table(host, 4) == go_table(4, NETWORK, agent.subnet)
+    # the iptables mode's chains and jumps are gone with the restart: no second masquerade
+    nat, flt = (host.run("iptables-save", "-t", t).stdout for t in ("nat", "filter"))
+    assert "FLANNEL" not in nat + flt, nat + flt
+    assert "removed the iptables rules an earlier iptables mode left" in agent.logtext()
+    # and back: iptables mode deletes the nftables table at its start
+    put_config(bed, server, PREFIX, plain)
+    assert agent.stop() == 0
+    agent.start()
+    assert table(host, 4) is None
+    assert "FLANNEL-POSTRTG" in host.run("iptables-save", "-t", "nat").stdout
 
 
 def test_module_option_check_diff_idempotent_restart(tmp_path: Path, etcd_server: Any, etcd_prefix: str) -> None:
