@@ -4,8 +4,8 @@
 # ansible-test wants the collection at .../ansible_collections/netfabric/flannel and lists files through
 # the nearest git repository above that path.  A copy inside this repository (build/ is git-ignored) would
 # look empty to it, so the copy goes outside: $SANITY_DIR (default ${TMPDIR:-/tmp}/netfabric-flannel-sanity).
-# The copy leaves out what is not part of the collection (.venv, caches, build output; see galaxy.yml
-# build_ignore).  ansible-test installs each test's pinned tools into its own virtual environments under
+# The copy leaves out what is not part of the collection (.venv, caches, build output; see galaxy.yml's
+# manifest).  ansible-test installs each test's pinned tools into its own virtual environments under
 # ~/.ansible/test/venv from the package index (first run only).
 set -euo pipefail
 cd "$(dirname "$0")/.."

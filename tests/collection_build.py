@@ -1,6 +1,6 @@
 """`make collection-build`: build the collection tarball, install it, and run its modules against a real etcd.
 
-1. `ansible-galaxy collection build` into build/dist/ (galaxy.yml build_ignore keeps .venv, caches ... out);
+1. `ansible-galaxy collection build` into build/dist/ (galaxy.yml's manifest lists what ships);
 2. the tarball must not carry development leftovers, and must carry the modules, roles and pyflannel;
 3. `ansible-galaxy collection install --no-deps` of the tarball into a fresh directory (offline: Galaxy is not
    asked for community.crypto);
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import subprocess
 import sys
 import tarfile
@@ -35,7 +36,10 @@ REQUIRED = ("MANIFEST.json", "FILES.json", "meta/runtime.yml", "plugins/modules/
             "plugins/modules/flannel_lease.py", "plugins/modules/flannel_lease_info.py",
             "plugins/module_utils/netconfig.py", "plugins/module_utils/etcdstore.py",
             "plugins/module_utils/leases.py", "plugins/module_utils/catalogue.py", "plugins/doc_fragments/etcd.py",
-            "pyflannel/netconfig.py", "pyflannel/catalogue.py")
+            "pyflannel/agent.py", "pyflannel/__init__.py", "pyproject.toml", "requirements/runtime.txt",
+            "roles/flannel/files/build_wheelhouse.py", "inventory/example.yml")
+# the modules pyflannel shares with plugins/module_utils: the role's wheel builder's list
+SHARED = runpy.run_path(str(REPO / "roles" / "flannel" / "files" / "build_wheelhouse.py"))["SHARED"]
 
 
 def fail(msg: str) -> None:
@@ -77,7 +81,7 @@ def check_contents(tarball: Path) -> None:
            or any(part in FORBIDDEN_ANYWHERE or part.endswith((".egg-info", ".pyc", ".tar.gz"))
                   for part in n.split("/"))]
     if bad:
-        fail("the tarball carries development leftovers, add them to galaxy.yml build_ignore: %s" % bad[:10])
+        fail("the tarball carries development leftovers; galaxy.yml's manifest must not list them: %s" % bad[:10])
     missing = [n for n in REQUIRED if n not in members]
     if missing:
         fail("the tarball lacks %s" % missing)
@@ -93,12 +97,13 @@ def install(tarball: Path, dest: Path, env: dict) -> Path:
     root = dest / "ansible_collections" / "netfabric" / "flannel"
     manifest = json.loads((root / "MANIFEST.json").read_text())
     version = manifest["collection_info"]["version"]
-    # pyflannel's schema files are links to module_utils: after install they must still be that one file
-    for name in ("netconfig.py", "leases.py", "etcdstore.py", "catalogue.py"):
-        agent = root / "pyflannel" / name
-        util = root / "plugins" / "module_utils" / name
-        if not agent.exists() or agent.read_bytes() != util.read_bytes():
-            fail("installed pyflannel/%s is not the same file as plugins/module_utils/%s" % (name, name))
+    # pyflannel's shared modules are links to module_utils in a checkout; the tarball ships module_utils only
+    # (links do not ship) and the role's wheel builder takes them from there: one file each, never a copy
+    for name in SHARED:
+        if (root / "pyflannel" / name).exists():
+            fail("installed pyflannel/%s is a second copy of plugins/module_utils/%s" % (name, name))
+        if not (root / "plugins" / "module_utils" / name).is_file():
+            fail("installed plugins/module_utils/%s is missing" % name)
     print("collection-build: installed netfabric.flannel %s into %s" % (version, dest))
     return root
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 from typing import Dict, List
 
@@ -64,8 +66,10 @@ ALLOWED = ("MANIFEST.json", "FILES.json", "README.md", "LICENSE", "LICENSE.*", "
 # Never, wherever they are.
 FORBIDDEN = ("*.key", "*.pem", "*.crt", "*vault*", "*group_vars*", "*host_vars*", "*/.*", ".*", "*__pycache__*",
              "*.pyc", "*.egg-info*", "*.tar.gz")
-# pyflannel's files that are links to plugins/module_utils/ (one source for the modules and the agent)
-SHARED = ("catalogue.py", "etcdstore.py", "leases.py", "netconfig.py")
+# the role's wheel builder: its list of pyflannel's modules shared with plugins/module_utils/ (links in a
+# checkout, one source for the modules and the agent; links do not ship, the builder takes module_utils')
+BUILDER = REPO / "roles" / "flannel" / "files" / "build_wheelhouse.py"
+SHARED = runpy.run_path(str(BUILDER))["SHARED"]
 # What the role needs besides pyflannel/ (flannel_source_dir is the collection root; build_wheelhouse.py)
 MUST = ("MANIFEST.json", "FILES.json", "README.md", "LICENSE", "COPYING", "meta/runtime.yml", "site.yml",
         "inventory/example.yml", "changelogs/changelog.yaml", "pyproject.toml", "requirements/runtime.txt",
@@ -123,16 +127,18 @@ def test_only_listed_content_ships(built: Dict[str, object]) -> None:
 def test_the_collection_and_the_agent_source_ship_whole(built: Dict[str, object]) -> None:
     members = built["members"]
     missing = [n for n in MUST if n not in members]
-    missing += [p for p in built["files"] if p.startswith(OWN) and p not in members]
+    links = ["pyflannel/" + name for name in SHARED]
+    missing += [p for p in built["files"] if p.startswith(OWN) and p not in members and p not in links]
     assert missing == [], "the tarball lacks %s" % missing
-    for name in SHARED:
-        member = members["pyflannel/" + name]
-        assert member.issym() and member.linkname == "../plugins/module_utils/" + name, (name, member.linkname)
+    # one file per shared module: in plugins/module_utils/, never a second copy under pyflannel/
+    assert [p for p in links if p in members] == []
+    assert all("plugins/module_utils/" + name in members for name in SHARED)
 
 
 def test_the_agent_builds_from_the_installed_collection(built: Dict[str, object]) -> None:
     """Installed from the tarball, the collection root holds what the flannel role builds the wheel from
-    (flannel_source_dir defaults to it): pyproject.toml and its pins, and a pyflannel/ that imports whole."""
+    (flannel_source_dir defaults to it): pyproject.toml and its pins, and a pyflannel/ whose wheel, built by
+    the role's builder, imports whole."""
     base = built["base"]
     dest = base / "collections"
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(dest), ANSIBLE_NOCOLOR="1",
@@ -142,8 +148,16 @@ def test_the_agent_builds_from_the_installed_collection(built: Dict[str, object]
                            str(built["tarball"])], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     root = dest / "ansible_collections" / "netfabric" / "flannel"
-    for name in SHARED:
-        assert (root / "pyflannel" / name).read_bytes() == (root / "plugins" / "module_utils" / name).read_bytes()
+    # the role's wheel builder on the installed copy: the wheel carries the shared modules from module_utils
+    wheels = base / "wheelhouse"
+    proc = subprocess.run([sys.executable, str(root / "roles" / "flannel" / "files" / "build_wheelhouse.py"),
+                           "--source", str(root), "--out", str(wheels)], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (wheel,) = wheels.glob("pyflannel-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        for name in SHARED:
+            assert zf.read("pyflannel/" + name) == (root / "plugins" / "module_utils" / name).read_bytes(), name
     # the role's own reader of the source: version, dependencies, and a pin for each in requirements/runtime.txt
     script = root / "roles" / "flannel" / "files" / "build_wheelhouse.py"
     code = ("import json, runpy, sys; from pathlib import Path; ns = runpy.run_path(sys.argv[1]); "
@@ -152,9 +166,9 @@ def test_the_agent_builds_from_the_installed_collection(built: Dict[str, object]
             "import pyflannel.cli, pyflannel.agent, pyflannel.etcdstore, pyflannel.netconfig, pyflannel.leases; "
             "print(json.dumps({'version': version, 'deps': deps, 'pins': pins, "
             "'from': pyflannel.etcdstore.__file__}))")
-    proc = subprocess.run([sys.executable, "-c", code, str(script), str(root)], cwd=str(root), capture_output=True,
-                          text=True, timeout=120, check=False, env=dict(os.environ, PYTHONPATH=str(root)))
+    proc = subprocess.run([sys.executable, "-c", code, str(script), str(root)], cwd=str(base), capture_output=True,
+                          text=True, timeout=120, check=False, env=dict(os.environ, PYTHONPATH=str(wheel)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     info = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert info["from"].startswith(str(root)), info
+    assert info["from"].startswith(str(wheel)), info
     assert len(info["pins"]) == len(info["deps"]) > 0, info

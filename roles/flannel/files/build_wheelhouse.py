@@ -6,7 +6,7 @@ The nodes install pyflannel with ``pip install --no-index`` from this directory,
 PyPI.  The wheelhouse holds:
 
 * ``pyflannel-<version>-py3-none-any.whl``, built from a private copy of the source (the source tree may
-  be an installed, read-only collection; symlinked files are copied as files);
+  be an installed, read-only collection; the modules shared with plugins/module_utils are copied as files);
 * with ``--deps``: wheels of pyflannel's runtime dependencies at the versions pinned in
   ``requirements/runtime.txt`` (and whatever they need), built or downloaded once and reused;
 * ``requirements.txt`` (what the node installs) and ``SHA256SUMS``;
@@ -35,6 +35,27 @@ import tempfile
 from pathlib import Path
 
 NAME_RE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+# The modules pyflannel shares with the Ansible modules: one file each, in plugins/module_utils/. A checkout
+# links them into pyflannel/; the collection tarball ships only plugins/module_utils/ (ansible-galaxy's
+# manifest drops links), so the private copy takes them from there.
+SHARED = ("catalogue.py", "etcdstore.py", "leases.py", "netconfig.py")
+
+
+def shared_sources(source: Path) -> list[Path]:
+    """Where each shared module is read from: pyflannel/<name> (a link in a checkout), else module_utils."""
+    out = []
+    for name in SHARED:
+        own = source / "pyflannel" / name
+        util = source / "plugins" / "module_utils" / name
+        if own.exists():
+            out.append(own)
+        elif util.exists():
+            out.append(util)
+        else:
+            sys.exit(f"build_wheelhouse: {source} has neither pyflannel/{name} nor plugins/module_utils/{name}; "
+                     "set flannel_source_dir to the collection root")
+    return out
 
 
 def canonical(name: str) -> str:
@@ -82,10 +103,12 @@ def source_stamp(source: Path, extra: list[str]) -> str:
     h = hashlib.sha256()
     files = [source / "pyproject.toml", source / "README.md"]
     files += sorted(p for p in (source / "pyflannel").rglob("*")
-                    if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+                    if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc" and p.name not in SHARED)
     for f in files:
         if f.exists():
             h.update(str(f.relative_to(source)).encode() + b"\0" + f.read_bytes() + b"\0")
+    for f in shared_sources(source):  # by name: a link in a checkout, module_utils in a tarball
+        h.update(b"pyflannel/" + f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     h.update("\n".join(extra).encode())
     return h.hexdigest()
 
@@ -152,6 +175,8 @@ def main() -> None:
                 shutil.copy(source / name, copy / name)
         shutil.copytree(source / "pyflannel", copy / "pyflannel", symlinks=False,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+        for shared in shared_sources(source):
+            shutil.copy(shared, copy / "pyflannel" / shared.name)
         built = Path(tmp) / "wheel"
         args = ["wheel", "--no-deps", "--wheel-dir", str(built), *opts.pip_arg]
         local_build = importlib.util.find_spec("setuptools") and importlib.util.find_spec("wheel")
