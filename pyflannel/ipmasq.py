@@ -71,15 +71,16 @@ def _run(cmd: List[str], data: Optional[str] = None, family: int = 4, nat: bool 
     return proc.stdout
 
 
-def _family_of(network: Network, subnet: Network) -> Tuple[int, Network, Network]:
-    """Both as network objects of one family (strict, like ``IPv4Network(x)``), or a one-line error."""
+def family_of(network: Network, subnet: Network, what: str = "ip-masq rules") -> Tuple[int, Network, Network]:
+    """Both as network objects of one family (strict, like ``IPv4Network(x)``), or a one-line error that
+    starts with ``what`` (the iptables and the nftables rules share this)."""
     try:
         net = ipaddress.ip_network(network)
         sub = ipaddress.ip_network(subnet)
     except ValueError as err:
-        raise ValueError("ip-masq rules: %s" % err) from None
+        raise ValueError("%s: %s" % (what, err)) from None
     if net.version != sub.version:
-        raise ValueError("ip-masq rules: network %s and subnet %s are of different address families" % (net, sub))
+        raise ValueError("%s: network %s and subnet %s are of different address families" % (what, net, sub))
     return net.version, net, sub
 
 
@@ -88,7 +89,7 @@ class IPTables:
     IPv6 → ip6tables); ``ensure()`` installs or repairs, ``remove()`` deletes."""
 
     def __init__(self, network: Network, subnet: Network, masq: bool, forward: bool) -> None:
-        self.family, self.network, self.subnet = _family_of(network, subnet)
+        self.family, self.network, self.subnet = family_of(network, subnet)
         self.masq = masq
         self.forward = forward
         self.random_fully = True

@@ -41,6 +41,8 @@ import shutil
 import subprocess
 from typing import Dict, List, Optional, Tuple, Union
 
+from pyflannel.ipmasq import MULTICAST, family_of
+
 log = logging.getLogger("pyflannel.nftables")
 
 # address family -> (nft family, table name)
@@ -50,7 +52,6 @@ MASQ_CHAIN = "postrtg"
 FWD_HOOK = "type filter hook forward priority filter; policy accept;"
 MASQ_HOOK = "type nat hook postrouting priority srcnat; policy accept;"
 KUBE_PROXY_MARK = "0x4000"
-MULTICAST = {4: "224.0.0.0/4", 6: "ff00::/8"}
 TIMEOUT = 30.0  # seconds one nft run may take
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -93,17 +94,6 @@ def normalized(text: str) -> str:
     return re.sub(r"\b0x0*([0-9a-fA-F]+)", lambda m: "0x" + m.group(1).lower(), joined)
 
 
-def _family_of(network: Network, subnet: Network) -> Tuple[int, Network, Network]:
-    try:
-        net = ipaddress.ip_network(network)
-        sub = ipaddress.ip_network(subnet)
-    except ValueError as err:
-        raise ValueError("nftables rules: %s" % err) from None
-    if net.version != sub.version:
-        raise ValueError("nftables rules: network %s and subnet %s are of different address families" % (net, sub))
-    return net.version, net, sub
-
-
 class NFTables:
     """The table of one address family for one (network, subnet): IPv4 -> ``ip flannel-ipv4``, IPv6 ->
     ``ip6 flannel-ipv6``.  ``masq``: the ``postrtg`` chain (--ip-masq); ``forward``: the ``forward`` chain
@@ -112,7 +102,7 @@ class NFTables:
 
     def __init__(self, network: Network, subnet: Network, masq: bool, forward: bool,
                  nft: Optional[str] = None) -> None:
-        self.family, self.network, self.subnet = _family_of(network, subnet)
+        self.family, self.network, self.subnet = family_of(network, subnet, "nftables rules")
         self.masq = masq
         self.forward = forward
         self.random_fully = True
