@@ -2,9 +2,9 @@
 # The stages of `make test` (full) and `make test-quick` (quick), each timed; ends with a table of every stage
 # and of every molecule step with its seconds, whether the run passed or not, so the time budget shows in every
 # CI log. Stops at the first failing stage.
-#   scripts/test-stages.sh full     ruff, pytest (unit + integration), ansible-lint, syntax and argspec checks,
+#   scripts/test-stages.sh full     ruff, changelog fragments, pytest (unit + integration), ansible-lint, syntax and argspec checks,
 #                                   sanity, collection build, molecule (lab/run-molecule.sh's default runs)
-#   scripts/test-stages.sh quick    ruff, unit tests, ansible-lint, sanity
+#   scripts/test-stages.sh quick    ruff, changelog fragments, unit tests, ansible-lint, sanity
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 mode=${1:-full}
@@ -39,6 +39,7 @@ stage() {
 case $mode in
   full)
     stage ruff .venv/bin/ruff check .
+    stage "changelog fragments" .venv/bin/antsibull-changelog lint
     stage "pytest unit" .venv/bin/pytest tests/unit
     # Three workers (pytest-xdist) on 2 cores: most of a test's time is waiting (leases, outages, pings), so
     # 6 min instead of 16 one by one and 8 with two workers; every test builds its own namespaces, etcd and
@@ -58,6 +59,7 @@ case $mode in
     ;;
   quick)
     stage ruff .venv/bin/ruff check .
+    stage "changelog fragments" .venv/bin/antsibull-changelog lint
     stage "pytest unit" .venv/bin/pytest -q tests/unit
     stage ansible-lint make --no-print-directory ansible-lint
     stage sanity make --no-print-directory sanity
