@@ -2,7 +2,8 @@
 one UDP socket.  Standard library only, so it starts fast and does nothing else.
 
 Started by :mod:`pyflannel.backend.udp` as ``python -m pyflannel.udpproxy MODE TUN_FD SOCK_FD CTL_FD
-STATS_FD SLOT SUBNET_LEN [vnet]`` with the descriptors passed down:
+STATS_FD SLOT SUBNET_LEN [OFFLOAD]`` with the descriptors passed down (``STATS_FD`` -1: no stats region;
+``OFFLOAD`` one of ``gro``, ``tso``, ``batch``, ``plain``, see below; ``plain`` when left out):
 
 * ``tx`` mode: read a packet from the TUN queue, find the remote node by the destination's subnet
   (one dict lookup), decrement the TTL once (the tunnel is one hop), send it as the whole payload of
@@ -17,18 +18,29 @@ The control descriptor carries newline-delimited JSON snapshots from the agent
 (``{"routes": {"<subnet int>": "<public ip>"}, "own": <subnet int>, "port": 8285}``, subnets as
 their address shifted right by ``32 - SUBNET_LEN``); end of
 file on it (the agent went away) ends the worker.  Counters are written every half second into the
-shared stats region (eight little-endian uint64 per slot, see ``STATS``).
+worker's slot of the shared stats region: one little-endian uint64 per name in ``STATS``, in that order
+(``SLOT_SIZE`` bytes per slot).
 
 The per-packet path allocates as little as Python allows: one preallocated buffer per direction,
-pre-sliced memoryviews for every packet length, the routing table swapped in as a whole.
+pre-sliced memoryviews for every packet length up to ``MAX_VIEW``, the routing table swapped in as a
+whole.
 
-With ``vnet`` (the default when the kernel allows it) the TUN carries a virtio-net header and has
-TCP segmentation offload: the kernel hands the pump TCP super-packets of up to 64 KiB, which
-``tx`` cuts into MSS-sized IPv4 packets (own IP and TCP checksums, TTL decremented) and sends with
-one ``UDP_SEGMENT`` sendmsg — on the wire they are ordinary, individual flannel datagrams.  The
-``rx`` socket has ``UDP_GRO``: a run of datagrams arrives in one read, and consecutive segments of
-one TCP flow are written into the TUN as a single GSO packet.  Syscalls and stack traversals per
-byte drop by an order of magnitude; anything unusual falls back to one packet per write.
+``OFFLOAD`` picks the loops (the backend chooses it; ``gro`` is its default, and it falls back to
+``batch`` where the TUN refuses the virtio-net header):
+
+* ``gro``: the TUN carries a virtio-net header.  ``tx`` (:func:`tx_loop_batch`) reads one packet at a
+  time and sends a run of equal-sized packets to one node with one ``UDP_SEGMENT`` sendmsg.  ``rx``
+  (:func:`rx_loop_vnet`) reads from a socket with ``UDP_GRO``: a run of datagrams arrives in one read,
+  and consecutive segments of one TCP flow are written into the TUN as a single GSO packet.
+* ``tso``: as ``gro``, but the TUN also has TCP segmentation offload: the kernel hands the pump TCP
+  super-packets of up to 64 KiB, which ``tx`` (:func:`tx_loop_vnet`) cuts into MSS-sized IPv4 packets
+  (own IP and TCP checksums, TTL decremented) and sends with ``UDP_SEGMENT``.
+* ``batch``: no virtio-net header; ``tx`` batches as in ``gro``, ``rx`` (:func:`rx_loop`) writes one
+  packet per datagram.
+* ``plain``: one packet per syscall both ways (:func:`tx_loop`, :func:`rx_loop`).
+
+On the wire every mode sends ordinary, individual flannel datagrams.  Where the kernel refuses
+``UDP_SEGMENT``, ``tx`` sends one datagram per packet from then on.
 """
 
 from __future__ import annotations

@@ -30,11 +30,7 @@ import socket
 import threading
 import time
 from typing import Dict, Optional, Sequence, Tuple, Type, Union
-
-try:  # Python 3
-    from urllib.parse import urlsplit
-except ImportError:  # pragma: no cover
-    from urlparse import urlsplit
+from urllib.parse import urlsplit
 
 DEFAULT_ENDPOINTS = ("http://127.0.0.1:4001", "http://127.0.0.1:2379")
 

@@ -453,12 +453,6 @@ class LeaseBook:
         return list(self.accepted.values())
 
     # -- changes ----------------------------------------------------------------------------------
-    def set_own(self, own):
-        """Our own lease changed: judge everything again against it."""
-        self.own = own
-        return self.replace_all(list(self.leases.values()), dict(
-            (name, why) for name, why in self.rejected.items() if name not in self.leases))
-
     def reject_unparsed(self, name, reason):
         """A key or value that does not parse; returns a Change (the lease it replaces goes)."""
         old_reason = self.rejected.get(name)

@@ -14,9 +14,9 @@ gateway on-link there.  One that is not is not handed to the kernel: it is repor
 for all such leases (not one per lease, not per tick) and retried when the interface's addresses change.
 
 Idle cost with thousands of leases: the full check (one route dump against the wanted set) runs on every
-tick for up to :data:`FEW_HOPS` hops, else when its last run took at most 1/:data:`REPAIR_BUDGET` of the
-time since; in between only the unroutable hops are retried, and only when the interface's connected
-subnets changed.
+tick for up to :data:`FEW_HOPS` hops or when its last run took less than :data:`CHEAP_CHECK` seconds, else
+when its last run took at most 1/:data:`REPAIR_BUDGET` of the time since; in between only the unroutable
+hops are retried, and only when the interface's connected subnets changed.
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ Failure = Tuple[Net, str, str]  # (subnet, gateway, error text; "" = not on-link
 
 
 class RouteBackend(Backend):
-    """Base of route backends; subclasses implement :meth:`hop_for` and :meth:`describe`."""
+    """Base of route backends.  Subclasses implement :meth:`hops_for` (or only :meth:`hop_for`, for a
+    backend that carries IPv4 alone) and may override :meth:`describe` and the ``*_extra`` hooks."""
 
     # What an operator can do about a gateway that is not on-link (subclasses say it their way).
     offlink_advice = "put the nodes on one L2 segment or choose the interface that shares one with --iface"
@@ -305,7 +306,7 @@ class RouteBackend(Backend):
         nets = self._networks()
         fresh: List[Failure] = []
         have: Dict[Net, Optional[Dict[str, Any]]] = {r["dst"]: r for r in self._our_routes()}
-        stale = 0  # routes, neighbours, fdb entries nobody wants
+        stale = 0  # routes nobody wants (reconcile_extra counts the neighbours and fdb entries)
         for dst, route in list(have.items()):
             hop = self._want.get(dst)
             if hop is None or not hop.matches(route):

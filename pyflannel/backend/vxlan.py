@@ -118,11 +118,6 @@ class VxlanBackend(RouteBackend):
         return dev.mac if dev else ""
 
     @property
-    def index6(self) -> int:
-        dev = self.devices.get(6)
-        return dev.index if dev else 0
-
-    @property
     def mac6(self) -> str:
         dev = self.devices.get(6)
         return dev.mac if dev else ""
