@@ -69,6 +69,6 @@ requirements:
 notes:
   - The module runs on the managed host and talks to etcd from there; run it on a host that reaches the
     O(endpoints), often the first etcd member or the controller (C(delegate_to=localhost)).
-  - All the modules of this collection belong to the action group C(netfabric.flannel.etcd), so the connection options can
-    be set once with C(module_defaults) for C(group/netfabric.flannel.etcd).
+  - All the modules of this collection belong to the action group C(netfabric.flannel.etcd), so the connection
+    options can be set once with C(module_defaults) for C(group/netfabric.flannel.etcd).
 """
