@@ -325,8 +325,8 @@ class Migration:
                                      "public_ip": attrs.public_ip, "public_ipv6": attrs.public_ipv6, "ttl": ttl,
                                      "reservation": ttl is None})
         copy_config = config2 is not None and config3 is None
-        result["config"] = "copied" if copy_config else ("same" if config3 is not None and config2 is not None
-                                                          else "only_v3")
+        both = config3 is not None and config2 is not None
+        result["config"] = "copied" if copy_config else ("same" if both else "only_v3")
         result["changed"] = bool(todo) or copy_config
         if module._diff:
             after = [line(kv2.key, kv2.value, ttl) for kv2, _subnets, _attrs, ttl in todo]

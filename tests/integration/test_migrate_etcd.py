@@ -238,7 +238,7 @@ def test_no_secret_in_diff_or_error(play, server):
     """A wireguard PSK of the network config stays out of the diff and out of the refusal line."""
     v2 = connect([server.url], api="v2")
     v3 = connect([server.url], api="v3")
-    old, new = (base64.b64encode(os.urandom(32)).decode() for _ in range(2))
+    old, new = (base64.b64encode(os.urandom(32)).decode() for _count in range(2))
     doc = {"Network": "10.100.0.0/16", "Backend": {"Type": "wireguard", "PSK": old}}
     v2.put(config_key(PREFIX), json.dumps(doc))
     assert v2.create(subnet_key(PREFIX, ipaddress.ip_network("10.100.5.0/24")),
