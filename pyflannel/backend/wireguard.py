@@ -79,6 +79,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -108,6 +109,9 @@ ZERO_KEY = base64.b64encode(bytes(32)).decode("ascii")  # "no pre-shared key" in
 SOCKET_WAIT = 10.0  # seconds wireguard-go may take to create its TUN and UAPI socket
 WG_TIMEOUT = 30.0
 STUCK_AFTER = 20.0  # seconds of sending without anything coming back before a peer's session is reset
+# seconds (times a random 1 to 1.5) of both ends sending without a handshake before a peer is reset: two
+# handshake attempts (REKEY_TIMEOUT is 5 s) that both failed
+UNMET_AFTER = 10.0
 AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 # what Go's net.IP.IsPrivate() calls private (RFC 1918, RFC 4193): auto mode's endpoint choice uses it
 _PRIVATE = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("172.16.0.0/12"),
@@ -483,11 +487,14 @@ class Device:
     listen_port: int
     families: Tuple[int, ...]
     private: str = field(default="", repr=False)  # never in a repr or a log line
+    public: str = ""  # our public key (the tie-break between two ends whose handshakes cross)
     index: int = 0
     implementation: str = ""
     proc: Optional[subprocess.Popen] = None  # wireguard-go, when this process started it detached
     want: Dict[str, Peer] = field(default_factory=dict)
     traffic: Dict[str, Tuple[int, int, float]] = field(default_factory=dict)  # key -> (rx, tx, waiting since)
+    # key -> (rx, tx, reset due at): a live peer with which no handshake completes (crossed initiations)
+    unmet: Dict[str, Tuple[int, int, float]] = field(default_factory=dict)
     syncs: int = 0
     roams: Dict[str, str] = field(default_factory=dict)  # peer key -> the foreign endpoint last warned about
     pins: int = 0  # endpoints set back to the lease's
@@ -695,6 +702,31 @@ class Device:
         self.pins += pinned
         return pinned
 
+    def _unmet(self, key: str, rx: int, tx: int, now: float, peer: Optional[Peer]) -> int:
+        """A peer without a handshake: reset (1) once it has been sending to us and we to it (both counters
+        grew) for UNMET_AFTER to 1.5 x UNMET_AFTER seconds.  Both ends then keep sending initiations that
+        cross on the wire: each takes the other's initiation, which drops its own pending one, so each end's
+        response is refused by the other; with traffic on both sides every 5 s they stay in step for good.
+        The reset makes this end's next packet start a handshake at once, out of that step, provided the
+        other end does not reset at the same moment (our agents tick in step when started together): the
+        end with the smaller public key resets first, the other only three times later (a peer that is not
+        one of our agents never resets).  The clock starts again whenever neither side sent anything since
+        the last look (an idle peer has no handshake either).  A peer that is down sends nothing (rx
+        stays): never reset."""
+        seen = self.unmet.get(key)
+        if seen is None or (rx == seen[0] and tx == seen[1]):
+            later = 1.0 if not self.public or self.public < key else 3.0
+            self.unmet[key] = (rx, tx, now + UNMET_AFTER * later * random.uniform(1.0, 1.5))
+            return 0
+        if peer is None or now < seen[2] or rx == seen[0] or tx == seen[1]:
+            return 0
+        log.warning("%s: no handshake with peer %s (%s) completed while both sides sent (%d bytes in, %d out): "
+                    "resetting its session", self.name, key, peer.label, rx - seen[0], tx - seen[1])
+        self.remove_peer(peer)
+        self.set_peer(peer)
+        del self.unmet[key]
+        return 1
+
     def unstick(self, dump: Dump) -> int:
         """Reset a peer whose session only works one way; returns how many were reset.
 
@@ -707,11 +739,17 @@ class Device:
         now = time.monotonic()
         reset = 0
         wanted = {p.public_key: p for p in self.want.values()}
-        for key in list(self.traffic):
-            if key not in dump.peers:
-                del self.traffic[key]
+        for known in (self.traffic, self.unmet):
+            for key in list(known):
+                if key not in dump.peers:
+                    del known[key]
         for key, have in dump.peers.items():
             rx, tx = have["rx"], have["tx"]
+            if not have["handshake"]:
+                self.traffic.pop(key, None)
+                reset += self._unmet(key, rx, tx, now, wanted.get(key))
+                continue
+            self.unmet.pop(key, None)
             seen = self.traffic.get(key)
             if seen is None or rx != seen[0] or not have["handshake"]:
                 self.traffic[key] = (rx, tx, 0.0)
@@ -874,6 +912,7 @@ class WireguardBackend(Backend):
         self.public = public_key(private)
         for device in self.devices:
             device.private = private
+            device.public = self.public
 
     def _own_address(self) -> Optional[str]:
         """The address our lease names this node by (LeaseAttrs.address: PublicIP, else PublicIPv6)."""

@@ -342,6 +342,54 @@ def test_a_one_way_session_is_reset(monkeypatch):
     assert [tick(900, 3000 + 100 * i, handshake=0) for i in range(8)] == [0] * 8 and calls == []
 
 
+def test_crossed_initiations_are_broken_by_a_reset(monkeypatch):
+    """No handshake completes although both sides send (their initiations cross and each drops the other's
+    response): reset once, 10 to 15 s after it was first seen; an idle spell starts the clock again; a peer
+    that is down is left alone."""
+    dev = wgb.Device("flannel-wg-v6", 51821, (6,), KEY_A)
+    peer = wgb.Peer(KEY_B, "[2001:db8::3]:51821", ("fd10:0:0:3::/64",), wgb.ZERO_KEY, 5)
+    dev.want = {"10.100.3.0-24": peer}
+    calls = []
+    monkeypatch.setattr(dev, "remove_peer", lambda p: calls.append(("remove", p.public_key)))
+    monkeypatch.setattr(dev, "set_peer", lambda p: calls.append(("set", p.public_key)))
+    clock = [1000.0]
+    monkeypatch.setattr(wgb.time, "monotonic", lambda: clock[0])
+
+    def tick(rx, tx):
+        clock[0] += 5.0
+        line = "%s\t(none)\t[2001:db8::3]:51821\tfd10:0:0:3::/64\t0\t%d\t%d\t5\n" % (KEY_B, rx, tx)
+        return dev.unstick(wgb.parse_dump("%s\tPUB\t51821\toff\n" % KEY_A + line))
+
+    for seed in range(20):
+        wgb.random.seed(seed)
+        calls.clear()
+        dev.unmet.clear()
+        results = [tick(148 * i, 240 * i) for i in range(1, 6)]  # 5 s apart: 25 s
+        assert results.count(1) == 1, results
+        # first seen at the first tick; due 10-15 s later, acted on at the first tick after that
+        assert 10 <= 5 * results.index(1) < 20, results
+        assert calls == [("remove", KEY_B), ("set", KEY_B)]
+    # the end with the larger public key waits three times as long (the other end, if it is one of ours,
+    # resets first; both resetting in the same tick would keep them in step)
+    dev.public = "~"  # sorts after every base64 key
+    for seed in range(20):
+        wgb.random.seed(seed)
+        calls.clear()
+        dev.unmet.clear()
+        results = [tick(148 * i, 240 * i) for i in range(1, 12)]  # 55 s
+        assert results.count(1) == 1 and 30 <= 5 * results.index(1) < 50, results
+    dev.public = ""
+    # idle (no traffic, so no handshake either) for a minute, then both send: the clock starts with the traffic
+    calls.clear()
+    dev.unmet.clear()
+    assert [tick(0, 0) for _tick in range(12)] == [0] * 12
+    assert [tick(148 * i, 240 * i) for i in range(1, 3)] == [0, 0] and calls == []
+    # down: our initiations go out, nothing comes in
+    calls.clear()
+    dev.unmet.clear()
+    assert [tick(0, 148 * i) for i in range(1, 12)] == [0] * 11 and calls == []
+
+
 def test_device_put_moves_a_key_and_keeps_an_unchanged_peer(monkeypatch):
     dev = wgb.Device("flannel-wg-v6", 51821, (6,), KEY_A)
     calls = []
