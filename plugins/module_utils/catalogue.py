@@ -19,6 +19,7 @@ Adding a backend: one entry in :data:`BACKENDS`, one module under ``pyflannel/ba
 
 import base64
 import binascii
+import json
 
 
 class Option:
@@ -225,6 +226,24 @@ def redact(config):
                          for name, item in value.items())
         out[key] = value
     return out
+
+
+def redact_text(text, indent=None):
+    """A stored document (text) as results, messages and diffs show it: every secret replaced by
+    :data:`HIDDEN` (see :func:`redact`); a text that is not JSON and names a secret option is hidden whole;
+    with nothing secret and no ``indent``, the text byte for byte.  None stays None."""
+    if text is None:
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        if any(name in text.lower() for name in secret_options()):
+            return "%s (not JSON, and it names a secret option)" % HIDDEN
+        return text
+    hidden = redact(doc)
+    if indent is None and hidden == doc:
+        return text
+    return json.dumps(hidden, indent=indent)
 
 
 def _is_secret(name, secrets):

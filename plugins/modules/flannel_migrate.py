@@ -160,7 +160,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.netfabric.flannel.plugins.module_utils.catalogue import HIDDEN, redact, secret_options
+from ansible_collections.netfabric.flannel.plugins.module_utils.catalogue import redact_text
 from ansible_collections.netfabric.flannel.plugins.module_utils.etcdstore import StoreError, Unreachable, connect
 from ansible_collections.netfabric.flannel.plugins.module_utils.flannel_module import (
     ETCD_REQUIRED_TOGETHER,
@@ -455,20 +455,8 @@ def config_difference(old, new):
     return ", ".join(restart + limits) or "they differ in keys the schema ignores"
 
 
-def shown(value):
-    """A stored value for the diff: the network config with its secrets hidden, anything else as it is."""
-    try:
-        doc = json.loads(value)
-    except ValueError:
-        if any(name in value.lower() for name in secret_options()):
-            return "%s (not JSON, and it names a secret option)" % HIDDEN
-        return value
-    hidden = redact(doc)
-    return value if hidden == doc else json.dumps(hidden)
-
-
 def line(key, value, ttl):
-    return "%s = %s%s\n" % (key, shown(value), "" if ttl is None else "  (TTL %d s)" % ttl)
+    return "%s = %s%s\n" % (key, redact_text(value), "" if ttl is None else "  (TTL %d s)" % ttl)
 
 
 def main() -> None:

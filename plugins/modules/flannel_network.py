@@ -347,10 +347,8 @@ from ansible_collections.netfabric.flannel.plugins.module_utils.flannel_module i
     store_call,
 )
 from ansible_collections.netfabric.flannel.plugins.module_utils.catalogue import (
-    HIDDEN,
     all_options,
-    redact,
-    secret_options,
+    redact_text,
 )
 from ansible_collections.netfabric.flannel.plugins.module_utils.leases import config_key
 from ansible_collections.netfabric.flannel.plugins.module_utils.netconfig import ConfigError, changes, parse_config
@@ -418,29 +416,11 @@ def unused_options(params: dict) -> str | None:
     return None
 
 
-def shown(text: str | None, indent: int | None = None) -> str | None:
-    """A stored document as results and diffs show it: every secret (a Backend option the catalogue marks
-    no_log, e.g. an old PSK) replaced by catalogue.HIDDEN; a text that is not JSON and names a secret option
-    is hidden whole."""
-    if text is None:
-        return None
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        if any(name in text.lower() for name in secret_options()):
-            return "%s (not JSON, and it names a secret option)" % HIDDEN
-        return text
-    hidden = redact(doc)
-    if indent is None and hidden == doc:
-        return text  # nothing secret: the document byte for byte
-    return json.dumps(hidden, indent=indent)
-
-
 def pretty(text: str | None) -> str:
     """A stored document for the diff: indented JSON when it parses, else the raw text; secrets hidden."""
     if text is None:
         return ""
-    text = shown(text, indent=2) or ""
+    text = redact_text(text, indent=2) or ""
     return text if text.endswith("\n") else text + "\n"
 
 
@@ -537,7 +517,7 @@ def main() -> None:
     kv, current, _current_error = read_config(module, store)
     previous = kv.value if kv is not None else None
     leases, _skipped = read_leases(module, store)
-    result = dict(changed=False, key=key, api=store.api, previous=shown(previous), leases=len(leases),
+    result = dict(changed=False, key=key, api=store.api, previous=redact_text(previous), leases=len(leases),
                   restart_agents=False, restart_keys=[])
 
     if state == "absent":
@@ -553,7 +533,7 @@ def main() -> None:
     result["config"] = wanted.to_dict()
     if current is not None and current == wanted:
         # Same meaning: keep what is stored, whatever its key order or spelled-out defaults.
-        result["stored"] = shown(previous)
+        result["stored"] = redact_text(previous)
         result["invalidated_leases"] = []
         if module._diff:
             result["diff"] = dict(before=pretty(previous), after=pretty(previous), before_header=key,
@@ -562,10 +542,10 @@ def main() -> None:
 
     why, invalid = lease_problems(current, wanted, leases)
     if why and not params["force"]:
-        module.fail_json(msg=why, key=key, api=store.api, previous=shown(previous), invalidated_leases=invalid)
+        module.fail_json(msg=why, key=key, api=store.api, previous=redact_text(previous), invalidated_leases=invalid)
     text = json.dumps(document)
     restart = changes(current, wanted)[0] if current is not None else []
-    result.update(changed=True, stored=shown(text), invalidated_leases=invalid, restart_agents=bool(restart),
+    result.update(changed=True, stored=redact_text(text), invalidated_leases=invalid, restart_agents=bool(restart),
                   restart_keys=restart)
     if not module.check_mode:
         store_call(module, store.put, key, text)

@@ -56,7 +56,7 @@ def test_diff_lines_hide_secrets_and_keep_other_values_byte_for_byte(fm):
     secret = json.dumps({"Network": "10.1.0.0/16", "Backend": {"Type": "wireguard", "PSK": PSK_A}})
     shown = fm.line("/k/config", secret, None)
     assert PSK_A not in shown and '"PSK": "(hidden)"' in shown
-    assert PSK_A not in fm.shown('{"Backend": {"PSK": "%s"' % PSK_A)  # not JSON, names the secret option
+    assert PSK_A not in fm.redact_text('{"Backend": {"PSK": "%s"' % PSK_A)  # not JSON, names the secret option
 
 
 def test_arguments(fm, capsys):

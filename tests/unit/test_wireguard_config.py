@@ -315,15 +315,20 @@ def test_lease_attributes_per_family(monkeypatch, net, iface, mode, want):
     assert sorted(removed + [d.name for d in be.devices]) == ["flannel-wg", "flannel-wg-v6"]
 
 
-def test_a_one_way_session_is_reset(monkeypatch):
-    dev = wgb.Device("flannel-wg", 51820, (4,), KEY_A)
-    peer = wgb.Peer(KEY_B, "192.0.2.3:51820", ("10.100.3.0/24",), wgb.ZERO_KEY, 0)
-    dev.want = {"10.100.3.0-24": peer}
+def _one_peer_device(monkeypatch, name, port, families, endpoint, allowed, keepalive):
+    """A device with one wanted peer (KEY_B), its remove/set calls recorded, and a clock the test moves."""
+    dev = wgb.Device(name, port, families, KEY_A)
+    dev.want = {"10.100.3.0-24": wgb.Peer(KEY_B, endpoint, (allowed,), wgb.ZERO_KEY, keepalive)}
     calls = []
     monkeypatch.setattr(dev, "remove_peer", lambda p: calls.append(("remove", p.public_key)))
     monkeypatch.setattr(dev, "set_peer", lambda p: calls.append(("set", p.public_key)))
     clock = [1000.0]
     monkeypatch.setattr(wgb.time, "monotonic", lambda: clock[0])
+    return dev, calls, clock
+
+
+def test_a_one_way_session_is_reset(monkeypatch):
+    dev, calls, clock = _one_peer_device(monkeypatch, "flannel-wg", 51820, (4,), "192.0.2.3:51820", "10.100.3.0/24", 0)
 
     def tick(rx, tx, handshake=1700000000, step=5.0):
         clock[0] += step
@@ -346,14 +351,8 @@ def test_crossed_initiations_are_broken_by_a_reset(monkeypatch):
     """No handshake completes although both sides send (their initiations cross and each drops the other's
     response): reset once, 10 to 15 s after it was first seen; an idle spell starts the clock again; a peer
     that is down is left alone."""
-    dev = wgb.Device("flannel-wg-v6", 51821, (6,), KEY_A)
-    peer = wgb.Peer(KEY_B, "[2001:db8::3]:51821", ("fd10:0:0:3::/64",), wgb.ZERO_KEY, 5)
-    dev.want = {"10.100.3.0-24": peer}
-    calls = []
-    monkeypatch.setattr(dev, "remove_peer", lambda p: calls.append(("remove", p.public_key)))
-    monkeypatch.setattr(dev, "set_peer", lambda p: calls.append(("set", p.public_key)))
-    clock = [1000.0]
-    monkeypatch.setattr(wgb.time, "monotonic", lambda: clock[0])
+    dev, calls, clock = _one_peer_device(monkeypatch, "flannel-wg-v6", 51821, (6,), "[2001:db8::3]:51821",
+                                         "fd10:0:0:3::/64", 5)
 
     def tick(rx, tx):
         clock[0] += 5.0
