@@ -138,7 +138,10 @@ def test_etcd_restored_empty_is_repaired(api: str, testbed: Any, bed_etcd: Any) 
     took = time.monotonic() - restored
     for agent in agents:
         assert agent.proc is not None and agent.proc.poll() is None, agent.logtext()
-        assert agent.metrics().get("flannel_lease_restores_total", 0) >= 1
+        # the key is visible in etcd a moment before the agent counts it (it lists the leases once
+        # more after writing, to see whether an older rival was written at the same time)
+        wait_for(lambda a=agent: a.metrics().get("flannel_lease_restores_total", 0) >= 1, 5, interval=0.2,
+                 what="the agent counted its restore")
 
     late = start_agents(bed, server, bed.hosts[2:], ["--etcd-api", api, "--subnet-lease-ttl", "300"])[0]
     everyone = [*agents, late]
