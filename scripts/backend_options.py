@@ -13,6 +13,11 @@ The catalogue (plugins/module_utils/catalogue.py) is the source; the blocks betw
   argument spec the module builds from the catalogue at run time);
 * roles/flannel/meta/argument_specs.yml — the options of ``flannel_backend`` (every entry point);
 * roles/flannel/defaults/main.yml — the comment above ``flannel_backend``.
+
+It also writes the options of the roles' other argument-spec entry points (``install``, ``network`` of the
+flannel role, ``client_cert`` of the etcd role): each is the list of option names in :data:`ENTRY_POINTS`, and
+each option is copied from the ``main`` entry point of the same file, between the marker lines
+``# >>> entry point options`` and ``# <<< entry point options``. Their short descriptions stay in the file.
 """
 
 from __future__ import annotations
@@ -30,6 +35,29 @@ REPO = Path(__file__).resolve().parent.parent
 BEGIN = "# >>> backend options"
 END = "# <<< backend options"
 NOTE = " (written by scripts/backend_options.py from the catalogue; edit that)"
+EP_BEGIN = "# >>> entry point options"
+EP_END = "# <<< entry point options"
+EP_NOTE = " (copied from main by scripts/backend_options.py; edit main, or the names there)"
+
+# The options of each entry point other than main: names of main's options, in main's order.
+_FLANNEL_ETCD = ["flannel_etcd_endpoints", "flannel_etcd_group", "flannel_etcd_prefix", "flannel_etcd_api",
+                 "flannel_etcd_tls", "flannel_etcd_pki_dir", "flannel_etcd_tls_dir", "flannel_etcd_username",
+                 "flannel_etcd_password", "flannel_etcd_timeout"]
+_FLANNEL_INSTALL = ["flannel_install_method", "flannel_install_dir", "flannel_source_dir", "flannel_wheelhouse_dir",
+                    "flannel_wheel_python", "flannel_wheel_pip_args"]
+ENTRY_POINTS = {
+    "roles/flannel/meta/argument_specs.yml": {
+        "install": [*_FLANNEL_ETCD, *_FLANNEL_INSTALL],
+        "network": ["flannel_manage_network", "flannel_network", "flannel_subnet_len", "flannel_subnet_min",
+                    "flannel_subnet_max", "flannel_enable_ipv4", "flannel_enable_ipv6", "flannel_enable_nftables",
+                    "flannel_ipv6_network", "flannel_ipv6_subnet_len", "flannel_ipv6_subnet_min",
+                    "flannel_ipv6_subnet_max", "flannel_backend", "flannel_network_force",
+                    *_FLANNEL_ETCD, *_FLANNEL_INSTALL],
+    },
+    "roles/etcd/meta/argument_specs.yml": {
+        "client_cert": ["etcd_tls_pki_dir", "etcd_client_cert_name", "etcd_client_cert_dir", "etcd_tls_days"],
+    },
+}
 
 
 def load_catalogue():
@@ -112,6 +140,75 @@ TARGETS = {
 }
 
 
+def main_options(path: str, lines: List[str]) -> dict:
+    """The option blocks of the ``main`` entry point of an argument_specs.yml: name -> its lines."""
+    try:
+        start = lines.index("  main:")
+    except ValueError:
+        raise SystemExit("%s: no main entry point" % path) from None
+    options: dict = {}
+    current = None
+    inside = False
+    for line in lines[start + 1:]:
+        if line.strip() and len(line) - len(line.lstrip()) <= 2:
+            break  # the next entry point
+        if line == "    options:":
+            inside = True
+        elif inside and re.match(r"^      [a-z0-9_]+:", line):
+            current = line.strip().split(":")[0]
+            options[current] = [line]
+        elif inside and current and (not line.strip() or line.startswith("       ")):
+            options[current].append(line)
+        elif inside:
+            raise SystemExit("%s: cannot read main's option line %r" % (path, line))
+    return options
+
+
+def render_entry_points(path: str, text: str) -> str:
+    """``text`` with the options of every entry point of :data:`ENTRY_POINTS` copied from main."""
+    lines = text.split("\n")
+    options = main_options(path, lines)
+    out: List[str] = []
+    entry = None
+    done = set()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        found = re.match(r"^  ([a-z0-9_]+):$", line)
+        if found:
+            entry = found.group(1)
+        out.append(line)
+        if line.strip().startswith(EP_BEGIN):
+            names = ENTRY_POINTS[path].get(entry)
+            if names is None:
+                raise SystemExit("%s: entry point %s has markers but no list in ENTRY_POINTS" % (path, entry))
+            missing = [n for n in names if n not in options]
+            if missing:
+                raise SystemExit("%s: entry point %s names options main does not have: %s"
+                                 % (path, entry, ", ".join(missing)))
+            indent = line[:len(line) - len(line.lstrip())]
+            out[-1] = indent + EP_BEGIN + EP_NOTE
+            j = i + 1
+            while j < len(lines) and not lines[j].strip().startswith(EP_END):
+                j += 1
+            if j == len(lines):
+                raise SystemExit("%s: %s without %s" % (path, EP_BEGIN, EP_END))
+            for name in names:
+                block = options[name]
+                while block and not block[-1].strip():
+                    block = block[:-1]
+                out += block
+            out.append(lines[j])
+            done.add(entry)
+            i = j + 1
+            continue
+        i += 1
+    left = set(ENTRY_POINTS[path]) - done
+    if left:
+        raise SystemExit("%s: no %s marker in entry point(s) %s" % (path, EP_BEGIN, ", ".join(sorted(left))))
+    return "\n".join(out)
+
+
 def render(path: str, text: str) -> str:
     """``text`` with every generated block rewritten; the block's indent is its BEGIN marker's."""
     lines = text.split("\n")
@@ -152,19 +249,24 @@ def main() -> int:
                           for b in CAT.BACKENDS if b.datapath}, sort_keys=True))
         return 0
     stale = []
-    for rel in TARGETS:
+    for rel in sorted(set(TARGETS) | set(ENTRY_POINTS)):
         path = REPO / rel
         text = path.read_text()
-        new = render(rel, text)
+        new = text
+        # Entry points first: they copy main's flannel_backend with its backend options block.
+        if rel in ENTRY_POINTS:
+            new = render_entry_points(rel, new)
+        if rel in TARGETS:
+            new = render(rel, new)
         if new != text:
             if args.write:
                 path.write_text(new)
-                print("catalogue: rewrote the backend options in %s" % rel)
+                print("backend_options: rewrote the generated blocks in %s" % rel)
             else:
                 stale.append(rel)
     if stale:
-        print("catalogue: backend options out of date in %s; run python3 scripts/backend_options.py --write"
-              % ", ".join(stale), file=sys.stderr)
+        print("backend_options: generated blocks (backend options, entry point options) out of date in %s; "
+              "run python3 scripts/backend_options.py --write" % ", ".join(stale), file=sys.stderr)
         return 1
     return 0
 
