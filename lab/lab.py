@@ -54,10 +54,22 @@ FLANNEL_IPV6 = os.environ.get("LAB_FLANNEL_IPV6", "fd00:100::/56")
 IPV6_RUN_FLAGS = ["--security-opt", "systempaths=unconfined"] + [
     f for key in ("all.disable_ipv6=0", "default.disable_ipv6=0", "all.forwarding=1", "default.forwarding=1")
     for f in ("--sysctl", "net.ipv6.conf." + key)]
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "plugins" / "module_utils"))
-from catalogue import DATAPATHS  # noqa: E402  (standard library only: runs under any python3)
 
-BACKENDS = ("vxlan", *(b for b in DATAPATHS if b != "vxlan"))  # vxlan, the default, first
+
+def lab_backends() -> tuple:
+    """The backends a lab runs, from the catalogue of the installed pyflannel (make lab runs the venv's Python);
+    vxlan, the default, first. Imported here, not at the top: `lab.py down` runs under any python3."""
+    from pyflannel.catalogue import DATAPATHS
+
+    return ("vxlan", *(b for b in DATAPATHS if b != "vxlan"))
+
+
+def __getattr__(name: str):
+    if name == "BACKENDS":  # lab.BACKENDS, for the tests
+        return lab_backends()
+    raise AttributeError(name)
+
+
 # Every capability but SYS_RESOURCE: --privileged fails on some VMs (the capability bounding set lacks it).
 RUN_FLAGS = [
     "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
@@ -414,8 +426,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         if args.cmd == "status":
             return 0 if status() else 1
-        if args.backend not in BACKENDS:
-            raise StepFailed("BACKEND=%s is not one of %s" % (args.backend, ", ".join(BACKENDS)))
+        if args.backend not in lab_backends():
+            raise StepFailed("BACKEND=%s is not one of %s" % (args.backend, ", ".join(lab_backends())))
         if args.hosts < 1 or not 1 <= args.etcd_members <= args.hosts:
             raise StepFailed("ETCD_MEMBERS=%d must be between 1 and the number of hosts (%d)"
                              % (args.etcd_members, args.hosts))
