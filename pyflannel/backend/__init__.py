@@ -135,11 +135,11 @@ class Backend:
             return None
         return self.lease.subnet if version == 4 else getattr(self.lease, "ipv6_subnet", None)
 
-    def settle_device(self, msg: Any, dev: str, version: int = 4, mtu: Optional[int] = None) -> int:
+    def settle_device(self, msg: Any, dev: str, families: Iterable[int] = (4,), mtu: Optional[int] = None) -> int:
         """Give the device ``msg`` (named ``dev``) our MTU (``mtu`` if given, else :meth:`mtu`), bring it up
-        and, once we hold a lease, make the lease subnet's network address (as a /32) its only address;
-        ``version=6``: the IPv6 subnet's network address as a /128 (its only global IPv6 address; IPv4
-        and link-local addresses stay); returns how many had to change."""
+        and, once we hold a lease, make the network address of our subnet of each family in ``families`` its
+        only address of that family: the IPv4 subnet's as a /32, the IPv6 subnet's as a /128 (its only global
+        IPv6 address; link-local addresses stay); returns how many had to change."""
         index = msg["index"]
         changed = 0
         want_mtu = self.mtu() if mtu is None else mtu
@@ -149,10 +149,11 @@ class Backend:
         if not msg["flags"] & 1:
             netlink.set_link(index, state="up")
             changed += 1
-        subnet = self.own_subnet(version)
-        if subnet is not None:
-            own: Any = (ipaddress.IPv4Interface("%s/32" % subnet.network_address) if version == 4
-                        else ipaddress.IPv6Interface("%s/128" % subnet.network_address))
+        for version in families:
+            subnet = self.own_subnet(version)
+            if subnet is None:
+                continue
+            own = ipaddress.ip_interface("%s/%d" % (subnet.network_address, 32 if version == 4 else 128))
             if netlink.set_only_address(index, own):
                 log.info("%s has address %s (lease %s)", dev, own, subnet)
                 changed += 1

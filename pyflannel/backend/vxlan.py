@@ -211,7 +211,7 @@ class VxlanBackend(RouteBackend):
             if dev.version == 6:
                 _no_router_advertisements(dev.name)
         dev.index = msg["index"]
-        self.settle_device(msg, dev.name, dev.version, self._device_mtu(dev))
+        self.settle_device(msg, dev.name, (dev.version,), self._device_mtu(dev))
         dev.mac = msg.get_attr("IFLA_ADDRESS").lower()
 
     # -- life cycle -------------------------------------------------------------------------------
@@ -230,7 +230,7 @@ class VxlanBackend(RouteBackend):
             for dev in self.devices.values():
                 msg = netlink.link_by_name(dev.name)
                 if msg is not None:
-                    self.settle_device(msg, dev.name, dev.version, self._device_mtu(dev))
+                    self.settle_device(msg, dev.name, (dev.version,), self._device_mtu(dev))
 
     # -- hops -----------------------------------------------------------------------------------------
     def hops_for(self, lease: Lease) -> List[Hop]:
