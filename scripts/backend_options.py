@@ -112,10 +112,16 @@ def module_block(indent: str) -> List[str]:
     return out
 
 
+def ipv4_only() -> List[str]:
+    """Backends that carry no IPv6 (the catalogue's families)."""
+    return [b.name for b in CAT.BACKENDS if 6 not in b.families]
+
+
 def role_block(indent: str) -> List[str]:
     """The options of the flannel role's ``flannel_backend`` (one-string descriptions)."""
+    family = " IPv4 only (no IPv6, no dual stack): %s." % ", ".join("V(%s)" % n for n in ipv4_only())
     out = [indent + "type:",
-           *wrapped(indent + "  description: ", indent + "    ", type_doc()),
+           *wrapped(indent + "  description: ", indent + "    ", type_doc() + (family if ipv4_only() else "")),
            indent + "  type: str",
            indent + "  choices: [%s]" % ", ".join(CAT.names()),
            indent + "  required: true"]
@@ -129,7 +135,7 @@ def defaults_block(indent: str) -> List[str]:
     lines = ["# Backend with its options in snake_case (all of them in meta/argument_specs.yml):"]
     for backend in CAT.BACKENDS:
         opts = ", ".join(o.name for o in backend.options) or "no options"
-        lines.append("#   %s: %s" % (backend.name, opts))
+        lines.append("#   %s: %s%s" % (backend.name, opts, "" if 6 in backend.families else " (IPv4 only)"))
     return [indent + line for line in lines]
 
 
