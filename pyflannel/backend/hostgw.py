@@ -61,6 +61,3 @@ class HostGwBackend(RouteBackend):
             hops.append(Hop(lease.ipv6_subnet, attrs.public_ipv6, self.ext_iface.index))
         return hops
 
-    def hop_for(self, lease: Lease) -> Optional[Hop]:
-        hops = self.hops_for(lease)
-        return hops[0] if hops else None

@@ -1,4 +1,8 @@
-"""The route-backend base: one route per remote lease, the wanted set and its reconcile loop.
+"""The routes of the backends: one route per remote lease (:class:`RouteBackend`), or one per network
+(:func:`reconcile_network_routes`).
+
+A backend whose device carries the whole network (udp, wireguard) wants one route per network through that
+device; :func:`reconcile_network_routes` makes the kernel's routes of its protocol exactly those.
 
 A route backend (host-gw, vxlan) says per lease which :class:`Hop` s it wants (:meth:`RouteBackend.hops_for`:
 one per address family the lease and the network share; the wanted set is keyed by destination subnet,
@@ -62,6 +66,40 @@ def _net_order(net: Any) -> Tuple[int, Any]:
     return (net.version, net)
 
 
+def our_routes(proto: int, ipv6: bool) -> List[Dict[str, Any]]:
+    """The kernel's routes tagged ``proto``, both families (a network that no longer has IPv6 must not keep
+    IPv6 routes); a kernel without IPv6 has none of those: its failing IPv6 dump is an error only when
+    ``ipv6`` (the network carries IPv6)."""
+    out = netlink.routes(proto)
+    try:
+        out += netlink.routes(proto, socket.AF_INET6)
+    except Exception as err:  # IPv6 disabled in the kernel (ipv6.disable=1)
+        if ipv6:
+            raise
+        log.debug("no IPv6 route dump: %s", err)
+    return out
+
+
+def reconcile_network_routes(proto: int, wanted: Dict[Net, int], ipv6: bool) -> Tuple[int, List[Net]]:
+    """The routes of a backend whose device carries a whole network (udp, wireguard): make the kernel's
+    routes tagged ``proto`` exactly ``wanted``, network -> ifindex of the device it goes out of (no
+    gateway), IPv4 and IPv6 side by side.  Returns (routes removed, networks installed)."""
+    removed = 0
+    kept = []
+    for route in our_routes(proto, ipv6):
+        if wanted.get(route["dst"]) != route["oif"] or route["gateway"]:
+            netlink.delete_route(route["dst"], oif=route["oif"], proto=proto, gateway=route["gateway"])
+            removed += 1
+        else:
+            kept.append(route)
+    installed = []
+    for network, index in wanted.items():
+        if not any(r["dst"] == network and r["oif"] == index for r in kept):
+            netlink.replace_route(network, index, proto)
+            installed.append(network)
+    return removed, installed
+
+
 @dataclass(frozen=True)
 class Hop:
     """What one remote lease needs in one address family: ``dst via gateway dev oif [onlink]``, plus, for a
@@ -84,8 +122,8 @@ Failure = Tuple[Net, str, str]  # (subnet, gateway, error text; "" = not on-link
 
 
 class RouteBackend(Backend):
-    """Base of route backends.  Subclasses implement :meth:`hops_for` (or only :meth:`hop_for`, for a
-    backend that carries IPv4 alone) and may override :meth:`describe` and the ``*_extra`` hooks."""
+    """Base of route backends.  Subclasses implement :meth:`hops_for` and may override :meth:`describe` and
+    the ``*_extra`` hooks."""
 
     # What an operator can do about a gateway that is not on-link (subclasses say it their way).
     offlink_advice = "put the nodes on one L2 segment or choose the interface that shares one with --iface"
@@ -102,15 +140,9 @@ class RouteBackend(Backend):
         self._check_cost = 0.0  # how long it took
 
     # -- what subclasses say --------------------------------------------------------------------------
-    def hop_for(self, lease: Lease) -> Optional[Hop]:
-        """The (IPv4) hop a remote lease needs, or None to ignore the lease (a backend carrying IPv6
-        overrides :meth:`hops_for` instead)."""
-        raise NotImplementedError
-
     def hops_for(self, lease: Lease) -> List[Hop]:
         """The hops a remote lease needs, at most one per address family (none: ignore the lease)."""
-        hop = self.hop_for(lease)
-        return [hop] if hop is not None else []
+        raise NotImplementedError
 
     def describe(self, hop: Hop) -> str:
         return "via %s dev %s%s" % (hop.gateway, self._dev_name(hop.oif), " onlink" if hop.onlink else "")
@@ -222,18 +254,6 @@ class RouteBackend(Backend):
             nets = nets + netlink.connected_networks(self.ext_iface.index, socket.AF_INET6)
         return nets
 
-    def _our_routes(self) -> List[Dict[str, Any]]:
-        """The kernel's routes of our protocol, both families (a network that no longer has IPv6 must
-        not keep IPv6 routes); a kernel without IPv6 has none of those."""
-        out = netlink.routes(self.proto)
-        try:
-            out += netlink.routes(self.proto, socket.AF_INET6)
-        except Exception as err:  # IPv6 disabled in the kernel (ipv6.disable=1)
-            if self.enable_ipv6:
-                raise
-            log.debug("no IPv6 route dump: %s", err)
-        return out
-
     def _install(self, hop: Hop, nets: List[Net], fresh: List[Failure]) -> bool:
         """Program ``hop``; one that cannot be goes to ``fresh`` (once, until it works again)."""
         dst = hop.dst
@@ -305,7 +325,7 @@ class RouteBackend(Backend):
         began = time.monotonic()
         nets = self._networks()
         fresh: List[Failure] = []
-        have: Dict[Net, Optional[Dict[str, Any]]] = {r["dst"]: r for r in self._our_routes()}
+        have: Dict[Net, Optional[Dict[str, Any]]] = {r["dst"]: r for r in our_routes(self.proto, self.enable_ipv6)}
         stale = 0  # routes nobody wants (reconcile_extra counts the neighbours and fdb entries)
         for dst, route in list(have.items()):
             hop = self._want.get(dst)

@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional
 
 from pyflannel import netlink, udpproxy
 from pyflannel.backend import Backend, BackendError, ExternalInterface, register
+from pyflannel.backend.routes import reconcile_network_routes
 from pyflannel.leases import Lease
 
 log = logging.getLogger("pyflannel.backend.udp")
@@ -251,12 +252,13 @@ class UdpBackend(Backend):
             self._ensure_tun()
             address = ipaddress.IPv4Interface("%s/32" % lease.subnet.network_address)
             netlink.set_only_address(self.index, address)
-            netlink.replace_route(self.config.network, self.index, netlink.RTPROT_UDP)
-            for r in netlink.routes(netlink.RTPROT_UDP):
-                if r["dst"] != self.config.network or r["oif"] != self.index:
-                    netlink.delete_route(r["dst"], oif=r["oif"], proto=netlink.RTPROT_UDP)
+            self._reconcile_route()
             self._open_sockets()
             self._start_workers()
+
+    def _reconcile_route(self) -> List[Any]:
+        """The network's one route, through flannel0, is the only route of ours; returns what was installed."""
+        return reconcile_network_routes(netlink.RTPROT_UDP, {self.config.network: self.index}, ipv6=False)[1]
 
     def _usable(self, lease: Lease) -> bool:
         return self.lease is None or lease.subnet != self.lease.subnet
@@ -292,10 +294,8 @@ class UdpBackend(Backend):
                 self._workers[i] = self._spawn(w["mode"], w["queue"], w["slot"])
                 self.restarts += 1
             if self.lease is not None and self.index:
-                have = [r for r in netlink.routes(netlink.RTPROT_UDP) if r["dst"] == self.config.network]
-                if not have:
-                    log.warning("route %s dev %s was missing: restored", self.config.network, DEVICE)
-                    netlink.replace_route(self.config.network, self.index, netlink.RTPROT_UDP)
+                for network in self._reconcile_route():
+                    log.warning("route %s dev %s was missing: restored", network, DEVICE)
 
     def _stop_workers(self) -> None:
         for w in self._workers:

@@ -253,10 +253,6 @@ class VxlanBackend(RouteBackend):
         return Hop(subnet, str(subnet.network_address), dev.index, onlink=True, vtep_mac=mac.lower(),
                    underlay=public)
 
-    def hop_for(self, lease: Lease) -> Optional[Hop]:
-        hops = self.hops_for(lease)
-        return hops[0] if hops else None
-
     def _dev_of(self, index: int) -> Optional[_Device]:
         for dev in self.devices.values():
             if dev.index == index:

@@ -56,13 +56,13 @@ import logging
 # patch time.monotonic and os.rename through it)
 import os  # noqa: F401
 import random  # noqa: F401
-import socket
 import threading
 import time  # noqa: F401
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from pyflannel import catalogue, netlink  # noqa: F401  (catalogue: wgb.catalogue in the unit tests)
 from pyflannel.backend import Backend, BackendError, ExternalInterface, IdentityClash, register
+from pyflannel.backend.routes import reconcile_network_routes
 from pyflannel.backend.wireguard.device import (
     DEVICE,
     DEVICE_V6,
@@ -126,9 +126,6 @@ __all__ = [
 
 log = logging.getLogger("pyflannel.backend.wireguard")
 
-AF = {4: socket.AF_INET, 6: socket.AF_INET6}
-
-
 @register("wireguard")
 class WireguardBackend(Backend):
     def __init__(self, config: Any, ext_iface: ExternalInterface, settings: Optional[Dict[str, Any]] = None) -> None:
@@ -179,20 +176,8 @@ class WireguardBackend(Backend):
                 changed += self.settle_device(msg, device.name, device.families)
         if self.lease is None:
             return changed
-        wanted = self._wanted_routes()
-        for family in (socket.AF_INET, socket.AF_INET6):
-            have = netlink.routes(netlink.RTPROT_WIREGUARD, family)
-            for r in have:
-                if wanted.get(r["dst"]) != r["oif"] or r["gateway"]:
-                    netlink.delete_route(r["dst"], oif=r["oif"], proto=netlink.RTPROT_WIREGUARD, gateway=r["gateway"])
-                    changed += 1
-            for network, index in wanted.items():
-                if AF[network.version] != family:
-                    continue
-                if not any(r["dst"] == network and r["oif"] == index and not r["gateway"] for r in have):
-                    netlink.replace_route(network, index, netlink.RTPROT_WIREGUARD)
-                    changed += 1
-        return changed
+        removed, installed = reconcile_network_routes(netlink.RTPROT_WIREGUARD, self._wanted_routes(), self.use_ipv6)
+        return changed + removed + len(installed)
 
     # -- life cycle -------------------------------------------------------------------------------
     def _load_key(self) -> None:
