@@ -2,7 +2,7 @@
 ``--public-ipv6``).
 
 Netlink through pyroute2 (attributes read with ``get_attr``, which pyroute2 0.7 and 0.9 both have).
-The result is the backend interface's :class:`ExternalInterface`.
+The result is an :class:`ExternalInterface`, which the backends are given.
 
 Rules, as Go flanneld (v0.20 for IPv6):
 
@@ -30,12 +30,29 @@ import ipaddress
 import logging
 import re
 import socket
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from pyflannel import netlink
-from pyflannel.backend import ExternalInterface
 
 log = logging.getLogger("pyflannel.iface")
+
+
+@dataclass
+class ExternalInterface:
+    """The interface flannel traffic leaves through (``--iface`` and friends)."""
+
+    name: str
+    index: int
+    # the interface's IPv4 address used for sending/binding; None only on an IPv6-only network
+    # (``iface.select(want_ipv4=False)``) when the interface has no IPv4 address
+    address: Optional[str]
+    public_ip: Optional[str]  # what other nodes use to reach us (``--public-ip``; usually == address)
+    mtu: int
+    # the interface's global IPv6 address (canonical text), when IPv6 is wanted and the interface has one
+    address6: Optional[str] = None
+    # what other nodes reach us at over IPv6 (``--public-ipv6``; usually == address6)
+    public_ipv6: Optional[str] = None
 
 
 class IfaceError(Exception):

@@ -4,8 +4,8 @@ A backend turns leases into a datapath.  It knows nothing of etcd: the agent han
 Life cycle, driven by the agent (pyflannel/agent.py):
 
 1. ``backend = create(config, ext_iface, settings)`` — ``config`` is the parsed NetworkConfig,
-   ``ext_iface`` the selected :class:`ExternalInterface`, ``settings`` the agent's flags a backend may
-   need (``wireguard_key_file``, ...).
+   ``ext_iface`` the selected :class:`~pyflannel.iface.ExternalInterface` (re-exported here), ``settings``
+   the agent's flags a backend may need (``wireguard_key_file``, ...).
    ``backend.check_identity(leases)`` before prepare(), ``leases`` a callable listing every lease in the
    store (ours included), called only by a backend that has an identity to check: an identity of this
    node (wireguard's key) that an older lease of another node already holds is replaced before any
@@ -35,29 +35,12 @@ from __future__ import annotations
 import importlib
 import ipaddress
 import logging
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Type
 
 from pyflannel import catalogue, netlink
+from pyflannel.iface import ExternalInterface
 from pyflannel.leases import Lease, LeaseAttrs
 from pyflannel.netconfig import NetworkConfig
-
-
-@dataclass
-class ExternalInterface:
-    """The interface flannel traffic leaves through (``--iface`` and friends)."""
-
-    name: str
-    index: int
-    # the interface's IPv4 address used for sending/binding; None only on an IPv6-only network
-    # (``iface.select(want_ipv4=False)``) when the interface has no IPv4 address
-    address: Optional[str]
-    public_ip: Optional[str]  # what other nodes use to reach us (``--public-ip``; usually == address)
-    mtu: int
-    # the interface's global IPv6 address (canonical text), when IPv6 is wanted and the interface has one
-    address6: Optional[str] = None
-    # what other nodes reach us at over IPv6 (``--public-ipv6``; usually == address6)
-    public_ipv6: Optional[str] = None
 
 
 class BackendError(Exception):
@@ -104,6 +87,10 @@ class Backend:
         interface's MTU minus the catalogue's overhead for this backend."""
         override = self.config.option("MTU")
         return int(override) if override else self.ext_iface.mtu - (self.spec.overhead if self.spec else 0)
+
+    def default(self, go: str) -> Any:
+        """The catalogue's default of this backend's option ``go`` (Go's key name)."""
+        return self.spec.option(go).default
 
     def check_identity(self, leases: Callable[[], Iterable[Optional[Lease]]]) -> None:
         """Make sure no other node's older lease holds an identity of this node (wireguard's public key).

@@ -72,7 +72,7 @@ def _open_queue(name: str, vnet: bool, tso: bool = False) -> int:
 class UdpBackend(Backend):
     def __init__(self, config: Any, ext_iface: ExternalInterface, settings: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(config, ext_iface, settings)
-        self.port = int(config.option("Port") or 8285)
+        self.port = int(config.option("Port") or self.default("Port"))
         self.queues = max(1, int(os.environ.get("PYFLANNEL_UDP_QUEUES", "1")))
         self.mode = os.environ.get("PYFLANNEL_UDP_MODE", "split")
         # gro (default): virtio-net header on the TUN, batched UDP_SEGMENT sends, UDP_GRO receive merged

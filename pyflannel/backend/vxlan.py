@@ -29,14 +29,14 @@ import socket
 from dataclasses import replace
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from pyflannel import netlink
+from pyflannel import catalogue, netlink
 from pyflannel.backend import BackendError, ExternalInterface, register
 from pyflannel.backend.routes import Hop, Net, RouteBackend, usable_ipv6_peer
 from pyflannel.leases import Lease, LeaseAttrs
 
 log = logging.getLogger("pyflannel.backend.vxlan")
 
-DEFAULT_PORT = 8472  # the kernel's default when no port is given (Go's Port 0)
+DEFAULT_PORT = catalogue.get("vxlan").underlay[2]  # the kernel's default when no port is given (Go's Port 0)
 OVERHEAD6 = 70  # IPv6 + UDP + VXLAN + inner Ethernet: the flannel-v6 device's MTU is the interface's minus this
 
 
@@ -88,7 +88,8 @@ class VxlanBackend(RouteBackend):
 
     def __init__(self, config: Any, ext_iface: ExternalInterface, settings: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(config, ext_iface, settings)
-        self.vni = int(config.option("VNI") if config.option("VNI") is not None else 1)
+        vni = config.option("VNI")
+        self.vni = int(self.default("VNI") if vni is None else vni)
         self.port = int(config.option("Port") or 0) or DEFAULT_PORT
         self.gbp = bool(config.option("GBP"))
         self.learning = bool(config.option("Learning"))

@@ -52,15 +52,15 @@ from __future__ import annotations
 import ipaddress
 import logging
 
-# os, random and time as this module had them before it became a package (the unit tests seed random and
-# patch time.monotonic and os.rename through it)
+# os, random and time as this module had them before it became a package: the unit tests seed random,
+# patch time.monotonic and os.rename and call catalogue through it
 import os  # noqa: F401
 import random  # noqa: F401
 import threading
 import time  # noqa: F401
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from pyflannel import catalogue, netlink  # noqa: F401  (catalogue: wgb.catalogue in the unit tests)
+from pyflannel import catalogue, netlink  # noqa: F401  (catalogue: kept as os, random and time above)
 from pyflannel.backend import Backend, BackendError, ExternalInterface, IdentityClash, register
 from pyflannel.backend.routes import reconcile_network_routes
 from pyflannel.backend.wireguard.device import (
@@ -130,14 +130,14 @@ log = logging.getLogger("pyflannel.backend.wireguard")
 class WireguardBackend(Backend):
     def __init__(self, config: Any, ext_iface: ExternalInterface, settings: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(config, ext_iface, settings)
-        self.mode = config.option("Mode") or "separate"
+        self.mode = config.option("Mode") or self.default("Mode")
         self.use_ipv4 = bool(config.enable_ipv4)
         self.use_ipv6 = bool(config.enable_ipv6)
         problem = mode_problem(self.mode, self.use_ipv4, self.use_ipv6, ext_iface)
         if problem:
             raise BackendError(problem)
-        self.listen_port = int(config.option("ListenPort") or 51820)
-        self.listen_port_v6 = int(config.option("ListenPortV6") or 51821)
+        self.listen_port = int(config.option("ListenPort") or self.default("ListenPort"))
+        self.listen_port_v6 = int(config.option("ListenPortV6") or self.default("ListenPortV6"))
         self.psk = config.option("PSK") or ZERO_KEY
         self.keepalive = int(config.option("PersistentKeepaliveInterval") or 0)
         self.key_file = key_file_path(self.settings)
