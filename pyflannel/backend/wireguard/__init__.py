@@ -126,6 +126,7 @@ __all__ = [
 
 log = logging.getLogger("pyflannel.backend.wireguard")
 
+
 @register("wireguard")
 class WireguardBackend(Backend):
     def __init__(self, config: Any, ext_iface: ExternalInterface, settings: Optional[Dict[str, Any]] = None) -> None:
