@@ -34,7 +34,7 @@ FORBIDDEN_TOP = (".venv", ".git", ".ansible", ".ci", "build", "tests/output", "l
 FORBIDDEN_ANYWHERE = (".pytest_cache", ".ruff_cache", ".hypothesis", "__pycache__")
 REQUIRED = ("MANIFEST.json", "FILES.json", "meta/runtime.yml", "plugins/modules/flannel_network.py",
             "plugins/modules/flannel_lease.py", "plugins/modules/flannel_lease_info.py",
-            "plugins/module_utils/netconfig.py", "plugins/module_utils/etcdstore.py",
+            "plugins/module_utils/netconfig.py", "plugins/module_utils/etcdstore/__init__.py",
             "plugins/module_utils/leases.py", "plugins/module_utils/catalogue.py", "plugins/doc_fragments/etcd.py",
             "pyflannel/agent.py", "pyflannel/__init__.py", "pyproject.toml", "requirements/runtime.txt",
             "roles/flannel/files/build_wheelhouse.py", "inventory/example.yml")
@@ -98,11 +98,11 @@ def install(tarball: Path, dest: Path, env: dict) -> Path:
     manifest = json.loads((root / "MANIFEST.json").read_text())
     version = manifest["collection_info"]["version"]
     # pyflannel's shared modules are links to module_utils in a checkout; the tarball ships module_utils only
-    # (links do not ship) and the role's wheel builder takes them from there: one file each, never a copy
+    # (links do not ship) and the role's wheel builder takes them from there: one copy each, never a second
     for name in SHARED:
         if (root / "pyflannel" / name).exists():
             fail("installed pyflannel/%s is a second copy of plugins/module_utils/%s" % (name, name))
-        if not (root / "plugins" / "module_utils" / name).is_file():
+        if not (root / "plugins" / "module_utils" / name).exists():
             fail("installed plugins/module_utils/%s is missing" % name)
     print("collection-build: installed netfabric.flannel %s into %s" % (version, dest))
     return root

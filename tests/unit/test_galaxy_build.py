@@ -69,7 +69,15 @@ FORBIDDEN = ("*.key", "*.pem", "*.crt", "*vault*", "*group_vars*", "*host_vars*"
 # the role's wheel builder: its list of pyflannel's modules shared with plugins/module_utils/ (links in a
 # checkout, one source for the modules and the agent; links do not ship, the builder takes module_utils')
 BUILDER = REPO / "roles" / "flannel" / "files" / "build_wheelhouse.py"
-SHARED = runpy.run_path(str(BUILDER))["SHARED"]
+_BUILD = runpy.run_path(str(BUILDER))
+SHARED = _BUILD["SHARED"]
+
+
+def shared_files(module_utils: Path) -> List[str]:
+    """The files of the shared modules (a file or a package each), relative to ``module_utils``."""
+    return [f.relative_to(module_utils).as_posix() for name in SHARED for f in _BUILD["files_of"](module_utils / name)]
+
+
 # What the role needs besides pyflannel/ (flannel_source_dir is the collection root; build_wheelhouse.py)
 MUST = ("MANIFEST.json", "FILES.json", "README.md", "LICENSE", "COPYING", "meta/runtime.yml", "site.yml",
         "inventory/example.yml", "changelogs/changelog.yaml", "pyproject.toml", "requirements/runtime.txt",
@@ -130,9 +138,9 @@ def test_the_collection_and_the_agent_source_ship_whole(built: Dict[str, object]
     links = ["pyflannel/" + name for name in SHARED]
     missing += [p for p in built["files"] if p.startswith(OWN) and p not in members and p not in links]
     assert missing == [], "the tarball lacks %s" % missing
-    # one file per shared module: in plugins/module_utils/, never a second copy under pyflannel/
-    assert [p for p in links if p in members] == []
-    assert all("plugins/module_utils/" + name in members for name in SHARED)
+    # one copy of each shared module: in plugins/module_utils/, never a second copy under pyflannel/
+    assert [p for p in members if any(p == link or p.startswith(link + "/") for link in links)] == []
+    assert all("plugins/module_utils/" + name in members for name in shared_files(REPO / "plugins" / "module_utils"))
 
 
 def test_the_agent_builds_from_the_installed_collection(built: Dict[str, object]) -> None:
@@ -156,7 +164,7 @@ def test_the_agent_builds_from_the_installed_collection(built: Dict[str, object]
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (wheel,) = wheels.glob("pyflannel-*.whl")
     with zipfile.ZipFile(wheel) as zf:
-        for name in SHARED:
+        for name in shared_files(root / "plugins" / "module_utils"):
             assert zf.read("pyflannel/" + name) == (root / "plugins" / "module_utils" / name).read_bytes(), name
     # the role's own reader of the source: version, dependencies, and a pin for each in requirements/runtime.txt
     script = root / "roles" / "flannel" / "files" / "build_wheelhouse.py"

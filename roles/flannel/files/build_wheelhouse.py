@@ -36,10 +36,10 @@ from pathlib import Path
 
 NAME_RE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
-# The modules pyflannel shares with the Ansible modules: one file each, in plugins/module_utils/. A checkout
-# links them into pyflannel/; the collection tarball ships only plugins/module_utils/ (ansible-galaxy's
-# manifest drops links), so the private copy takes them from there.
-SHARED = ("catalogue.py", "etcdstore.py", "leases.py", "netconfig.py")
+# The modules pyflannel shares with the Ansible modules, in plugins/module_utils/: a file or a package (a
+# directory) each. A checkout links them into pyflannel/; the collection tarball ships only
+# plugins/module_utils/ (ansible-galaxy's manifest drops links), so the private copy takes them from there.
+SHARED = ("catalogue.py", "etcdstore", "leases.py", "netconfig.py")
 
 
 def shared_sources(source: Path) -> list[Path]:
@@ -56,6 +56,13 @@ def shared_sources(source: Path) -> list[Path]:
             sys.exit(f"build_wheelhouse: {source} has neither pyflannel/{name} nor plugins/module_utils/{name}; "
                      "set flannel_source_dir to the collection root")
     return out
+
+
+def files_of(shared: Path) -> list[Path]:
+    """The files of one shared module: the module's file, or every .py file of a package, in a stable order."""
+    if shared.is_dir():
+        return sorted(p for p in shared.rglob("*.py") if "__pycache__" not in p.relative_to(shared).parts)
+    return [shared]
 
 
 def canonical(name: str) -> str:
@@ -103,12 +110,15 @@ def source_stamp(source: Path, extra: list[str]) -> str:
     h = hashlib.sha256()
     files = [source / "pyproject.toml", source / "README.md"]
     files += sorted(p for p in (source / "pyflannel").rglob("*")
-                    if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc" and p.name not in SHARED)
+                    if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+                    and p.relative_to(source / "pyflannel").parts[0] not in SHARED)
     for f in files:
         if f.exists():
             h.update(str(f.relative_to(source)).encode() + b"\0" + f.read_bytes() + b"\0")
-    for f in shared_sources(source):  # by name: a link in a checkout, module_utils in a tarball
-        h.update(b"pyflannel/" + f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    for shared in shared_sources(source):  # by name: a link in a checkout, module_utils in a tarball
+        for f in files_of(shared):
+            name = f.relative_to(shared.parent).as_posix()
+            h.update(b"pyflannel/" + name.encode() + b"\0" + f.read_bytes() + b"\0")
     h.update("\n".join(extra).encode())
     return h.hexdigest()
 
@@ -176,7 +186,10 @@ def main() -> None:
         shutil.copytree(source / "pyflannel", copy / "pyflannel", symlinks=False,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
         for shared in shared_sources(source):
-            shutil.copy(shared, copy / "pyflannel" / shared.name)
+            for f in files_of(shared):
+                target = copy / "pyflannel" / f.relative_to(shared.parent)
+                target.parent.mkdir(exist_ok=True)
+                shutil.copy(f, target)
         built = Path(tmp) / "wheel"
         args = ["wheel", "--no-deps", "--wheel-dir", str(built), *opts.pip_arg]
         local_build = importlib.util.find_spec("setuptools") and importlib.util.find_spec("wheel")

@@ -1,0 +1,362 @@
+# Copyright: netfabric.flannel contributors
+# Apache License 2.0 (see LICENSE)
+"""etcd v3 through etcd3gw and its session (the JSON gateway: no protobuf).  The client libraries are imported
+when a store is opened, so that importing this never fails."""
+
+import base64
+import binascii
+import functools
+import json
+import logging
+import socket
+import time
+from typing import Any, Dict, Iterator, List
+
+from .common import KV, Event, StateLost, StoreError, WatchExpired, _ConnectionProblem, _short
+from .store import EtcdStore
+
+_log = logging.getLogger("pyflannel.etcdstore")
+
+
+def _prefix_end(prefix):
+    """The etcd v3 range end that covers every key starting with ``prefix``."""
+    raw = bytearray(prefix.encode("utf-8"))
+    for i in range(len(raw) - 1, -1, -1):
+        if raw[i] < 0xFF:
+            raw[i] += 1
+            return bytes(raw[: i + 1]).decode("utf-8", "surrogateescape")
+    return "\0"
+
+
+def _b64(text):
+    if isinstance(text, str):
+        text = text.encode("utf-8")
+    return base64.b64encode(text).decode("ascii")
+
+
+def _unb64(text):
+    # binascii directly: a list of a thousand leases decodes two thousand of these
+    return binascii.a2b_base64(text).decode("utf-8", "replace") if text else ""
+
+
+class V3Store(EtcdStore):
+    api = "v3"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._cluster_id = None  # from the watch's first answer: a change means another cluster
+        try:
+            import etcd3gw
+            import etcd3gw.exceptions
+            import requests
+        except ImportError:
+            raise StoreError("etcd3gw is not installed; install it (pip install etcd3gw, or the "
+                             "python3-etcd3gw package) to talk to etcd v3")
+        self._gw = etcd3gw
+        self._requests = requests
+        self._clients = [None] * len(self.endpoints)
+
+    def _client(self, index):
+        client = self._clients[index]
+        if client is None:
+            ep = self.endpoints[index]
+            session = self._requests.Session()
+            # etcd is reached directly, never through an HTTP proxy from the environment (which would
+            # also cost an environment scan on every request)
+            session.trust_env = False
+            adapter = self._requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=16)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            if self.ca_cert:
+                # Also passed as verify= on every request: requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE
+                # from the environment override session.verify, and the etcd CA given here must win.
+                session.verify = self.ca_cert
+            if self.client_cert:
+                session.cert = (self.client_cert, self.client_key)
+            client = self._gw.client(host=ep.host, port=ep.port, protocol=ep.scheme, session=session,
+                                     timeout=self.timeout, api_path="/v3/")
+            self._clients[index] = client
+            if self.username:
+                self._authenticate(index, client)
+        return client
+
+    def _authenticate(self, index, client):
+        try:
+            resp = client.session.post(client.get_url("/auth/authenticate"),
+                                       json={"name": self.username, "password": self.password or ""},
+                                       timeout=self.timeout, verify=self.ca_cert or None)
+        except self._requests.exceptions.RequestException as err:
+            raise _ConnectionProblem(_short(err))
+        if resp.status_code != 200:
+            if "authentication is not enabled" in resp.text:
+                # etcd without auth takes every request without a token (Go's clientv3 goes on the same way);
+                # a login set up before auth is switched on in etcd must not stop the agent
+                _log.debug("etcd at %s has authentication off: going on without a token", client.get_url(""))
+                return
+            raise StoreError("etcd refused the login of user %r: %s; check --etcd-username/--etcd-password"
+                             % (self.username, resp.text.strip()[:200]))
+        token = resp.json().get("token")
+        client.session.headers["Authorization"] = token
+
+    def _post(self, path, payload, what):
+        """POST to the gateway with failover; returns the decoded JSON answer."""
+        requests = self._requests
+
+        def op(index):
+            client = self._client(index)
+            for attempt in (1, 2):
+                try:
+                    resp = client.session.post(client.get_url(path), data=json.dumps(payload),
+                                               timeout=self.timeout, verify=self.ca_cert or None)
+                except requests.exceptions.RequestException as err:
+                    raise _ConnectionProblem(_short(err))
+                if resp.status_code == 200:
+                    return resp.json()
+                text = resp.text.strip()
+                if resp.status_code in (401, 403) or "invalid auth token" in text or "token" in text.lower():
+                    if self.username and attempt == 1:
+                        self._authenticate(index, client)
+                        continue
+                    raise StoreError("etcd refused %s: %s; check --etcd-username/--etcd-password" % (what, text[:200]))
+                if resp.status_code == 404:
+                    raise StoreError("etcd at %s does not serve the v3 gateway (%s); use etcd 3.4 or newer or "
+                                     "the v2 API" % (self.endpoints[index].url, text[:100]))
+                if (resp.status_code >= 500 and "leader" in text.lower()) or _going_away(resp.status_code, text):
+                    raise _ConnectionProblem(text[:200])
+                raise StoreError("etcd failed %s: HTTP %d %s" % (what, resp.status_code, text[:200]))
+            return None
+
+        return self._attempt(op, what)
+
+    @staticmethod
+    def _kv_from(item):
+        lease = int(item.get("lease", 0) or 0)
+        return KV(_unb64(item.get("key")), _unb64(item.get("value")), int(item.get("mod_revision", 0) or 0),
+                  has_ttl=lease != 0, lease_id=lease, created=int(item.get("create_revision", 0) or 0))
+
+    def get(self, key):
+        return self.head(key)[0]
+
+    def head(self, key):
+        resp = self._post("/kv/range", {"key": _b64(key)}, "reading %s" % key)
+        kvs = resp.get("kvs") or []
+        revision = int(resp.get("header", {}).get("revision", 0) or 0)
+        return (self._kv_from(kvs[0]) if kvs else None), revision
+
+    def list(self, prefix, serializable=False):
+        request = {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))}
+        if serializable:
+            request["serializable"] = True
+        resp = self._post("/kv/range", request, "listing %s" % prefix)
+        revision = int(resp.get("header", {}).get("revision", 0) or 0)
+        return [self._kv_from(item) for item in resp.get("kvs") or []], revision
+
+    def put(self, key, value):
+        resp = self._post("/kv/put", {"key": _b64(key), "value": _b64(value)}, "writing %s" % key)
+        revision = int(resp.get("header", {}).get("revision", 0) or 0)
+        return KV(key, value, revision)
+
+    def _grant(self, ttl, what):
+        resp = self._post("/lease/grant", {"TTL": int(ttl), "ID": 0}, what)
+        return int(resp["ID"])
+
+    def _revoke(self, lease_id):
+        try:
+            self._post("/kv/lease/revoke", {"ID": lease_id}, "revoking lease %x" % lease_id)
+        except StoreError as err:
+            if "not found" not in str(err):
+                raise
+
+    def _txn_put(self, key, value, lease_id, compare):
+        put = {"key": _b64(key), "value": _b64(value)}
+        if lease_id:
+            put["lease"] = lease_id
+        txn = {"compare": [compare], "success": [{"request_put": put}], "failure": []}
+        resp = self._post("/kv/txn", txn, "writing %s" % key)
+        revision = int(resp.get("header", {}).get("revision", 0) or 0)
+        return bool(resp.get("succeeded")), revision
+
+    def create(self, key, value, ttl=None):
+        lease_id = self._grant(ttl, "granting a lease for %s" % key) if ttl else 0
+        try:
+            ok, revision = self._txn_put(key, value, lease_id,
+                                         {"key": _b64(key), "target": "CREATE", "result": "EQUAL",
+                                          "create_revision": 0})
+        except StoreError:
+            if lease_id:
+                self._revoke_quietly(lease_id)
+            raise
+        if not ok:
+            if lease_id:
+                self._revoke_quietly(lease_id)
+            return None
+        exp = time.time() + ttl if ttl else None
+        return KV(key, value, revision, has_ttl=bool(ttl), expiration=exp, lease_id=lease_id, ttl=ttl,
+                  created=revision)
+
+    def _revoke_quietly(self, lease_id):
+        try:
+            self._revoke(lease_id)
+        except StoreError:
+            pass  # the lease expires on its own; nothing is attached to it
+
+    def _keepalive(self, lease_id):
+        resp = self._post("/lease/keepalive", {"ID": lease_id}, "renewing lease %x" % lease_id)
+        result = resp.get("result", resp)
+        return int(result.get("TTL", 0) or 0)
+
+    def update(self, kv, value, ttl=None):
+        # the very key we read (same create revision), not one created anew since with the same name
+        exists = ({"key": _b64(kv.key), "target": "CREATE", "result": "EQUAL", "create_revision": kv.created}
+                  if kv.created else {"key": _b64(kv.key), "target": "VERSION", "result": "GREATER", "version": 0})
+        old_lease = kv.lease_id
+        if ttl and old_lease:
+            # Keep the key's own etcd lease alive: no new lease, nothing leaked.
+            granted = self._keepalive(old_lease)
+            if granted <= 0:
+                return None
+            if granted >= ttl:
+                ok, revision = self._txn_put(kv.key, value, old_lease, exists)
+                if not ok:
+                    return None
+                return KV(kv.key, value, revision, has_ttl=True, expiration=time.time() + ttl,
+                          lease_id=old_lease, ttl=ttl, created=kv.created)
+            # The key's etcd lease was granted a shorter TTL (an earlier run with another TTL):
+            # move the key to a new lease below, which revokes the old one.
+        new_lease = self._grant(ttl, "granting a lease for %s" % kv.key) if ttl else 0
+        try:
+            ok, revision = self._txn_put(kv.key, value, new_lease, exists)
+        except StoreError:
+            if new_lease:
+                self._revoke_quietly(new_lease)
+            raise
+        if not ok:
+            if new_lease:
+                self._revoke_quietly(new_lease)
+            return None
+        if old_lease:
+            self._revoke_quietly(old_lease)  # the key moved off it (became a reservation)
+        exp = time.time() + ttl if ttl else None
+        return KV(kv.key, value, revision, has_ttl=bool(ttl), expiration=exp, lease_id=new_lease, ttl=ttl,
+                  created=kv.created)
+
+    def delete(self, key):
+        resp = self._post("/kv/deleterange", {"key": _b64(key)}, "deleting %s" % key)
+        return int(resp.get("deleted", 0) or 0) > 0
+
+    def remaining_ttl(self, kv):
+        if not kv.lease_id:
+            return None
+        resp = self._post("/kv/lease/timetolive", {"ID": kv.lease_id}, "reading lease %x" % kv.lease_id)
+        ttl = int(resp.get("TTL", -1) or -1)
+        return float(max(ttl, 0))
+    def watch(self, prefix, after_revision, idle=10.0):
+        requests = self._requests
+        revision = int(after_revision)
+        while True:
+            resp = self._attempt(functools.partial(self._open_watch, prefix, revision, idle), "watching %s" % prefix)
+            try:
+                for events in self._watch_batches(resp, prefix, revision):
+                    revision = max([revision] + [ev.revision for ev in events])
+                    yield events
+            except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
+                    socket.timeout):
+                # idle read timeout or a dropped stream: report idleness, then resume from `revision`
+                yield []
+            finally:
+                resp.close()
+
+    def _open_watch(self, prefix: str, revision: int, idle: float, index: int) -> Any:
+        """Open a watch stream of the keys under ``prefix`` after ``revision`` on endpoint ``index`` (the
+        failover's ``op``); ``idle``: the read timeout of the stream."""
+        requests = self._requests
+        create = {"create_request": {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix)),
+                                     "start_revision": revision + 1}}
+        client = self._client(index)
+        try:
+            resp = client.session.post(client.get_url("/watch"), data=json.dumps(create), stream=True,
+                                       timeout=(self.timeout, idle), verify=self.ca_cert or None)
+        except requests.exceptions.RequestException as err:
+            raise _ConnectionProblem(_short(err))
+        if resp.status_code != 200:
+            text = resp.text.strip()
+            resp.close()
+            if _going_away(resp.status_code, text):
+                raise _ConnectionProblem(text[:200])
+            if resp.status_code in (401, 403) and self.username:
+                self._authenticate(index, client)
+                raise _ConnectionProblem("token expired")
+            raise StoreError("etcd refused the watch on %s: HTTP %d %s" % (prefix, resp.status_code, text[:200]))
+        return resp
+
+    def _watch_batches(self, resp: Any, prefix: str, revision: int) -> Iterator[List[Event]]:
+        """The events of each message of the open watch stream ``resp`` (one list per message that has any)."""
+        for line in resp.iter_lines(chunk_size=None):
+            if not line or not line.strip():
+                continue
+            result = self._watch_result(json.loads(line.decode("utf-8")), prefix, revision)
+            events = [_event(ev) for ev in result.get("events") or []]
+            for ev in events:
+                revision = max(revision, ev.revision)
+            if events:
+                yield events
+
+    def _watch_result(self, msg: Dict[str, Any], prefix: str, revision: int) -> Dict[str, Any]:
+        """The ``result`` of one watch message; raises for an error, a compaction past ``revision``, a cancel,
+        and (on the stream's first answer) an etcd that was replaced or went back in time."""
+        if "error" in msg and "result" not in msg:
+            if _stream_going_away(msg["error"] or {}):
+                raise self._requests.exceptions.ConnectionError("etcd closed the watch stream")
+            raise StoreError("etcd watch failed: %s" % json.dumps(msg["error"])[:200])
+        result = msg.get("result", {})
+        if result.get("created"):
+            self._check_created(result.get("header", {}), revision)
+        if int(result.get("compact_revision", 0) or 0) > 0:
+            raise WatchExpired("etcd v3 history was compacted up to revision %s" % result["compact_revision"])
+        if result.get("canceled"):
+            raise StoreError("etcd cancelled the watch on %s: %s"
+                             % (prefix, result.get("cancel_reason", "no reason given")))
+        return result
+
+    def _check_created(self, header: Dict[str, Any], revision: int) -> None:
+        """StateLost when the watch's first answer shows another cluster, or a revision behind ``revision``."""
+        current = int(header.get("revision", 0) or 0)
+        cluster = header.get("cluster_id")
+        known, self._cluster_id = self._cluster_id, cluster or self._cluster_id
+        if known and cluster and cluster != known:
+            raise StateLost("etcd's cluster id changed from %s to %s: it was replaced or restored" % (known, cluster))
+        if 0 < current < revision:
+            raise StateLost("etcd is at revision %d, behind revision %d already seen: its data was wiped or restored"
+                            % (current, revision))
+
+
+def _event(ev: Dict[str, Any]) -> Event:
+    """One event of a v3 watch message as an :class:`Event`."""
+    kv = ev.get("kv", {})
+    rev = int(kv.get("mod_revision", 0) or 0)
+    if ev.get("type") == "DELETE":
+        return Event("delete", _unb64(kv.get("key")), None, rev)
+    return Event("put", _unb64(kv.get("key")), _unb64(kv.get("value")), rev,
+                 has_ttl=bool(int(kv.get("lease", 0) or 0)), created=int(kv.get("create_revision", 0) or 0))
+
+
+# What etcd's gateway says while its own gRPC server is stopping, starting or not listening yet.
+_GOING_AWAY = ("closing", "unavailable", "connection error", "connection refused", "error while dialing")
+
+
+def _going_away(status, text):
+    """An answer of an etcd that is shutting down or restarting (the JSON gateway answers 503 "connection
+    error ... connection refused" while the server behind it is gone): count it as not answering."""
+    return status in (408, 503) and any(part in text.lower() for part in _GOING_AWAY)
+
+
+def _stream_going_away(error):
+    """An error inside a v3 watch stream that means etcd is going away: gRPC UNAVAILABLE, or the gateway's
+    408 "grpc: the client connection is closing" when the server behind it stops."""
+    if error.get("grpc_code") == 14:
+        return True
+    try:
+        status = int(error.get("http_code", 0) or 0)
+    except (TypeError, ValueError):
+        return False
+    return _going_away(status, str(error.get("message", "")))
