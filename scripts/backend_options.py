@@ -29,7 +29,7 @@ import re
 import sys
 import textwrap
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
 BEGIN = "# >>> backend options"
@@ -170,77 +170,72 @@ def main_options(path: str, lines: List[str]) -> dict:
     return options
 
 
-def render_entry_points(path: str, text: str) -> str:
-    """``text`` with the options of every entry point of :data:`ENTRY_POINTS` copied from main."""
+def rewrite_blocks(path: str, text: str, begin: str, end: str, note: str, block) -> Tuple[str, int]:
+    """``text`` with the lines between each ``begin`` and ``end`` marker line replaced by ``block(indent, entry)``
+    (indent: the begin marker's; entry: the argument-spec entry point it stands in, if any), and how many."""
     lines = text.split("\n")
-    options = main_options(path, lines)
     out: List[str] = []
     entry = None
-    done = set()
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        found = re.match(r"^  ([a-z0-9_]+):$", line)
-        if found:
-            entry = found.group(1)
-        out.append(line)
-        if line.strip().startswith(EP_BEGIN):
-            names = ENTRY_POINTS[path].get(entry)
-            if names is None:
-                raise SystemExit("%s: entry point %s has markers but no list in ENTRY_POINTS" % (path, entry))
-            missing = [n for n in names if n not in options]
-            if missing:
-                raise SystemExit("%s: entry point %s names options main does not have: %s"
-                                 % (path, entry, ", ".join(missing)))
-            indent = line[:len(line) - len(line.lstrip())]
-            out[-1] = indent + EP_BEGIN + EP_NOTE
-            j = i + 1
-            while j < len(lines) and not lines[j].strip().startswith(EP_END):
-                j += 1
-            if j == len(lines):
-                raise SystemExit("%s: %s without %s" % (path, EP_BEGIN, EP_END))
-            for name in names:
-                block = options[name]
-                while block and not block[-1].strip():
-                    block = block[:-1]
-                out += block
-            out.append(lines[j])
-            done.add(entry)
-            i = j + 1
-            continue
-        i += 1
-    left = set(ENTRY_POINTS[path]) - done
-    if left:
-        raise SystemExit("%s: no %s marker in entry point(s) %s" % (path, EP_BEGIN, ", ".join(sorted(left))))
-    return "\n".join(out)
-
-
-def render(path: str, text: str) -> str:
-    """``text`` with every generated block rewritten; the block's indent is its BEGIN marker's."""
-    lines = text.split("\n")
-    out: List[str] = []
     i = 0
     found = 0
     while i < len(lines):
         line = lines[i]
+        top = re.match(r"^  ([a-z0-9_]+):$", line)
+        if top:
+            entry = top.group(1)
         out.append(line)
-        if line.strip().startswith(BEGIN):
+        if line.strip().startswith(begin):
             indent = line[:len(line) - len(line.lstrip())]
-            out[-1] = indent + BEGIN + NOTE
+            out[-1] = indent + begin + note
             j = i + 1
-            while j < len(lines) and not lines[j].strip().startswith(END):
+            while j < len(lines) and not lines[j].strip().startswith(end):
                 j += 1
             if j == len(lines):
-                raise SystemExit("%s: %s without %s" % (path, BEGIN, END))
-            out += TARGETS[path](indent)
+                raise SystemExit("%s: %s without %s" % (path, begin, end))
+            out += block(indent, entry)
             out.append(lines[j])
             i = j + 1
             found += 1
             continue
         i += 1
+    return "\n".join(out), found
+
+
+def render_entry_points(path: str, text: str) -> str:
+    """``text`` with the options of every entry point of :data:`ENTRY_POINTS` copied from main."""
+    options = main_options(path, text.split("\n"))
+    done = set()
+
+    def copied(_indent: str, entry) -> List[str]:
+        names = ENTRY_POINTS[path].get(entry)
+        if names is None:
+            raise SystemExit("%s: entry point %s has markers but no list in ENTRY_POINTS" % (path, entry))
+        missing = [n for n in names if n not in options]
+        if missing:
+            raise SystemExit("%s: entry point %s names options main does not have: %s"
+                             % (path, entry, ", ".join(missing)))
+        done.add(entry)
+        out: List[str] = []
+        for name in names:
+            block = options[name]
+            while block and not block[-1].strip():
+                block = block[:-1]
+            out += block
+        return out
+
+    new, _count = rewrite_blocks(path, text, EP_BEGIN, EP_END, EP_NOTE, copied)
+    left = set(ENTRY_POINTS[path]) - done
+    if left:
+        raise SystemExit("%s: no %s marker in entry point(s) %s" % (path, EP_BEGIN, ", ".join(sorted(left))))
+    return new
+
+
+def render(path: str, text: str) -> str:
+    """``text`` with every generated block rewritten; the block's indent is its BEGIN marker's."""
+    new, found = rewrite_blocks(path, text, BEGIN, END, NOTE, lambda indent, _entry: TARGETS[path](indent))
     if not found:
         raise SystemExit("%s: no %s marker" % (path, BEGIN))
-    return "\n".join(out)
+    return new
 
 
 def main() -> int:
