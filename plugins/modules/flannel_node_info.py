@@ -1,0 +1,517 @@
+#!/usr/bin/python
+# Copyright: netfabric.flannel contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: flannel_node_info
+short_description: What a flannel node holds right now
+version_added: "0.3.0"
+description:
+  - Reads one node's flannel state, the way the agent sees it, with the node's own Python (the agent's
+    virtual environment may be absent) and C(ip -j).
+  - The subnet file parsed by the agent's own parser, the docker bridge (addresses and MTU) against it, the
+    flannel devices present (names matched with the backend catalogue's device patterns), the routes tagged
+    with the catalogue's route protocols (IPv4 and IPv6, every table), the state of the flanneld, docker and
+    etcd services, and the installed agent's version.
+  - With O(wheels), also whether wheel files fit an interpreter on the node, judged by C(packaging.tags)
+    run by that interpreter.
+  - Never changes anything.
+author:
+  - netfabric.flannel developers (@netfabric)
+options:
+  subnet_file:
+    description:
+      - The subnet file the agent writes (its C(--subnet-file)).
+    type: path
+    default: /run/flannel/subnet.env
+  install_dir:
+    description:
+      - Where the agent is installed (a virtual environment); its version is read from there.
+    type: path
+    default: /opt/pyflannel
+  bridge:
+    description:
+      - The bridge whose addresses must be on the flannel subnets.
+    type: str
+    default: docker0
+  services:
+    description:
+      - The systemd services whose state is returned in RV(services).
+    type: list
+    elements: str
+    default: [flanneld, docker, etcd]
+  gather:
+    description:
+      - What to read. An empty list reads nothing of the node (for a wheel check alone).
+    type: list
+    elements: str
+    choices: [subnet, bridge, devices, routes, services, agent]
+    default: [subnet, bridge, devices, routes, services, agent]
+  wheels:
+    description:
+      - Wheel file names (C(<name>-<version>-<python tag>-<abi tag>-<platform tag>.whl)) to check against
+        the tags the interpreter O(wheel_python) supports; the result is RV(wheel_fit).
+    type: list
+    elements: str
+  wheel_python:
+    description:
+      - The interpreter the wheels would be installed for. When it does not exist (yet), the Python this
+        module runs on stands in.
+      - The tags are those of C(packaging.tags.sys_tags()) run by that interpreter, with the C(packaging)
+        distribution, else pip's vendored copy, else the pip wheel its C(venv) module would install. Without
+        any of them (a node whose venv support is not installed yet) a basic check stands in - python tag,
+        abi3 range and architecture, without glibc or musl versions - and RV(wheel_fit.method) says V(basic).
+    type: path
+attributes:
+  check_mode:
+    support: full
+    description: The module only reads, so it runs the same in check mode.
+  diff_mode:
+    support: none
+    description: Nothing changes, so there is nothing to show.
+  platform:
+    support: full
+    platforms: posix
+    description: Linux with iproute2 (C(ip -j)) and systemd.
+seealso:
+  - module: netfabric.flannel.flannel_lease_info
+"""
+
+EXAMPLES = r"""
+- name: What this node holds
+  netfabric.flannel.flannel_node_info:
+  register: node
+
+- name: Docker0 must be on the flannel subnet
+  ansible.builtin.assert:
+    that: node.bridge.state == 'ok'
+    fail_msg: "{{ node.problems | join('; ') }}"
+
+- name: The routes the vxlan backend installed
+  ansible.builtin.debug:
+    msg: "{{ node.routes | selectattr('backend', 'equalto', 'vxlan') | map(attribute='dst') | list }}"
+
+- name: Do these wheels fit the interpreter the agent's venv is made from
+  netfabric.flannel.flannel_node_info:
+    gather: []
+    wheels: [wrapt-1.16.0-cp311-cp311-manylinux_2_28_x86_64.whl, pyflannel-0.3.0-py3-none-any.whl]
+    wheel_python: /usr/bin/python3
+  register: fit
+"""
+
+RETURN = r"""
+subnet_file:
+  description: The subnet file read.
+  returned: always
+  type: str
+  sample: /run/flannel/subnet.env
+subnet_env:
+  description: The subnet file's C(NAME=value) lines; empty when the file is not there (or not gathered).
+  returned: always
+  type: dict
+  sample: {"FLANNEL_NETWORK": "10.100.0.0/16", "FLANNEL_SUBNET": "10.100.42.1/24", "FLANNEL_MTU": "1450",
+           "FLANNEL_IPMASQ": "false"}
+flannel_address:
+  description: The node's flannel address (the address of FLANNEL_SUBNET, docker0's); empty without one.
+  returned: always
+  type: str
+  sample: 10.100.42.1
+flannel_address6:
+  description: The node's IPv6 flannel address (of FLANNEL_IPV6_SUBNET); empty without one.
+  returned: always
+  type: str
+  sample: fc00:100:0:2a::1
+mtu:
+  description: FLANNEL_MTU as a number; null without it.
+  returned: always
+  type: int
+  sample: 1450
+bridge:
+  description: The docker bridge against the subnet file.
+  returned: always
+  type: dict
+  contains:
+    name:
+      description: The bridge (O(bridge)).
+      type: str
+    exists:
+      description: Whether the link is there.
+      type: bool
+    addresses:
+      description: Its IPv4 addresses with prefix length.
+      type: list
+      elements: str
+      sample: [10.100.42.1/24]
+    addresses6:
+      description: Its global IPv6 addresses with prefix length.
+      type: list
+      elements: str
+    mtu:
+      description: The link's MTU (docker shows 1500 until a container joins the bridge).
+      type: int
+    state:
+      description:
+        - V(ok) when the bridge holds FLANNEL_SUBNET (and FLANNEL_IPV6_SUBNET when the file has one),
+          V(mismatch) when not, V(no subnet.env) without a FLANNEL_SUBNET or FLANNEL_IPV6_SUBNET, V(-) when
+          not gathered.
+      type: str
+      sample: ok
+devices:
+  description: The links whose names match a backend's device pattern in the catalogue.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"name": "flannel.1", "kind": "vxlan", "backend": "vxlan", "mtu": 1450, "up": true}]
+routes:
+  description: The routes tagged with a backend's route protocol, both address families, every table.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"family": 4, "dst": "10.100.7.0/24", "gateway": "10.100.7.0", "dev": "flannel.1", "protocol": 109,
+            "backend": "vxlan"}]
+services:
+  description: The state of each of O(services) (systemd's ActiveState), V(-) when the unit does not exist.
+  returned: always
+  type: dict
+  sample: {"flanneld": "active", "docker": "active", "etcd": "-"}
+agent:
+  description: The agent installed in O(install_dir).
+  returned: always
+  type: dict
+  sample: {"installed": true, "python": "/opt/pyflannel/bin/python", "version": "0.3.0"}
+problems:
+  description:
+    - One line per thing that is wrong on a flannel node, from what was gathered - no subnet file, the bridge
+      not on the flannel subnets, flanneld or docker not active.
+  returned: always
+  type: list
+  elements: str
+wheel_fit:
+  description: With O(wheels), how they fit the interpreter.
+  returned: when O(wheels) is given
+  type: dict
+  contains:
+    interpreter:
+      description: The interpreter asked (O(wheel_python), or this module's own when that is absent).
+      type: str
+    python:
+      description: Its version, major.minor.
+      type: str
+      sample: "3.11"
+    architecture:
+      description: Its machine architecture.
+      type: str
+      sample: x86_64
+    method:
+      description:
+        - Where the tags came from - V(packaging), V(pip), V(pip wheel <path>), or V(basic) (no packaging
+          implementation on the node, see O(wheel_python)).
+      type: str
+      sample: packaging
+    misfits:
+      description: The wheels none of whose tags the interpreter supports.
+      type: list
+      elements: str
+    misfit_pythons:
+      description: The python tags of the misfits.
+      type: list
+      elements: str
+      sample: [cp39]
+    misfit_platforms:
+      description: The architectures of the misfits' platform tags (C(manylinux_2_28_aarch64) gives C(aarch64)).
+      type: list
+      elements: str
+      sample: [aarch64]
+"""
+
+import glob
+import ipaddress
+import json
+import os
+import re
+import sys
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ..module_utils import catalogue, subnetenv
+
+PARTS = ["subnet", "bridge", "devices", "routes", "services", "agent"]
+
+# Run by the interpreter whose wheel tags are wanted: packaging.tags, else pip's vendored copy, else that of
+# the pip wheel the interpreter's venv module would install (ensurepip's own, or the distribution's copy such as
+# Debian's /usr/share/python-wheels); "tags": null when none of them is there (a node without pip or venv yet).
+TAGS_PROBE = r"""
+import glob, json, os, platform, sys
+out = {"python": "%d.%d" % sys.version_info[:2], "architecture": platform.machine(),
+       "implementation": sys.implementation.name, "tags": None, "method": "none"}
+def tags(method):
+    out["tags"] = [str(t) for t in sys_tags()]
+    out["method"] = method
+try:
+    from packaging.tags import sys_tags
+    tags("packaging")
+except ImportError:
+    try:
+        from pip._vendor.packaging.tags import sys_tags
+        tags("pip")
+    except ImportError:
+        try:
+            import ensurepip
+            places = [os.path.join(os.path.dirname(ensurepip.__file__), "_bundled")]
+        except ImportError:
+            places = []
+        places += ["/usr/share/python-wheels", "/usr/share/python%d-wheels" % sys.version_info[0]]
+        for wheel in sorted(w for p in places for w in glob.glob(os.path.join(p, "pip-*.whl")))[-1:]:
+            sys.path.insert(0, wheel)
+            try:
+                from pip._vendor.packaging.tags import sys_tags
+                tags("pip wheel " + wheel)
+            except ImportError:
+                pass
+print(json.dumps(out))
+"""
+
+PLATFORM_PREFIX = re.compile(r"^(many|musl)?linux(\d+|_\d+_\d+)?_")
+
+
+def _ip_json(module, args):
+    """``ip -j <args>`` parsed; None when ip fails (no such device, no IPv6)."""
+    ip = module.get_bin_path("ip")
+    if ip is None:
+        module.fail_json(msg="the ip command (iproute2) is not installed on this host")
+    rc, out, _err = module.run_command([ip, "-j"] + args)
+    if rc != 0:
+        return None
+    try:
+        return json.loads(out) if out.strip() else []
+    except ValueError:
+        return None
+
+
+def read_subnet(module, path):
+    """The parsed file; empty when it does not exist. Any other read error fails the module."""
+    try:
+        return subnetenv.read(path)
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as err:
+        module.fail_json(msg="cannot read %s: %s" % (path, err))
+
+
+def first_address(value):
+    """``10.100.42.1/24`` -> ``10.100.42.1``; empty for anything else."""
+    try:
+        return str(ipaddress.ip_interface(value.strip()).ip) if value else ""
+    except ValueError:
+        return ""
+
+
+def bridge_info(module, name, env):
+    data = _ip_json(module, ["address", "show", "dev", name])
+    link = data[0] if data else {}
+    addrs = link.get("addr_info", [])
+    out = {"name": name, "exists": bool(link), "mtu": link.get("mtu"),
+           "addresses": ["%s/%s" % (a["local"], a["prefixlen"]) for a in addrs if a.get("family") == "inet"],
+           "addresses6": ["%s/%s" % (a["local"], a["prefixlen"]) for a in addrs
+                          if a.get("family") == "inet6" and a.get("scope") == "global"]}
+    want, want6 = env.get("FLANNEL_SUBNET", ""), env.get("FLANNEL_IPV6_SUBNET", "")
+    if not want and not want6:
+        out["state"] = "no subnet.env"
+    elif (not want or want in out["addresses"]) and (not want6 or want6 in out["addresses6"]):
+        out["state"] = "ok"
+    else:
+        out["state"] = "mismatch"
+    return out
+
+
+def backend_of_device(name):
+    for backend in catalogue.BACKENDS:
+        if any(re.fullmatch(pattern, name) for pattern in backend.devices):
+            return backend.name
+    return None
+
+
+def devices(module):
+    out = []
+    for link in _ip_json(module, ["-d", "link", "show"]) or []:
+        backend = backend_of_device(link.get("ifname", ""))
+        if backend is not None:
+            out.append({"name": link["ifname"], "kind": link.get("linkinfo", {}).get("info_kind"), "backend": backend,
+                        "mtu": link.get("mtu"), "up": "UP" in link.get("flags", [])})
+    return out
+
+
+def routes(module):
+    protos = dict((b.route_proto, b.name) for b in catalogue.BACKENDS if b.route_proto is not None)
+    out = []
+    for family in (4, 6):
+        # -N: protocols as numbers, whatever names /etc/iproute2/rt_protos gives them (older ip lacks -N)
+        found = _ip_json(module, ["-N", "-%d" % family, "route", "show", "table", "all"])
+        if found is None:
+            found = _ip_json(module, ["-%d" % family, "route", "show", "table", "all"]) or []
+        for route in found:
+            proto = str(route.get("protocol", ""))
+            if proto.isdigit() and int(proto) in protos:
+                out.append({"family": family, "dst": route.get("dst"), "gateway": route.get("gateway"),
+                            "dev": route.get("dev"), "protocol": int(proto), "backend": protos[int(proto)]})
+    return out
+
+
+def services(module, names):
+    systemctl = module.get_bin_path("systemctl")
+    out = {}
+    for name in names:
+        state = "-"
+        if systemctl is not None:
+            rc, text, _err = module.run_command([systemctl, "show", "--property=LoadState,ActiveState",
+                                                 name + ".service"])
+            props = dict(line.split("=", 1) for line in text.splitlines() if "=" in line) if rc == 0 else {}
+            if props.get("LoadState", "not-found") != "not-found":
+                state = props.get("ActiveState", "-")
+        out[name] = state
+    return out
+
+
+def agent(install_dir):
+    python = os.path.join(install_dir, "bin", "python")
+    version = None
+    for meta in sorted(glob.glob(os.path.join(install_dir, "lib", "python*", "site-packages",
+                                              "pyflannel-*.dist-info", "METADATA"))):
+        with open(meta, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("Version:"):
+                    version = line.split(":", 1)[1].strip()
+                    break
+    return {"installed": os.path.exists(python), "python": python, "version": version}
+
+
+# -- wheels ---------------------------------------------------------------------------------------------------
+def wheel_tags(filename):
+    """The set of ``python-abi-platform`` tags a wheel file name declares (each part may be a dotted set), or
+    None when the name is not a wheel's."""
+    if not filename.endswith(".whl"):
+        return None
+    parts = filename[:-len(".whl")].split("-")
+    if len(parts) not in (5, 6):  # name-version[-build]-python-abi-platform
+        return None
+    pythons, abis, platforms = (p.split(".") for p in parts[-3:])
+    return set("%s-%s-%s" % (p, a, pl) for p in pythons for a in abis for pl in platforms)
+
+
+def basic_fit(triple, probe):
+    """Without packaging on the node: whether one (python, abi, platform) tag fits CPython X.Y on the probe's
+    architecture - the python tag (pyX, pyXN or cpXN with N <= Y; cpXY for its own ABI), abi3 for cpXN with
+    N <= Y, and a platform tag of ``any`` or of that architecture (glibc or musl versions are not judged)."""
+    py, abi, plat = triple.split("-")
+    major, minor = (int(n) for n in probe["python"].split("."))
+    if plat != "any" and PLATFORM_PREFIX.sub("", plat) != probe["architecture"]:
+        return False
+    found = re.match(r"^(py|cp)(\d)(\d*)$", py)
+    if not found or int(found.group(2)) != major:
+        return False
+    kind, older = found.group(1), not found.group(3) or int(found.group(3)) <= minor
+    own = found.group(3) == str(minor)
+    if abi == "none":
+        return older if kind == "py" else own
+    if abi == "abi3":
+        return kind == "cp" and older and plat != "any"
+    return kind == "cp" and own and abi.startswith(py) and probe.get("implementation", "cpython") == "cpython"
+
+
+def wheel_fit(module, wheels, python):
+    interpreter = python if python and os.path.exists(python) else sys.executable
+    rc, out, err = module.run_command([interpreter, "-c", TAGS_PROBE])
+    try:
+        probe = json.loads(out.strip().splitlines()[-1]) if rc == 0 and out.strip() else {}
+    except ValueError:
+        probe = {}
+    if not re.match(r"^\d+\.\d+$", str(probe.get("python", ""))) or not probe.get("architecture"):
+        detail = " ".join((err or out or "exit status %d" % rc).split())
+        module.fail_json(msg="cannot tell which wheels %s accepts: it did not answer the tag probe (%s)"
+                             % (interpreter, detail[:300]))
+    supported = set(probe["tags"]) if probe.get("tags") is not None else None
+    misfits = []
+    for name in wheels:
+        tags = wheel_tags(name) or set()
+        fits = tags & supported if supported is not None else any(basic_fit(tag, probe) for tag in tags)
+        if not fits:
+            misfits.append(name)
+    pythons, platforms = [], []
+    for name in misfits:
+        parts = name[:-len(".whl")].split("-") if name.endswith(".whl") else []
+        if len(parts) >= 5:
+            pythons.append(parts[-3])
+            platforms += [PLATFORM_PREFIX.sub("", p) for p in parts[-1].split(".")]
+    return {"interpreter": interpreter, "python": probe["python"], "architecture": probe["architecture"],
+            "method": probe.get("method") if supported is not None else "basic",
+            "misfits": misfits, "misfit_pythons": _unique(pythons), "misfit_platforms": _unique(platforms)}
+
+
+def _unique(items):
+    out = []
+    for item in items:
+        if item not in out:
+            out.append(item)
+    return out
+
+
+def problems(result, gather):
+    out = []
+    if "subnet" in gather and not result["subnet_env"]:
+        out.append("no %s (is flanneld running?)" % result["subnet_file"])
+    elif "bridge" in gather and result["bridge"]["state"] == "mismatch":
+        bridge = result["bridge"]
+        want, want6 = result["subnet_env"].get("FLANNEL_SUBNET"), result["subnet_env"].get("FLANNEL_IPV6_SUBNET")
+        if want and want not in bridge["addresses"]:
+            out.append("%s is %s, subnet.env says %s" % (bridge["name"], ", ".join(bridge["addresses"]) or "missing",
+                                                         want))
+        if want6 and want6 not in bridge["addresses6"]:
+            have6 = ", ".join(bridge["addresses6"]) or "none"
+            out.append("%s has IPv6 %s, subnet.env says %s" % (bridge["name"], have6, want6))
+    for name in ("flanneld", "docker"):
+        state = result["services"].get(name)
+        if state not in (None, "active"):
+            out.append("%s is %s" % (name, state))
+    return out
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            subnet_file=dict(type="path", default=subnetenv.DEFAULT_PATH),
+            install_dir=dict(type="path", default="/opt/pyflannel"),
+            bridge=dict(type="str", default="docker0"),
+            services=dict(type="list", elements="str", default=["flanneld", "docker", "etcd"]),
+            gather=dict(type="list", elements="str", choices=PARTS, default=PARTS),
+            wheels=dict(type="list", elements="str"),
+            wheel_python=dict(type="path"),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    gather = params["gather"]
+    env = read_subnet(module, params["subnet_file"]) if "subnet" in gather else {}
+    result = {
+        "changed": False,
+        "subnet_file": params["subnet_file"],
+        "subnet_env": env,
+        "flannel_address": first_address(env.get("FLANNEL_SUBNET")),
+        "flannel_address6": first_address(env.get("FLANNEL_IPV6_SUBNET")),
+        "mtu": int(env["FLANNEL_MTU"]) if env.get("FLANNEL_MTU", "").isdigit() else None,
+        "bridge": bridge_info(module, params["bridge"], env) if "bridge" in gather else
+        {"name": params["bridge"], "exists": None, "addresses": [], "addresses6": [], "mtu": None, "state": "-"},
+        "devices": devices(module) if "devices" in gather else [],
+        "routes": routes(module) if "routes" in gather else [],
+        "services": services(module, params["services"]) if "services" in gather else {},
+        "agent": agent(params["install_dir"]) if "agent" in gather else {},
+    }
+    result["problems"] = problems(result, gather)
+    if params["wheels"] is not None:
+        result["wheel_fit"] = wheel_fit(module, params["wheels"], params["wheel_python"])
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
