@@ -15,6 +15,7 @@ from pyflannel.subnet.errors import LeaseLost
 
 _Wanted = Tuple[Optional[ipaddress.IPv4Network], Optional[ipaddress.IPv6Network]]
 
+
 def _subnets_of(lease: Lease) -> _Wanted:
     return lease.subnet, lease.ipv6_subnet
 

@@ -250,6 +250,7 @@ class V3Store(EtcdStore):
         resp = self._post("/kv/lease/timetolive", {"ID": kv.lease_id}, "reading lease %x" % kv.lease_id)
         ttl = int(resp.get("TTL", -1) or -1)
         return float(max(ttl, 0))
+
     def watch(self, prefix, after_revision, idle=10.0):
         requests = self._requests
         revision = int(after_revision)
