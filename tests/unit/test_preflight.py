@@ -1,6 +1,8 @@
 """The flannel role's wheelhouse preflight, run for real: ansible-playbook against localhost (connection
-local) with the role's preflight tasks, fake wheelhouses (empty wheel files with real names) and, for a
-node with another Python, a stand-in interpreter that answers with another version."""
+local) with the role's preflight tasks (flannel_node_info asks the interpreter which tags it supports), fake
+wheelhouses (empty wheel files with real names) and stand-in interpreters: one without the packaging
+distribution (pip's vendored copy answers), and, for a node with another Python or no packaging
+implementation at all, one that answers the tag probe itself (the basic check then judges)."""
 
 from __future__ import annotations
 
@@ -36,9 +38,34 @@ CASES: Dict[str, Dict] = {
     "other python": {"wheels": [*PURE, binary("wrapt", py="cp39")]},
     "abi3 for a newer python": {"wheels": [*PURE, "cryptography-42.0-cp3%d-abi3-manylinux_2_28_%s.whl"
                                                   % (sys.version_info[1] + 1, ARCH)]},
+    # packaging.tags semantics: a manylinux wheel for a newer glibc than the node's does not fit (a regex on
+    # the architecture alone let it through)
+    "newer glibc": {"wheels": [*PURE, "wrapt-1.0-%s-%s-manylinux_2_999_%s.whl" % (PY, PY, ARCH)]},
     "node with another python": {"wheels": [*PURE, binary("wrapt")], "python": "3.99"},
     "no interpreter yet": {"wheels": [*PURE, binary("wrapt", arch=OTHER_ARCH)], "python": "missing"},
+    # without the packaging distribution: pip's vendored packaging answers
+    "pip only, matching": {"wheels": [*PURE, binary("wrapt")], "python": "pip"},
+    "pip only, other architecture": {"wheels": [*PURE, binary("wrapt", arch=OTHER_ARCH)], "python": "pip"},
+    # no packaging implementation on the node (no venv support yet): the basic check
+    "basic, matching": {"wheels": [*PURE, binary("wrapt"), "cryptography-42.0-cp37-abi3-manylinux_2_28_%s.whl" % ARCH],
+                        "python": "%d.%d" % sys.version_info[:2]},
+    "basic, other architecture": {"wheels": [*PURE, binary("wrapt", arch=OTHER_ARCH)],
+                                  "python": "%d.%d" % sys.version_info[:2]},
 }
+
+
+def pip_only(base: Path) -> str:
+    """An interpreter that has pip but not the packaging distribution: this Python without site-packages
+    (-S), with a directory holding only pip on its path."""
+    import pip
+
+    only = base / "pip-only"
+    only.mkdir()
+    (only / "pip").symlink_to(Path(pip.__file__).parent, target_is_directory=True)
+    python = base / "python-pip-only"
+    python.write_text('#!/bin/sh\nPYTHONPATH=%s exec %s -S "$@"\n' % (only, sys.executable))
+    python.chmod(0o755)
+    return str(python)
 
 
 def run_cases(base: Path, collections: Path, tasks: List[Dict], play_options: Dict) -> Dict[str, Dict]:
@@ -71,15 +98,19 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Dict]:
         python = sys.executable
         if spec.get("python") == "missing":
             python = str(base / "not-installed" / "python3")
-        elif "python" in spec:  # an interpreter that says it is another version
+        elif spec.get("python") == "pip":
+            python = pip_only(base) if not (base / "pip-only").exists() else str(base / "python-pip-only")
+        elif "python" in spec:  # an interpreter without packaging or pip that answers the probe as version X.Y
             python = str(base / ("python-%d" % index))
-            Path(python).write_text("#!/bin/sh\necho %s\n" % spec["python"])
+            probe = {"python": spec["python"], "architecture": ARCH, "implementation": "cpython", "tags": None,
+                     "method": "none"}
+            Path(python).write_text("#!/bin/sh\necho '%s'\n" % json.dumps(probe))
             Path(python).chmod(0o755)
         tasks.append({"block": [
             {"name": case, "ansible.builtin.include_role": PREFLIGHT,
              "vars": {"flannel_wheelhouse_dir": str(wheelhouse), "flannel_os_python": python}},
-            {"ansible.builtin.set_fact": {"outcomes": "{{ outcomes | combine({%s: {'failed': false}}) }}"
-                                                      % json.dumps(case)}},
+            {"ansible.builtin.set_fact": {"outcomes": "{{ outcomes | combine({%s: {'failed': false, 'method': "
+                                                      "__flannel_fit.wheel_fit.method}}) }}" % json.dumps(case)}},
         ], "rescue": [
             {"ansible.builtin.set_fact": {"outcomes": "{{ outcomes | combine({%s: {'failed': true, 'msg': "
                                                       "ansible_failed_result.msg}}) }}" % json.dumps(case)}},
@@ -90,7 +121,24 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Dict]:
 @pytest.mark.parametrize("case", ["matching", "pure only", "empty", "abi3 for an older python",
                                   "linux platform tag"])
 def test_a_fitting_wheelhouse_passes(outcomes: Dict[str, Dict], case: str) -> None:
-    assert outcomes[case] == {"failed": False}
+    assert outcomes[case] == {"failed": False, "method": "packaging"}
+
+
+def test_packaging_semantics_judge_the_glibc_version(outcomes: Dict[str, Dict]) -> None:
+    msg = outcomes["newer glibc"]["msg"]
+    assert "holds %s wheels for %s (wrapt-1.0-" % (PY, ARCH) in msg and "\n" not in msg
+
+
+def test_without_packaging_pips_copy_answers(outcomes: Dict[str, Dict]) -> None:
+    assert outcomes["pip only, matching"] == {"failed": False, "method": "pip"}
+    msg = outcomes["pip only, other architecture"]["msg"]
+    assert "holds %s wheels for %s" % (PY, OTHER_ARCH) in msg and "python-pip-only" in msg
+
+
+def test_without_any_packaging_the_basic_check_answers(outcomes: Dict[str, Dict]) -> None:
+    assert outcomes["basic, matching"] == {"failed": False, "method": "basic"}
+    msg = outcomes["basic, other architecture"]["msg"]
+    assert "holds %s wheels for %s (%s)" % (PY, OTHER_ARCH, binary("wrapt", arch=OTHER_ARCH)) in msg
 
 
 def test_other_architecture_fails_in_one_line(outcomes: Dict[str, Dict]) -> None:
