@@ -132,6 +132,15 @@ def test_only_listed_content_ships(built: Dict[str, object]) -> None:
     assert "galaxy.yml" not in files  # it ships as MANIFEST.json
 
 
+def test_the_agent_links_the_shared_modules() -> None:
+    """One copy in a checkout: each shared module (a file or a package) under pyflannel/ is a link to
+    plugins/module_utils/."""
+    for name in SHARED:
+        link = REPO / "pyflannel" / name
+        assert link.is_symlink(), "pyflannel/%s must be a link to plugins/module_utils/%s" % (name, name)
+        assert link.resolve() == (REPO / "plugins" / "module_utils" / name).resolve(), name
+
+
 def test_the_collection_and_the_agent_source_ship_whole(built: Dict[str, object]) -> None:
     members = built["members"]
     missing = [n for n in MUST if n not in members]
