@@ -60,4 +60,3 @@ class HostGwBackend(RouteBackend):
         if self.enable_ipv6 and lease.ipv6_subnet is not None and usable_ipv6_peer(attrs.public_ipv6):
             hops.append(Hop(lease.ipv6_subnet, attrs.public_ipv6, self.ext_iface.index))
         return hops
-

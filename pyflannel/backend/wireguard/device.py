@@ -95,7 +95,6 @@ def remove_device(dev: str) -> Tuple[bool, bool]:
     return removed, stop_unit(unit_for(dev))
 
 
-
 @dataclass
 class Device(WgDevice):
     """One WireGuard device with its link: at run time its ifindex and implementation ("kernel" or
@@ -250,4 +249,3 @@ def mode_problem(mode: str, enable_ipv4: bool, enable_ipv6: bool, ext: ExternalI
         return ("wireguard's %s (Mode separate on a network with IPv4) sends over IPv4, but interface %s has no IPv4 "
                 "address; give it one, pass --public-ip, or use Mode auto or ipv6" % (DEVICE, ext.name))
     return None
-

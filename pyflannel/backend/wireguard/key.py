@@ -134,7 +134,6 @@ def _write_key_file(path: str, key: str, replace: bool) -> bool:
             os.unlink(tmp)
 
 
-
 # -- who may use a key ----------------------------------------------------------------------------
 def lease_keys(lease: Lease) -> Tuple[str, ...]:
     """The wireguard public keys a lease publishes (BackendData's and BackendV6Data's; usually one)."""
@@ -168,4 +167,3 @@ def key_clash(public: str, address: Optional[str], leases: Iterable[Optional[Lea
     if ours:
         return others[0] if _age(others[0]) < min(ours) else None
     return others[0] if claim_now else None
-

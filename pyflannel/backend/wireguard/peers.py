@@ -76,7 +76,6 @@ def select_endpoint(peer_ip: Optional[str], peer_ipv6: Optional[str], own_ip: Op
     return peer_ip
 
 
-
 def _endpoint_ip(text: str) -> Optional[Any]:
     """The address of ``1.2.3.4:51820`` or ``[fd00::1]:51821`` (IPv4-mapped IPv6 as IPv4), None if unreadable."""
     host = text.rsplit(":", 1)[0] if text.count(":") == 1 or text.startswith("[") else text
@@ -103,7 +102,6 @@ def pin_endpoint(seen: str, peer: Peer) -> Optional[str]:
     if ip is not None and ip in allowed:
         return None
     return peer.endpoint
-
 
 
 # -- a device's peers ---------------------------------------------------------------------------------
@@ -288,4 +286,3 @@ class WgDevice:
                 del self.traffic[key]
                 reset += 1
         return reset
-

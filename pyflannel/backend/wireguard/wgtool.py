@@ -123,4 +123,3 @@ def dump_differences(dump: Dump, private: str, listen_port: int, peers: List[Pee
               or have["keepalive"] != peer.keepalive or not have["endpoint"]):
             out.append("peer %s (%s) altered" % (key, peer.label))
     return out
-
