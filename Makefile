@@ -68,7 +68,7 @@ argspec-check: venv collections-link ## the roles' argument_specs reject wrong v
 BACKEND      ?= vxlan
 ETCD_MEMBERS ?= 1
 IPV6         ?= 0
-lab: venv collections-link ## local 3-host lab (systemd containers) running site.yml; BACKEND=vxlan|host-gw|udp|wireguard ETCD_MEMBERS=1|3 IPV6=1 (dual stack)
+lab: venv collections-link ## local 3-host lab (systemd containers) running site.yml; BACKEND=<any datapath of the catalogue, default vxlan> ETCD_MEMBERS=1|3 IPV6=1 (dual stack)
 	$(PY) lab/lab.py up --backend $(BACKEND) --etcd-members $(ETCD_MEMBERS)$(if $(filter 1,$(IPV6)), --ipv6)
 
 # The view real hosts get (playbooks/status.yml), run against the lab's inventory; non-zero exit when
@@ -88,7 +88,7 @@ VAGRANT_DRIVER ?= qemu
 test-vagrant: venv collections-link ## molecule/vagrant in libvirt VMs (slow; not in make test); VAGRANT_DRIVER=kvm where KVM runs stock kernels
 	MOLECULE_VAGRANT_DRIVER=$(VAGRANT_DRIVER) lab/run-molecule.sh vagrant
 
-bench: deps venv ## datapath (iperf3 over raw veth, host-gw, vxlan, udp, wireguard) and control-plane benchmarks (root)
+bench: deps venv ## datapath (iperf3 over raw veth and over every datapath backend) and control-plane benchmarks (root)
 	$(PY) bench/datapath.py
 	$(PY) bench/control_plane.py
 

@@ -1,5 +1,5 @@
-"""Datapath benchmark: iperf3 TCP between two namespace hosts over raw veth, host-gw, vxlan, udp and
-wireguard, each printed as a ratio of raw veth, plus the TCP retransmits.  Needs root (network namespaces).
+"""Datapath benchmark: iperf3 TCP between two namespace hosts over raw veth and over every datapath backend
+of the catalogue, each printed as a ratio of raw veth, plus the TCP retransmits.  Needs root (network namespaces).
 
 Every overlay run is preceded by a raw veth run of the same length ("raw veth next"), and the ratio
 is taken against that one, so load from other processes that comes and goes hits both alike.

@@ -1,9 +1,10 @@
 """The local multi-host lab: systemd containers on one docker network, site.yml run on them.
 
-    lab.py up [--backend vxlan|host-gw|udp|wireguard] [--etcd-members 1|3] [--hosts 3] [--ipv6]
+    lab.py up [--backend BACKEND] [--etcd-members 1|3] [--hosts 3] [--ipv6]
     lab.py status
     lab.py down
 
+BACKEND is any datapath backend of the catalogue (vxlan by default).
 ``up`` makes sure a docker engine answers (lab/ensure-docker.sh), builds or reuses the images
 (lab/build-images.sh), starts the hosts with the run flags this kind of machine accepts (no
 --privileged), writes lab/inventory/hosts.yml, runs ``ansible-playbook -i lab/inventory site.yml``,
@@ -14,8 +15,8 @@ the lab's own proof, a ping matrix between the workload containers on different 
 the same again.
 ``--ipv6`` (``make lab IPV6=1``) makes it dual stack: the lab network gets an IPv6 subnet (LAB_SUBNET6,
 beside LAB_SUBNET for IPv4), so every host has an IPv6 address too; the inventory turns on
-flannel_enable_ipv6 with the IPv6 overlay LAB_FLANNEL_IPV6 (vxlan, host-gw and wireguard carry it, udp
-does not), and both ping matrices show IPv4 and IPv6.
+flannel_enable_ipv6 with the IPv6 overlay LAB_FLANNEL_IPV6 (the backend must carry IPv6: the catalogue
+says which do), and both ping matrices show IPv4 and IPv6.
 Everything the lab creates carries the docker label ``netfabric.flannel.lab``; ``down`` removes
 exactly that (containers, the network, the volumes).
 
@@ -56,12 +57,14 @@ IPV6_RUN_FLAGS = ["--security-opt", "systempaths=unconfined"] + [
     for f in ("--sysctl", "net.ipv6.conf." + key)]
 
 
-def lab_backends() -> tuple:
-    """The backends a lab runs, from the catalogue of the installed pyflannel (make lab runs the venv's Python);
-    vxlan, the default, first. Imported here, not at the top: `lab.py down` runs under any python3."""
-    from pyflannel.catalogue import DATAPATHS
+def lab_backends(family: int = 4) -> tuple:
+    """The backends a lab runs (with ``family`` 6: those that carry IPv6), from the catalogue of the installed
+    pyflannel (make lab runs the venv's Python); vxlan, the default, first. Imported here, not at the top:
+    `lab.py down` runs under any python3."""
+    from pyflannel.catalogue import BY_NAME, DATAPATHS
 
-    return ("vxlan", *(b for b in DATAPATHS if b != "vxlan"))
+    names = [b for b in DATAPATHS if family in BY_NAME[b].families]
+    return tuple(sorted(names, key=lambda b: b != "vxlan"))
 
 
 def __getattr__(name: str):
@@ -431,8 +434,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.hosts < 1 or not 1 <= args.etcd_members <= args.hosts:
             raise StepFailed("ETCD_MEMBERS=%d must be between 1 and the number of hosts (%d)"
                              % (args.etcd_members, args.hosts))
-        if args.ipv6 and args.backend == "udp":
-            raise StepFailed("IPV6=1 needs a backend that carries IPv6 (vxlan, host-gw or wireguard), not udp")
+        if args.ipv6 and args.backend not in lab_backends(6):
+            raise StepFailed("IPV6=1 needs a backend that carries IPv6 (%s), not %s"
+                             % (", ".join(lab_backends(6)), args.backend))
         names = host_names(args.hosts)
         t0 = time.monotonic()
         step = Steps(7)

@@ -12,7 +12,8 @@ The catalogue (plugins/module_utils/catalogue.py) is the source; the blocks betw
   DOCUMENTATION as a literal, so it is written here; ``ansible-test sanity`` then checks it against the
   argument spec the module builds from the catalogue at run time);
 * roles/flannel/meta/argument_specs.yml — the options of ``flannel_backend`` (every entry point);
-* roles/flannel/defaults/main.yml — the comment above ``flannel_backend``.
+* roles/flannel/defaults/main.yml — the comment above ``flannel_backend``;
+* roles/flannel/vars/main.yml — the backends that carry IPv6 and those that do not (the role's family check).
 
 It also writes the options of the roles' other argument-spec entry points (``install``, ``network`` of the
 flannel role, ``client_cert`` of the etcd role): each is the list of option names in :data:`ENTRY_POINTS`, and
@@ -139,10 +140,18 @@ def defaults_block(indent: str) -> List[str]:
     return [indent + line for line in lines]
 
 
+def families_block(indent: str) -> List[str]:
+    """The flannel role's vars: which backends carry IPv6 (its address family check names them)."""
+    ipv6 = [b.name for b in CAT.BACKENDS if 6 in b.families and b.datapath]
+    return [indent + "__flannel_ipv4_only_backends: [%s]" % ", ".join(ipv4_only()),
+            indent + "__flannel_ipv6_backends: [%s]" % ", ".join(ipv6)]
+
+
 TARGETS = {
     "plugins/modules/flannel_network.py": module_block,
     "roles/flannel/meta/argument_specs.yml": role_block,
     "roles/flannel/defaults/main.yml": defaults_block,
+    "roles/flannel/vars/main.yml": families_block,
 }
 
 

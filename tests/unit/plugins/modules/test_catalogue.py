@@ -114,23 +114,14 @@ def test_role_argument_specs_are_the_catalogue() -> None:
     assert seen >= 1
 
 
-def _listed(text: str, sep: str) -> set:
-    return {part.strip() for part in text.split(sep)}
-
-
 def test_backend_lists_elsewhere_match() -> None:
-    makefile = _text("Makefile")
-    found = re.search(r"BACKEND=([a-z|-]+)", makefile)
-    assert found and _listed(found.group(1), "|") == DATAPATHS, "Makefile's lab help"
+    """The test plans that go through every datapath (the cluster scenario's switches, its route check per
+    backend, the lab) cover each backend of the catalogue."""
     cluster = re.search(r"^cluster_backends=\(([^)]*)\)", _text("lab/run-molecule.sh"), re.M).group(1).split()
     assert set(cluster) == DATAPATHS and len(cluster) == len(DATAPATHS), "lab/run-molecule.sh cluster_backends"
-    found = re.search(r"verify_backend \(([a-z|-]+)\)", _text("molecule/shared/verify.yml"))
-    assert found and _listed(found.group(1), "|") == DATAPATHS, "molecule/shared/verify.yml"
     verify = _text("molecule/shared/verify.yml")
     for name in DATAPATHS:
         assert "verify_backend == '%s'" % name in verify, "verify.yml has no route check for %s" % name
-    found = re.search(r"flannel_backend: +# ([a-z| -]+), options", _text("inventory/example.yml"))
-    assert found and _listed(found.group(1), "|") == DATAPATHS, "inventory/example.yml"
     sys.path.insert(0, str(REPO / "lab"))
     try:
         lab = importlib.import_module("lab")
