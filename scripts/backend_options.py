@@ -13,7 +13,8 @@ The catalogue (plugins/module_utils/catalogue.py) is the source; the blocks betw
   argument spec the module builds from the catalogue at run time);
 * roles/flannel/meta/argument_specs.yml — the options of ``flannel_backend`` (every entry point);
 * roles/flannel/defaults/main.yml — the comment above ``flannel_backend``;
-* roles/flannel/vars/main.yml — the backends that carry IPv6 and those that do not (the role's family check).
+* roles/flannel/vars/main.yml — the backends that carry IPv6 and those that do not (the role's family check);
+* README.md — the table of the backends (markers ``<!-- >>> backend options`` and ``<!-- <<< backend options -->``).
 
 It also writes the options of the roles' other argument-spec entry points (``install``, ``network`` of the
 flannel role, ``client_cert`` of the etcd role): each is the list of option names in :data:`ENTRY_POINTS`, and
@@ -140,6 +141,16 @@ def defaults_block(indent: str) -> List[str]:
     return [indent + line for line in lines]
 
 
+def readme_block(_indent: str) -> List[str]:
+    """README.md's table of the backends."""
+    out = ["| backend | what it is | address families | MTU overhead (IPv4 underlay) |", "|---|---|---|---|"]
+    for b in CAT.BACKENDS:
+        families = " + ".join("IPv%d" % f for f in b.families) if b.datapath else "(no datapath)"
+        overhead = "%d bytes" % b.overhead if b.datapath else "-"
+        out.append("| `%s` | %s | %s | %s |" % (b.name, b.summary, families, overhead))
+    return out
+
+
 def families_block(indent: str) -> List[str]:
     """The flannel role's vars: which backends carry IPv6 (its address family check names them)."""
     ipv6 = [b.name for b in CAT.BACKENDS if 6 in b.families and b.datapath]
@@ -152,7 +163,12 @@ TARGETS = {
     "roles/flannel/meta/argument_specs.yml": role_block,
     "roles/flannel/defaults/main.yml": defaults_block,
     "roles/flannel/vars/main.yml": families_block,
+    "README.md": readme_block,
 }
+# Markdown has no comment lines: its markers are HTML comments.
+MD_BEGIN = "<!-- >>> backend options"
+MD_END = "<!-- <<< backend options"
+MD_NOTE = NOTE + " -->"
 
 
 def main_options(path: str, lines: List[str]) -> dict:
@@ -241,9 +257,10 @@ def render_entry_points(path: str, text: str) -> str:
 
 def render(path: str, text: str) -> str:
     """``text`` with every generated block rewritten; the block's indent is its BEGIN marker's."""
-    new, found = rewrite_blocks(path, text, BEGIN, END, NOTE, lambda indent, _entry: TARGETS[path](indent))
+    begin, end, note = (MD_BEGIN, MD_END, MD_NOTE) if path.endswith(".md") else (BEGIN, END, NOTE)
+    new, found = rewrite_blocks(path, text, begin, end, note, lambda indent, _entry: TARGETS[path](indent))
     if not found:
-        raise SystemExit("%s: no %s marker" % (path, BEGIN))
+        raise SystemExit("%s: no %s marker" % (path, begin))
     return new
 
 

@@ -7,7 +7,7 @@ written by ``scripts/backend_options.py`` between its markers (``--check`` guard
 time, or worded without the names ("a backend that carries IPv6").
 
 Allowed: the catalogue, the blocks ``scripts/backend_options.py`` writes, tests, docs/benchmarks.md (measured
-results), the changelog. Everything else found is an offender, unless :data:`TEMPORARY_ALLOW_LEAD_EMPTIES` lists it.
+results), the changelog, the cluster scenario's test plan. Everything else found is an offender.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import subprocess
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import Iterator, List, Tuple
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ("udp", "vxlan", "host-gw", "wireguard")
@@ -39,20 +39,7 @@ ALLOWED_FILES = {
 }
 ALLOWED_DIRS = ("tests/", "changelogs/")
 # scripts/backend_options.py writes these blocks from the catalogue (its --check is a unit test).
-GENERATED = re.compile(r"^[ \t]*# >>> backend options.*?^[ \t]*# <<< backend options", re.M | re.S)
-
-# TEMPORARY: hand-written backend lists in files whose owners have not derived them yet, as
-# {path: [the list as found, ...]}. The lead empties it; an entry that no longer matches fails the test, so
-# a fixed file must leave this list in the same commit.
-TEMPORARY_ALLOW_LEAD_EMPTIES: Dict[str, List[str]] = {
-    "README.md": ["udp, vxlan, host-gw or wireguard", "host-gw, udp and wireguard", "vxlan, host-gw, wireguard",
-                  "udp, vxlan, host-gw, wireguard", "udp, vxlan, host-gw and wireguard"],
-    "docs/agent.md": ["vxlan, host-gw, udp, wireguard", "vxlan, host-gw, wireguard",
-                      "udp`, `vxlan`, `host-gw` and `wireguard"],
-    "docs/modules.md": ["vxlan, host-gw, wireguard"],
-    "pyproject.toml": ["udp, vxlan, host-gw and wireguard"],
-}
-
+GENERATED = re.compile(r"^[ \t]*(?:#|<!--) >>> backend options.*?^[ \t]*(?:#|<!--) <<< backend options", re.M | re.S)
 
 def _files() -> Iterator[str]:
     out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
@@ -81,28 +68,19 @@ def test_the_pattern_finds_hand_lists() -> None:
                  "needs udp, vxlan or host-gw", "V(udp), V(vxlan), V(wireguard)", "`udp`, `vxlan` and `host-gw`"):
         assert hand_lists(text), text
     for text in ("vxlan-direct, host-gw and udp-x", "backend: vxlan", "vxlan and host-gw carry IPv6",
-                 "# >>> backend options\nchoices: [udp, vxlan, host-gw]\n# <<< backend options\n"):
+                 "# >>> backend options\nchoices: [udp, vxlan, host-gw]\n# <<< backend options\n",
+                 "<!-- >>> backend options -->\n| udp | vxlan | host-gw |\n<!-- <<< backend options -->\n"):
         assert not hand_lists(text), text
 
 
 def test_no_file_names_the_backends_by_hand() -> None:
     offenders = []
-    stale = []
     for rel in _files():
         try:
             text = (REPO / rel).read_text()
         except (UnicodeDecodeError, OSError):
             continue  # binary
-        allowed = list(TEMPORARY_ALLOW_LEAD_EMPTIES.get(rel, []))
-        for line, found in hand_lists(text):
-            if found in allowed:
-                allowed.remove(found)
-            else:
-                offenders.append("%s:%d: %s" % (rel, line, found))
-        stale += ["%s: %s" % (rel, entry) for entry in allowed]
-    for rel in set(TEMPORARY_ALLOW_LEAD_EMPTIES) - set(_files()):
-        stale.append("%s (no such file)" % rel)
+        offenders += ["%s:%d: %s" % (rel, line, found) for line, found in hand_lists(text)]
     assert not offenders, (
         "backend lists written by hand (derive them from plugins/module_utils/catalogue.py, e.g. a block of "
         "scripts/backend_options.py):\n  " + "\n  ".join(offenders))
-    assert not stale, "fixed: remove from TEMPORARY_ALLOW_LEAD_EMPTIES:\n  " + "\n  ".join(stale)
