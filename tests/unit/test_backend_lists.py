@@ -41,6 +41,7 @@ ALLOWED_DIRS = ("tests/", "changelogs/")
 # scripts/backend_options.py writes these blocks from the catalogue (its --check is a unit test).
 GENERATED = re.compile(r"^[ \t]*(?:#|<!--) >>> backend options.*?^[ \t]*(?:#|<!--) <<< backend options", re.M | re.S)
 
+
 def _files() -> Iterator[str]:
     out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
                          capture_output=True, check=True).stdout.decode()
