@@ -41,7 +41,7 @@ sys.path.insert(0, ROOT)
 from pyflannel import etcdstore  # noqa: E402
 from pyflannel.leases import LeaseAttrs  # noqa: E402
 from pyflannel.subnet import LeaseManager  # noqa: E402
-from tests.etcdserver import EtcdServer  # noqa: E402
+from testbed.etcdserver import EtcdServer  # noqa: E402
 
 PREFIX = "/bench/coreos.com/network"
 CONFIG = '{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"alloc"}}'

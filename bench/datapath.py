@@ -22,7 +22,7 @@ wireguard-go -f, wg set; same MTU as flannel-wg; the kernel's WireGuard instead 
 the same round as each flannel run, and reports flannel's wireguard path as a ratio of that tunnel
 (the figure that says what flannel costs on top of WireGuard itself) besides its ratio of raw veth.
 
-The hosts come from the integration test bed (tests/integration/netns.py: two namespaces whose eth0
+The hosts come from the integration test bed (testbed/netns.py: two namespaces whose eth0
 veths meet on a bridge in a third namespace), with a real etcd and real flanneld agents.  Traffic
 stays inside those namespaces.
 """
@@ -43,8 +43,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pyflannel.catalogue import BACKENDS as CATALOGUE
 from pyflannel.catalogue import DATAPATHS
-from tests.etcdserver import EtcdServer
-from tests.integration.netns import Agent, Host, TestBed, private_mount, put_config, sh, wait_for
+from testbed.etcdserver import EtcdServer
+from testbed.netns import Agent, Host, TestBed, private_mount, put_config, sh, wait_for
 
 PREFIX = "/coreos.com/network"
 BACKENDS = DATAPATHS  # every backend of the catalogue that moves packets

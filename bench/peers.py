@@ -1,7 +1,7 @@
 """Thousands of peers: one real host-gw agent facing 5000 leases in a real etcd.  Needs root.
 
-For each case it builds a one-host namespace test bed (tests/integration/netns.py) with a real etcd
-(tests/etcdserver.py), writes N host-gw leases straight into etcd (v3, through the project's facade
+For each case it builds a one-host namespace test bed (testbed/netns.py) with a real etcd
+(testbed/etcdserver.py), writes N host-gw leases straight into etcd (v3, through the project's facade
 plugins/module_utils/etcdstore.py), starts ``flanneld`` and reports:
 
 - **ready**: start until subnet.env is written (what systemd's READY=1 waits for);
@@ -30,8 +30,8 @@ from typing import Any, Dict
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tests.etcdserver import EtcdServer  # noqa: E402
-from tests.integration.netns import Agent, TestBed, hostgw_leases, put_config, write_leases  # noqa: E402
+from testbed.etcdserver import EtcdServer  # noqa: E402
+from testbed.netns import Agent, TestBed, hostgw_leases, put_config, write_leases  # noqa: E402
 
 PREFIX = "/coreos.com/network"
 CLK = os.sysconf("SC_CLK_TCK")

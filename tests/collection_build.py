@@ -5,7 +5,7 @@
 3. `ansible-galaxy collection install --no-deps` of the tarball into a fresh directory (offline: Galaxy is not
    asked for community.crypto);
 4. from that installed copy only, flannel_network writes a config and flannel_lease_info reads it back,
-   against a real etcd (tests/etcdserver.py) on loopback; etcd's content is checked directly.
+   against a real etcd (testbed/etcdserver.py) on loopback; etcd's content is checked directly.
 
 Prints one line per step and exits non-zero with the reason on the first failure.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.etcdserver import EtcdServer  # noqa: E402
+from testbed.etcdserver import EtcdServer  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 DIST = REPO / "build" / "dist"

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from tests.etcdserver import EtcdServer
+from testbed.etcdserver import EtcdServer
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Fixtures for the namespace test bed (tests/integration/netns.py).  Keep additions additive: other
+"""Fixtures for the namespace test bed (testbed/netns.py).  Keep additions additive: other
 helpers add their own fixtures here too."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Any, List
 
 import pytest
 
-from tests.etcdserver import EtcdServer
-from tests.integration.netns import TestBed
+from testbed.etcdserver import EtcdServer
+from testbed.netns import TestBed
 
 
 def _need_root() -> None:

@@ -20,7 +20,7 @@ import pytest
 from pyflannel import etcdstore
 from pyflannel.leases import LeaseAttrs, encode_lease
 from pyflannel.subnet import read_subnet_file
-from tests.etcdserver import EtcdServer, free_port
+from testbed.etcdserver import EtcdServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 FLANNELD = str(ROOT / ".venv" / "bin" / "flanneld")

@@ -14,7 +14,7 @@ from typing import Any, Set
 
 import pytest
 
-from tests.integration.netns import REPO, Agent, etcdctl, put_config, wait_for
+from testbed.netns import REPO, Agent, etcdctl, put_config, wait_for
 
 pytestmark = [pytest.mark.integration]
 

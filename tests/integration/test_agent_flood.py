@@ -18,7 +18,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from tests.integration.netns import Agent, etcdctl, put_config, wait_for
+from testbed.netns import Agent, etcdctl, put_config, wait_for
 
 pytestmark = [pytest.mark.integration]
 

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from pyflannel import etcdstore
-from tests.etcdserver import EtcdServer
+from testbed.etcdserver import EtcdServer
 from tests.integration.test_agent import BIG, FLANNELD
 
 LIBRARY_TEXT = re.compile(r"urllib3|Retrying|Connection pool|HTTPConnectionPool|Max retries|Traceback")

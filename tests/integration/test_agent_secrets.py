@@ -16,8 +16,8 @@ from typing import Any, List
 import pytest
 
 from pyflannel import etcdstore
-from tests.etcdserver import EtcdServer
-from tests.integration.netns import Agent, Host, private_mount, put_config, sh, wait_peers
+from testbed.etcdserver import EtcdServer
+from testbed.netns import Agent, Host, private_mount, put_config, sh, wait_peers
 from tests.integration.test_agent import BIG
 
 pytestmark = [pytest.mark.integration]
@@ -42,7 +42,7 @@ def wg_agent(host: Host, server: Any) -> Agent:
 
 
 def wait_all(agents: List[Agent], text: str, timeout: float = 20.0) -> None:
-    from tests.integration.netns import wait_for
+    from testbed.netns import wait_for
 
     wait_for(lambda: all(text in full_log(a.log) for a in agents), timeout, 0.2, "%r in every log" % text)
 

@@ -9,7 +9,7 @@ from typing import Any, List
 
 import pytest
 
-from tests.integration.netns import SEGMENTS, Agent, put_config, wait_for
+from testbed.netns import SEGMENTS, Agent, put_config, wait_for
 
 pytestmark = [pytest.mark.integration]
 

@@ -1,4 +1,4 @@
-"""Backends driven directly (tests/integration/backend_driver.py: the agent's life cycle without
+"""Backends driven directly (testbed/backend_driver.py: the agent's life cycle without
 etcd) inside namespaces: device recreation, options, repairs, foreign leases."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from tests.integration.netns import BackendDriver, Host
+from testbed.netns import BackendDriver, Host
 
 pytestmark = [pytest.mark.integration]
 

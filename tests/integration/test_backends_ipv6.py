@@ -1,6 +1,6 @@
 """vxlan and host-gw carrying IPv6 (Go flanneld v0.20): dual-stack and IPv6-only networks, with real packets
 between namespaces (TestBed(ipv6=True): every host has fd00:30:N::1M beside 172.30.N.1M) and the backends
-driven directly by tests/integration/backend_driver.py (no etcd)."""
+driven directly by testbed/backend_driver.py (no etcd)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
+from testbed.netns import BackendDriver, Host, TestBed, ping_pairs
 from tests.integration.conftest import _need_root
-from tests.integration.netns import BackendDriver, Host, TestBed, ping_pairs
 
 pytestmark = [pytest.mark.integration]
 

@@ -1,6 +1,6 @@
 """The datapaths end to end: real flanneld agents in network namespaces, a real etcd, real packets.
 
-Each test builds its own hosts (tests/integration/netns.py) and tears them down, failed or not."""
+Each test builds its own hosts (testbed/netns.py) and tears them down, failed or not."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from tests.integration.netns import Agent, TestBed, etcdctl, ping_all, put_config, wait_for, wait_peers
+from testbed.netns import Agent, TestBed, etcdctl, ping_all, put_config, wait_for, wait_peers
 
 pytestmark = [pytest.mark.integration]
 

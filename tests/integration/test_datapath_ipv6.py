@@ -1,5 +1,5 @@
 """Dual-stack and IPv6-only datapaths end to end: real flanneld agents in namespaces with an IPv6
-underlay (tests/integration/netns.py ``TestBed(ipv6=True)``), a real etcd on both APIs, real packets in
+underlay (testbed/netns.py ``TestBed(ipv6=True)``), a real etcd on both APIs, real packets in
 both families between the hosts' docker0 stand-ins."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from tests.integration.netns import Agent, etcdctl, ping_all, put_config, wait_peers
+from testbed.netns import Agent, etcdctl, ping_all, put_config, wait_peers
 from tests.integration.test_datapath import start_agents
 
 pytestmark = [pytest.mark.integration]

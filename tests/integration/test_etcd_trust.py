@@ -11,7 +11,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from tests.integration.netns import Agent, TestBed, etcdctl, ping_all, put_config, sh, wait_for, wait_peers
+from testbed.netns import Agent, TestBed, etcdctl, ping_all, put_config, sh, wait_for, wait_peers
 
 pytestmark = [pytest.mark.integration]
 

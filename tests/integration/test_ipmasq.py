@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.netns import REPO, sh
+from testbed.netns import REPO, sh
 
 pytestmark = [pytest.mark.integration]
 

@@ -13,7 +13,7 @@ import pytest
 from pyflannel import etcdstore
 from pyflannel.leases import LeaseAttrs, encode_lease
 from pyflannel.subnet import LeaseLost, LeaseManager, Stopped
-from tests.etcdserver import free_port
+from testbed.etcdserver import free_port
 
 SEED_000 = ('{"Network":"10.100.0.0/16","SubnetLen":25,"SubnetMin":"10.100.0.0","SubnetMax":"10.100.1.0",'
             '"Backend":{"Type":"alloc"}}')

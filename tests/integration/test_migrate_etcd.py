@@ -16,8 +16,8 @@ import pytest
 
 from plugins.module_utils.etcdstore import connect
 from plugins.module_utils.leases import config_key, subnet_key
+from testbed.etcdserver import EtcdServer, free_port
 from tests.ansible_runner import Play, collection_root
-from tests.etcdserver import EtcdServer, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 

@@ -18,8 +18,8 @@ import pytest
 from plugins.module_utils.etcdstore import connect
 from plugins.module_utils.leases import LeaseAttrs, config_key, encode_lease, subnet_key
 from plugins.module_utils.netconfig import parse_config
+from testbed.etcdserver import EtcdServer, free_port
 from tests.ansible_runner import Play, adhoc, collection_root
-from tests.etcdserver import EtcdServer, free_port
 
 # Each ansible-playbook run costs seconds of CPU; on a busy machine a play of 20 tasks takes minutes.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]

@@ -14,8 +14,8 @@ import pytest
 
 from plugins.module_utils.etcdstore import connect
 from plugins.module_utils.leases import LeaseAttrs, config_key, encode_lease, subnet_key
+from testbed.etcdserver import EtcdServer
 from tests.ansible_runner import Play
-from tests.etcdserver import EtcdServer
 
 # the session fixture of test_modules.py, reused (one collections link per worker)
 from tests.integration.test_modules import collections_path  # noqa: F401  # pylint: disable=unused-import

@@ -1,4 +1,4 @@
-"""EnableNFTables end to end: real flanneld agents in network namespaces (tests/integration/netns.py),
+"""EnableNFTables end to end: real flanneld agents in network namespaces (testbed/netns.py),
 a real etcd, the real ``nft`` — Go flanneld v0.25+'s tables, chains and rules in each host's own
 namespace, never in the machine's; iptables left alone; packets between and out of the docker0
 stand-ins; repair, a lease change, clean-up; a bad value; the flannel_network module's option."""
@@ -18,8 +18,8 @@ from typing import Any, Dict, List, Optional
 import pytest
 
 from pyflannel import etcdstore
+from testbed.netns import REPO, Agent, Host, TestBed, etcdctl, ping_all, put_config, wait_for
 from tests.ansible_runner import Play, collection_root
-from tests.integration.netns import REPO, Agent, Host, TestBed, etcdctl, ping_all, put_config, wait_for
 
 pytestmark = [pytest.mark.integration]
 

@@ -1,5 +1,5 @@
 """The agent's one teardown entry point (``python -m pyflannel.node teardown``, what playbooks/tasks/teardown.yml
-runs) against what real agents installed in network namespaces (tests/integration/netns.py) with a real etcd:
+runs) against what real agents installed in network namespaces (testbed/netns.py) with a real etcd:
 vxlan devices and routes of both families with iptables and ip6tables chains, then host-gw routes with
 EnableNFTables tables. Everything goes, the JSON says what, and a second run removes nothing."""
 
@@ -11,7 +11,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from tests.integration.netns import REPO, Agent, Host, put_config
+from testbed.netns import REPO, Agent, Host, put_config
 
 pytestmark = [pytest.mark.integration]
 

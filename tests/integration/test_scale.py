@@ -10,7 +10,7 @@ from typing import Any, List
 
 import pytest
 
-from tests.integration.netns import Agent, etcdctl, hostgw_leases, put_config, wait_for, write_leases
+from testbed.netns import Agent, etcdctl, hostgw_leases, put_config, wait_for, write_leases
 
 pytestmark = [pytest.mark.integration]
 

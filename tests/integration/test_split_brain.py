@@ -19,7 +19,7 @@ from typing import Any, Dict, List
 import pytest
 
 from pyflannel.leases import parse_subnet_key, subnet_key_name
-from tests.integration.netns import Agent, Host, TestBed, etcdctl, ping_all, sh, wait_for, wait_peers
+from testbed.netns import Agent, Host, TestBed, etcdctl, ping_all, sh, wait_for, wait_peers
 
 pytestmark = [pytest.mark.integration]
 

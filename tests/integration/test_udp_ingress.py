@@ -13,8 +13,8 @@ from typing import Callable, Dict, Iterator, Tuple
 
 import pytest
 
-from tests.etcdserver import EtcdServer
-from tests.integration.netns import Agent, TestBed, ping_all, put_config, wait_for, wait_peers
+from testbed.etcdserver import EtcdServer
+from testbed.netns import Agent, TestBed, ping_all, put_config, wait_for, wait_peers
 
 pytestmark = [pytest.mark.integration]
 

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from tests.integration.netns import (
+from testbed.netns import (
     REPO,
     Agent,
     BackendDriver,

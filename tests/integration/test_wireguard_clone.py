@@ -22,7 +22,7 @@ from typing import Any, List, Tuple
 
 import pytest
 
-from tests.integration.netns import (
+from testbed.netns import (
     Agent,
     Host,
     TestBed,

@@ -1,5 +1,5 @@
 """The wireguard backend with IPv6 (Go v0.20): real wireguard-go devices in namespaces carrying real
-IPv4 and IPv6 packets, driven through tests.integration.backend_driver (the agent's life cycle without
+IPv4 and IPv6 packets, driven through testbed.backend_driver (the agent's life cycle without
 etcd: create/prepare, configure with the lease's IPv4 and/or IPv6 subnet, sync with the other leases),
 and once end to end with real flanneld agents and a real etcd.
 
@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from tests.integration.netns import (
+from testbed.netns import (
     Agent,
     BackendDriver,
     Host,

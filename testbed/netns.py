@@ -282,16 +282,16 @@ def first_address(subnet: str) -> str:
 
 
 class BackendDriver:
-    """One backend run by ``tests.integration.backend_driver`` inside a host's namespace."""
+    """One backend run by ``testbed.backend_driver`` inside a host's namespace."""
 
     def __init__(self, host: Host, env: Optional[Dict[str, str]] = None, wrap: Optional[List[str]] = None) -> None:
         self.host = host
         self.log = os.path.join(host.dir, "driver.log")
-        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         python = os.path.join(repo, ".venv", "bin", "python")
         out = open(self.log, "ab")
         # wrap: a command prefix run inside the namespace before python (e.g. private_mount(...))
-        self.proc = subprocess.Popen(host.cmd(*(wrap or []), python, "-m", "tests.integration.backend_driver"),
+        self.proc = subprocess.Popen(host.cmd(*(wrap or []), python, "-m", "testbed.backend_driver"),
                                      cwd=repo,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=out, text=True,
                                      env=dict(os.environ, **(env or {})), start_new_session=True)
@@ -352,7 +352,7 @@ class BackendDriver:
                 self.proc.kill()
 
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLANNELD = os.path.join(REPO, ".venv", "bin", "flanneld")
 
 

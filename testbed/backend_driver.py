@@ -1,7 +1,7 @@
 """Drives one real backend inside a namespace, one JSON command per stdin line, one JSON reply per
 stdout line — the agent's life cycle without etcd, so the datapaths can be tested on their own.
 
-Run as ``ip netns exec NS .venv/bin/python -m tests.integration.backend_driver``.  Commands::
+Run as ``ip netns exec NS .venv/bin/python -m testbed.backend_driver``.  Commands::
 
     {"op": "create", "config": {...network config...}, "iface": "eth0", "public_ip": null,
      "ipv6": false, "public_ipv6": null}
