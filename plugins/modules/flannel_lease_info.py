@@ -19,6 +19,7 @@ author:
   - netfabric.flannel developers (@netfabric)
 extends_documentation_fragment:
   - netfabric.flannel.etcd
+  - netfabric.flannel.read_only
 options:
   public_ip:
     description:
@@ -38,12 +39,6 @@ options:
       - Given with O(subnet), a lease must match both.
     type: str
 attributes:
-  check_mode:
-    support: full
-    description: The module only reads, so it runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Nothing changes, so there is nothing to show.
   platform:
     support: full
     platforms: posix

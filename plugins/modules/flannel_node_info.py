@@ -20,6 +20,8 @@ description:
   - Never changes anything.
 author:
   - netfabric.flannel developers (@netfabric)
+extends_documentation_fragment:
+  - netfabric.flannel.read_only
 options:
   subnet_file:
     description:
@@ -65,12 +67,6 @@ options:
         abi3 range and architecture, without glibc or musl versions - and RV(wheel_fit.method) says V(basic).
     type: path
 attributes:
-  check_mode:
-    support: full
-    description: The module only reads, so it runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Nothing changes, so there is nothing to show.
   platform:
     support: full
     platforms: posix
