@@ -8,81 +8,40 @@ does not disturb traffic), exit 0.  Our own lease lost: exit 1, so ``Restart=on-
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
-import shutil
 import signal
-import socket
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Dict, List, Optional, Set
 
-from pyflannel import __version__, catalogue, etcdstore, subnetenv
+from pyflannel import __version__, etcdstore, subnetenv
 from pyflannel import backend as backends
+from pyflannel.agentchecks import AgentChecks
+from pyflannel.agentevents import EventQueue, EventSummary, _log_some
+from pyflannel.agentstart import _drop_other_mode, config_text, sd_notify
+from pyflannel.agentstatus import AgentStatus
 from pyflannel.etcdstore import StoreError, Unreachable
-from pyflannel.health import HealthServer, Metric
-from pyflannel.iface import IfaceError, select, underlay_addresses
+from pyflannel.health import HealthServer
+from pyflannel.iface import IfaceError, select
 from pyflannel.leases import Lease, printable
-from pyflannel.netconfig import ConfigError, NetworkConfig
-from pyflannel.netconfig import changes as config_changes
-from pyflannel.subnet import Backoff, LeaseEvent, LeaseLost, LeaseManager, NoConfig, Stopped, until_stopped
+from pyflannel.netconfig import NetworkConfig
+from pyflannel.subnet import Backoff, LeaseEvent, LeaseLost, LeaseManager, Stopped, until_stopped
+
+# what tests and other modules import from here
+__all__ = ["CONFIG_POLL", "TICK", "Agent", "EventQueue", "EventSummary", "config_text", "sd_notify"]
 
 log = logging.getLogger("pyflannel.agent")
 
 TICK = 5.0  # seconds between backend.tick() calls (and the checks of subnet.env and the underlay addresses)
-SUMMARY_INTERVAL = 60.0  # seconds: at most one INFO line about lease events per interval
 # seconds between re-reads of <prefix>/config while running (PYFLANNEL_CONFIG_POLL: tests only)
 CONFIG_POLL = float(os.environ.get("PYFLANNEL_CONFIG_POLL") or 10.0)
 
 
-def sd_notify(state: str) -> bool:
-    """Send ``state`` (e.g. "READY=1") to systemd's NOTIFY_SOCKET; no-op (False) when it is unset."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return False
-    if path.startswith("@"):
-        path = "\0" + path[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(path)
-            sock.sendall(state.encode("utf-8"))
-    except OSError as err:
-        log.warning("could not notify systemd (%s): %s", os.environ.get("NOTIFY_SOCKET"), err)
-        return False
-    return True
+class Agent(AgentChecks, AgentStatus):
+    """One flanneld: start-up, the main loop and the lease events; the periodic checks come from
+    :class:`AgentChecks`, /healthz and /metrics from :class:`AgentStatus`."""
 
-
-def _drop_other_mode(nftables: bool, families: Any) -> None:
-    """A switch of EnableNFTables leaves the previous mode's rules behind: in nftables mode our own iptables
-    chains (FLANNEL-POSTRTG, FLANNEL-FWD and the jumps to them), in iptables mode our nftables tables
-    (flannel-ipv4, flannel-ipv6), each only where its tool is installed.  Nothing else is touched; a failure
-    is logged at debug level and does not stop the agent."""
-    if nftables:
-        from pyflannel.ipmasq import IPTables
-
-        for version, network, subnet in families:
-            tool = "iptables" if version == 4 else "ip6tables"
-            if network is None or subnet is None or not shutil.which(tool + "-save"):
-                continue
-            try:
-                if IPTables(network, subnet, True, True).remove():
-                    log.info("EnableNFTables is on: removed the %s rules an earlier iptables mode left", tool)
-            except Exception as err:
-                log.debug("could not look for leftover %s rules: %s", tool, err)
-        return
-    if not shutil.which("nft"):
-        return
-    from pyflannel.nftables import remove_table
-
-    for version in (4, 6):
-        try:
-            remove_table(version)  # logs the table it deletes
-        except Exception as err:
-            log.debug("could not look for a leftover nftables table of IPv%d: %s", version, err)
-
-
-class Agent:
     def __init__(self, opts: Any) -> None:
         self.opts = opts
         self.stop = threading.Event()
@@ -375,312 +334,9 @@ class Agent:
         except Exception as err:
             log.error("backend %s failed on %s: %s: %s", backend.name, event, type(err).__name__, printable(err))
 
-    def _check_config(self) -> None:
-        """Re-read ``<prefix>/config``; log once per change what changed and what the agent does.
-
-        The agent keeps the config it started with (its lease, device and rules were made for it);
-        restarting flanneld applies a new one, and re-checks the lease against it."""
-        mgr = self.manager
-        running = self.config
-        if mgr is None or running is None:
-            return
-        try:
-            new = mgr.read_config()
-        except StoreError:
-            return  # an outage: the etcd facade reports it
-        except NoConfig:
-            self._note("the network config %s was deleted from etcd; the agent keeps running with the config it "
-                       "started with (%s); restore the config before restarting flanneld, or it waits for one"
-                       % (mgr.config_key, _nets(running)))
-            return
-        except ConfigError as err:
-            self._note("the network config in %s is not valid: %s; the agent keeps running with the config it "
-                       "started with (%s); fix the config in etcd" % (mgr.config_key, err, _nets(running)))
-            return
-        restart, limits = config_changes(running, new, values=True)
-        if restart:
-            self._note("the network config in %s changed (%s); the agent keeps running with the config it started "
-                       "with; restart flanneld to apply it (the lease is re-checked against the new config at start)"
-                       % (mgr.config_key, ", ".join(restart)))
-            return
-        if limits:
-            self._note("the network config in %s changed (%s); this only matters for new leases, the agent keeps "
-                       "its lease %s" % (mgr.config_key, ", ".join(limits),
-                                         self.lease.label if self.lease else "-"), level=logging.INFO)
-            return
-        if self._config_note is not None:
-            log.info("the network config in %s matches the running config again", mgr.config_key)
-            self._config_note = None
-
-    def _note(self, msg: str, level: int = logging.WARNING) -> None:
-        if msg != self._config_note:
-            log.log(level, "%s", msg)
-            self._config_note = msg
-
-    def _check_iptables(self) -> None:
-        for rules in self.iptables:
-            try:
-                if rules.ensure():
-                    self.stats["iptables_repairs"] += 1
-                    log.info("%s rules were missing and have been restored", rules.tool)
-            except Exception as err:
-                log.error("checking the %s rules failed: %s", rules.tool, err)
-
-    def _check_subnet_file(self) -> None:
-        """Write subnet.env again when it disappeared (a cleaned /run, an operator's rm): docker and
-        mk-docker-opts read it at their next start.  One line when it is rewritten, one per new error."""
-        path = self.opts.subnet_file
-        if self._subnet_text is None or os.path.exists(path):
-            return
-        try:
-            subnetenv.write_atomic(path, self._subnet_text)
-        except OSError as err:
-            note = "%s is gone and cannot be written again: %s; docker cannot read this node's subnet until it is " \
-                   "back (fix the directory, or restart flanneld)" % (path, err.strerror or err)
-            if note != self._subnet_note:
-                log.error("%s", note)
-                self._subnet_note = note
-            return
-        self._subnet_note = None
-        self.stats["subnet_file_rewrites"] += 1
-        log.warning("%s had disappeared: wrote it again (subnet %s)", path, self.lease.label if self.lease else "-")
-
-    def _check_addresses(self) -> None:
-        """Log once when an underlay address the agent started with leaves its interface (WARNING: other
-        nodes reach this one at it), and once when it is back (INFO)."""
-        ext, config = self.ext, self.config
-        if ext is None or config is None:
-            return
-        wanted = []
-        if config.enable_ipv4 and ext.address:
-            wanted.append((4, ext.address, ext.public_ip))
-        if config.enable_ipv6 and ext.address6:
-            wanted.append((6, ext.address6, ext.public_ipv6))
-        if not wanted:
-            return
-        try:
-            present = dict(zip((4, 6), underlay_addresses(ext.index)))
-        except Exception as err:
-            log.debug("could not read the addresses of %s: %s", ext.name, err)
-            return
-        for family, address, public in wanted:
-            here = address in present[family]
-            if not here and family not in self._missing:
-                self._missing.add(family)
-                log.warning("the IPv%d address %s is gone from %s: other nodes reach this one at %s (its lease), so "
-                            "traffic over IPv%d to and from them fails until it is back; put the address back, or "
-                            "restart flanneld to choose another", family, address, ext.name, public or address,
-                            family)
-            elif here and family in self._missing:
-                self._missing.discard(family)
-                log.info("the IPv%d address %s is back on %s", family, address, ext.name)
-
-    # -- observability ----------------------------------------------------------------------------
-    def _health(self) -> Tuple[bool, Dict[str, Any]]:
-        lease = self.lease
-        body: Dict[str, Any] = {"version": __version__, "ready": self.ready}
-        if self.manager is not None and self.manager.lease is not None:
-            lease = self.manager.lease
-        if lease is None or self.stop.is_set():
-            body["status"] = "stopping" if self.stop.is_set() else "starting"
-            return False, body
-        body.update(status="ok", subnet=_text(lease.subnet), public_ip=lease.attrs.public_ip,
-                    ipv6_subnet=_text(lease.ipv6_subnet), public_ipv6=lease.attrs.public_ipv6,
-                    reservation=lease.reservation, lease_expiration=lease.expiration,
-                    remote_leases=len(self.leases))
-        if self.backend is not None:
-            try:
-                body["backend"] = self.backend.status()
-            except Exception as err:
-                body["backend"] = {"backend": self.backend.name, "error": str(err)}
-        return True, body
-
-    def _metrics(self) -> List[Metric]:
-        from pyflannel.health import backend_metrics, build_info
-
-        mgr = self.manager
-        lease = mgr.lease if mgr is not None and mgr.lease is not None else self.lease
-        stats = mgr.stats if mgr is not None else {}
-        out: List[Metric] = [
-            ("flannel_up", "gauge", "1 while the agent runs with a lease", 1.0 if lease is not None else 0.0),
-            ("flannel_ready", "gauge", "1 once the subnet file is written and READY=1 sent", 1.0 if self.ready else 0),
-            ("flannel_lease_expiry_timestamp_seconds", "gauge",
-             "Unix time when our lease expires (+Inf for a reservation)",
-             float("inf") if lease is not None and lease.reservation else float(lease.expiration or 0) if lease
-             else 0.0),
-            ("flannel_remote_leases", "gauge", "other nodes' leases handed to the datapath", float(len(self.leases))),
-            ("flannel_lease_renewals_total", "counter", "successful lease renewals", stats.get("renewals", 0)),
-            ("flannel_lease_renew_failures_total", "counter", "failed lease renewals", stats.get("renew_failures", 0)),
-            ("flannel_etcd_errors_total", "counter", "failed etcd requests", stats.get("etcd_errors", 0)),
-            ("flannel_lease_lost_races_total", "counter", "subnets another node created first",
-             stats.get("lost_races", 0)),
-            ("flannel_watch_relists_total", "counter", "full re-lists after the watch history expired",
-             stats.get("watch_relists", 0)),
-            ("flannel_lease_events_total", "counter", "lease events handed to the backend (the last per lease when "
-             "they queue up)", self.stats["lease_events"]),
-            ("flannel_iptables_repairs_total", "counter", "times missing iptables rules were restored",
-             self.stats["iptables_repairs"]),
-            ("flannel_subnet_file_rewrites_total", "counter", "times the subnet file had disappeared and was "
-             "written again", self.stats["subnet_file_rewrites"]),
-            ("flannel_leases_rejected", "gauge", "leases in etcd the validator refuses now (each logged once)",
-             float(len(mgr.book.rejected)) if mgr is not None else 0.0),
-            ("flannel_leases_rejected_total", "counter", "lease verdicts of refusal (new or changed reasons)",
-             stats.get("leases_rejected", 0)),
-            ("flannel_lease_restores_total", "counter", "times our lease was written back after etcd lost it",
-             stats.get("lease_restores", 0)),
-            ("flannel_etcd_state_losses_total", "counter", "times etcd was found wiped or restored (revision "
-             "went back, our lease missing)", stats.get("etcd_state_losses", 0)),
-        ]
-        out.append(build_info(__version__, self.backend.name if self.backend is not None else ""))
-        if lease is not None:
-            labels = {"node": socket.gethostname(), "subnet": _text(lease.subnet),
-                      "public_ip": _text(lease.attrs.public_ip)}
-            if lease.ipv6_subnet is not None:
-                labels.update(ipv6_subnet=str(lease.ipv6_subnet), public_ipv6=_text(lease.attrs.public_ipv6))
-            out.append(("flannel_lease_info", "gauge", "this node's lease: node name, subnets and public IPs "
-                        "(always 1)", 1.0, labels))
-        if self.backend is not None:
-            try:
-                out.extend(backend_metrics(self.backend.name, self.backend.metrics()))
-            except Exception as err:
-                log.debug("backend metrics failed: %s", err)
-        return out
-
-
-SNAPSHOT_LOG_LINES = 10  # leases named one by one in a snapshot's log; the rest are counted
-
-
-def _log_some(leases: List[Lease], what: str) -> None:
-    """One line per lease for the first few, then one line with the count (thousands of peers)."""
-    for lease in leases[:SNAPSHOT_LOG_LINES]:
-        log.info("lease %s of %s %s", lease.label, lease.attrs.address, what)
-    if len(leases) > SNAPSHOT_LOG_LINES:
-        log.info("... and %d more leases %s", len(leases) - SNAPSHOT_LOG_LINES, what)
-
-
-class Batch:
-    """What :meth:`EventQueue.get` hands the main loop: ``events`` in order (a snapshot first if one
-    came), ``error`` the watch's exception if it raised, ``received`` how many added/removed events the
-    watch delivered for them (before coalescing)."""
-
-    __slots__ = ("events", "error", "received")
-
-    def __init__(self, events: List[LeaseEvent], error: Optional[BaseException], received: int) -> None:
-        self.events = events
-        self.error = error
-        self.received = received
-
-
-class EventQueue:
-    """The watch thread's lease events for the main loop, coalesced as they arrive.
-
-    Per lease key only the last event is kept (a lease added and removed ten times while the datapath
-    was busy costs one change), and a snapshot replaces everything queued before it (it holds the whole
-    truth).  What waits is bounded by the number of leases, not by the rate of churn, so the agent is
-    caught up one pass after churn ends."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._snapshot: Optional[LeaseEvent] = None
-        self._events: Dict[str, LeaseEvent] = {}  # key name -> last event, in order of arrival
-        self._error: Optional[BaseException] = None
-        self._received = 0
-
-    def put(self, item: Union[LeaseEvent, BaseException]) -> None:
-        with self._cond:
-            if isinstance(item, LeaseEvent):
-                if item.kind == "snapshot":
-                    self._snapshot = item
-                    self._events.clear()
-                elif item.lease is not None:
-                    self._received += 1
-                    key = item.lease.key_name
-                    self._events.pop(key, None)  # re-inserted: the order is that of the last events
-                    self._events[key] = item
-            elif self._error is None:
-                self._error = item
-            self._cond.notify()
-
-    def pending(self) -> int:
-        with self._cond:
-            return len(self._events) + (self._snapshot is not None) + (self._error is not None)
-
-    def get(self, timeout: Optional[float] = None) -> Batch:
-        """Everything queued, at once; waits up to ``timeout`` seconds for something (an empty batch then)."""
-        with self._cond:
-            if not (self._snapshot or self._events or self._error):
-                self._cond.wait(timeout)
-            events = ([self._snapshot] if self._snapshot is not None else []) + list(self._events.values())
-            batch = Batch(events, self._error, self._received)
-            self._snapshot, self._events, self._error, self._received = None, {}, None, 0
-            return batch
-
-
-class EventSummary:
-    """Lease events summed up in one INFO line at most every :data:`SUMMARY_INTERVAL` seconds, e.g.
-    ``lease events in the last 60 s: 312 added, 298 removed (from 1840 watch events); 41 remote leases
-    now``; the first change after a quiet interval is logged at once, and a few changes are named."""
-
-    NAMED = 3  # changes named in a line; more are only counted
-
-    def __init__(self, interval: float = SUMMARY_INTERVAL, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval = interval
-        self.clock = clock
-        self.added = 0
-        self.removed = 0
-        self.received = 0  # events the watch delivered (before coalescing)
-        self.named: List[str] = []
-        self.since = clock()  # the start of the window the next line covers
-        self.last: Optional[float] = None  # when the last line was logged (None: the first change is logged at once)
-
-    def count(self, event: LeaseEvent) -> None:
-        if event.lease is None:
-            return
-        if event.kind == "added":
-            self.added += 1
-        elif event.kind == "removed":
-            self.removed += 1
-        else:
-            return
-        if len(self.named) < self.NAMED:
-            self.named.append("%s %s of %s" % (event.kind, event.lease.label, event.lease.attrs.address))
-
-    def line(self, remote: int) -> Optional[str]:
-        """The summary once the interval has passed since the last one and something changed, else None."""
-        now = self.clock()
-        if not (self.added or self.removed) or (self.last is not None and now - self.last < self.interval):
-            return None
-        changes = self.added + self.removed
-        text = "lease events in the last %.0f s: %d added, %d removed" % (
-            max(1.0, now - self.since), self.added, self.removed)
-        if self.received > changes:
-            text += " (from %d watch events)" % self.received
-        if changes <= self.NAMED:
-            text += " (%s)" % ", ".join(self.named)
-        text += "; %d remote lease%s now" % (remote, "" if remote == 1 else "s")
-        self.added = self.removed = self.received = 0
-        self.named = []
-        self.last = self.since = now
-        return text
-
-
-def config_text(config: Any) -> str:
-    """A network config (NetworkConfig or dict) as JSON for the log, secrets hidden by the catalogue's
-    ``no_log`` (the one redactor the modules use too)."""
-    data = config.to_dict(defaults=False) if hasattr(config, "to_dict") else config
-    return json.dumps(catalogue.redact(data), separators=(",", ":"))
-
 
 class _Fatal(Exception):
     """Start-up cannot continue; the message is one line for a person."""
-
-
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
-def _nets(config: NetworkConfig) -> str:
-    return " ".join(str(pool.network) for pool in config.pools())
 
 
 def _clock(when: float) -> str:
