@@ -39,7 +39,7 @@ NAME_RE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 # The modules pyflannel shares with the Ansible modules, in plugins/module_utils/: a file or a package (a
 # directory) each. A checkout links them into pyflannel/; the collection tarball ships only
 # plugins/module_utils/ (ansible-galaxy's manifest drops links), so the private copy takes them from there.
-SHARED = ("catalogue.py", "etcdstore", "leases.py", "netconfig.py", "subnetenv.py")
+SHARED = ("catalogue.py", "etcdstore", "leasebook.py", "leases.py", "netconfig.py", "subnetenv.py")
 
 
 def shared_sources(source: Path) -> list[Path]:
