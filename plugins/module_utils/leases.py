@@ -22,8 +22,15 @@ import json
 import re
 
 from .catalogue import BY_NAME, UNTYPED, key_problem
-# The judging of leases lives in leasebook.py; its names stay importable from here.
-from .leasebook import Change, LeaseBook, judge_leases, lease_age, lease_problem  # noqa: F401
+# The judging of leases lives in leasebook.py; its names stay importable from here (__all__).
+from .leasebook import Change, LeaseBook, judge_leases, lease_age, lease_problem
+
+__all__ = [
+    "DEFAULT_PREFIX", "LEASE_TTL", "MAX_VALUE_BYTES", "NO_IPV4", "NO_IPV4_KEY", "UNTYPED_BACKENDS", "V3_ONLY_DATA",
+    "Change", "Lease", "LeaseAttrs", "LeaseBook", "LeaseFormatError", "check_value_size", "config_key",
+    "decode_lease", "encode_lease", "judge_leases", "lease_age", "lease_problem", "normalize_prefix",
+    "parse_subnet_key", "printable", "subnet_key", "subnet_key_name", "subnets_dir",
+]
 
 DEFAULT_PREFIX = "/coreos.com/network"
 LEASE_TTL = 86400  # seconds: 24 h, as Go flanneld
