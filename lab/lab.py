@@ -39,7 +39,8 @@ LAB_DIR = Path(__file__).resolve().parent
 ROOT = LAB_DIR.parent
 VENV_BIN = ROOT / ".venv" / "bin"
 INVENTORY_DIR = LAB_DIR / "inventory"
-LABEL = "netfabric.flannel.lab"
+# LAB_LABEL, LAB_PREFIX, LAB_NETWORK and LAB_SUBNET(6) apart, two labs (from two checkouts) live side by side.
+LABEL = os.environ.get("LAB_LABEL", "netfabric.flannel.lab")
 NETWORK = os.environ.get("LAB_NETWORK", "netfabric-lab")
 PREFIX = os.environ.get("LAB_PREFIX", "lab-node")
 HOST_IMAGE = os.environ.get("LAB_IMAGE", "netfabric-flannel-lab") + ":latest"
@@ -232,6 +233,7 @@ def write_inventory(names: List[str], backend: str, members: int, ipv6: bool = F
         "  vars:",
         "    flannel_backend: {type: %s}" % backend,
         "    flannel_iface: [eth0]",
+        "    flannel_wheelhouse_dir: %s" % (LAB_DIR / ".cache" / "wheelhouse"),
         *(["    flannel_enable_ipv6: true", "    flannel_ipv6_network: %s" % FLANNEL_IPV6] if ipv6 else []),
         "  children:",
         "    lab_hosts:",
