@@ -47,6 +47,9 @@ work=$root/lab/.cache/molecule/run
 mkdir -p "$work/src"
 rsync -a -L --delete --exclude __pycache__ pyproject.toml README.md requirements pyflannel "$work/src/"
 export MOLECULE_FLANNEL_SOURCE=$work/src MOLECULE_FLANNEL_WHEELHOUSE=$work/wheelhouse
+# Built here once, before any scenario runs: scenarios running side by side must not build it at the same time
+# (the role's build then finds it up to date).
+python3 roles/flannel/files/build_wheelhouse.py --source "$work/src" --out "$work/wheelhouse" --deps >/dev/null
 
 results=()
 failed=0
@@ -102,6 +105,32 @@ secrets_check() {
   return "$found"
 }
 
+# The day-2 operations on the live cluster, each run as an operator runs it (playbooks/*.yml, its own
+# ansible-playbook) while the containers of every pair of hosts ping each other (molecule/shared/pings_*.yml);
+# each prints its duration and packets sent/received/lost, collected in $DAY2_REPORT and printed at the end.
+# shellcheck disable=SC2317  # called through cluster_steps
+day2_steps() {
+  local s=cluster next=$work/src-next
+  export DAY2_REPORT=$work/day2-report.tsv
+  : >"$DAY2_REPORT"
+  # The upgrade's new builds: the agent's source with a post-release version (another wheel, another build
+  # directory on the nodes), and etcd 3.5 as a release tarball (the members run Debian's 3.4 package so far).
+  rsync -a --delete "$work/src/" "$next/"
+  sed -i -E 's/^version = "([^"]+)"/version = "\1.post1"/' "$next/pyproject.toml"
+  MOLECULE_AGENT_VERSION=$(sed -nE 's/^version = "([^"]+)"/\1/p' "$next/pyproject.toml")
+  MOLECULE_ETCD_TARBALL=$("$here/build-etcd-tarball.sh")
+  MOLECULE_ETCD_VERSION=$(basename "$MOLECULE_ETCD_TARBALL" | sed -nE 's/^etcd-v([0-9.]+)-linux-.*/\1/p')
+  export MOLECULE_AGENT_VERSION MOLECULE_ETCD_TARBALL MOLECULE_ETCD_VERSION MOLECULE_ETCD_INSTALL=tarball
+  export MOLECULE_FLANNEL_SOURCE=$next MOLECULE_FLANNEL_WHEELHOUSE=$work/wheelhouse-next
+  MOLECULE_VERIFY=day2_upgrade.yml step "$s: rolling upgrade (agent, etcd 3.4 -> 3.5)" molecule verify -s $s || return 1
+  MOLECULE_VERIFY=day2_certs.yml step "$s: certificate rotation (leaves, CA)" molecule verify -s $s || return 1
+  MOLECULE_VERIFY=day2_restore.yml step "$s: etcd backup and restore" molecule verify -s $s || return 1
+  MOLECULE_VERIFY=day2_remove_node.yml step "$s: node removal" molecule verify -s $s || return 1
+  MOLECULE_VERIFY=day2_rejoin.yml step "$s: a new member joins" molecule verify -s $s || return 1
+  echo "day-2 operations (seconds, ordered pairs pinging, packets sent / received / lost):"
+  awk -F'\t' '{printf "  %-14s %7.1f s  %d pairs  %6d sent  %6d received  %d lost\n", $1, $2, $3, $4, $5, $6}' "$DAY2_REPORT"
+}
+
 # One live cluster through every operation; stops at the first failing step, always destroys.
 cluster_steps() {
   local s=cluster backend
@@ -128,6 +157,7 @@ cluster_steps() {
     step "$s: verify ($backend)" molecule verify -s $s || return 1
   done
   MOLECULE_VERIFY=member_down.yml step "$s: etcd member down" molecule verify -s $s || return 1
+  day2_steps || return 1
   MOLECULE_VERIFY=teardown.yml step "$s: status and teardown" molecule verify -s $s || return 1
 }
 
@@ -138,6 +168,24 @@ run_cluster() {
   step "cluster: destroy" molecule destroy -s cluster || rc=1
   return $rc
 }
+
+# cluster and seed use containers, networks and addresses of their own, and most of a step's time is spent
+# waiting on hosts: with both in the runs and MOLECULE_PARALLEL not 0, seed runs beside cluster (its output goes
+# to a log, printed when it ends), which saves most of seed's time on two cores.
+seed_pid=""
+if [ "${MOLECULE_PARALLEL:-1}" != 0 ] && [[ " ${runs[*]} " == *" cluster "* && " ${runs[*]} " == *" seed "* ]]; then
+  seed_log=$work/seed.log
+  # shellcheck disable=SC2030,SC2031  # the subshell keeps a results list of its own and prints it
+  (
+    results=()
+    MOLECULE_BACKEND=vxlan step "seed: test" molecule test -s seed; rc=$?
+    printf '  %s\n' "${results[@]}"
+    exit $rc
+  ) >"$seed_log" 2>&1 &
+  seed_pid=$!
+  echo "==> seed: test runs beside cluster (log: $seed_log)"
+  mapfile -t runs < <(printf '%s\n' "${runs[@]}" | grep -vx seed)
+fi
 
 for run in "${runs[@]}"; do
   scenario=${run%%:*}
@@ -152,6 +200,14 @@ for run in "${runs[@]}"; do
   fi
   [ $failed = 0 ] || break
 done
+
+if [ -n "$seed_pid" ]; then
+  if wait "$seed_pid"; then seed_status=passed; else seed_status=FAILED; failed=1; fi
+  echo "==> seed (ran beside cluster): $seed_status; its output:"
+  cat "$seed_log"
+  # shellcheck disable=SC2031  # the cluster's list, not the subshell's
+  results+=("$(tail -1 "$seed_log" | sed 's/^  //')")
+fi
 
 echo
 echo "molecule results:"
