@@ -47,6 +47,9 @@ _FLANNEL_ETCD = ["flannel_etcd_endpoints", "flannel_etcd_group", "flannel_etcd_p
                  "flannel_etcd_password", "flannel_etcd_timeout"]
 _FLANNEL_INSTALL = ["flannel_install_method", "flannel_install_dir", "flannel_source_dir", "flannel_wheelhouse_dir",
                     "flannel_wheel_python", "flannel_wheel_pip_args"]
+# The etcd role's operations entry points (backup, restore, member_remove) reach a member like main does.
+_ETCD_OPS = ["etcd_group", "etcd_install_method", "etcd_address", "etcd_client_port", "etcd_classic_setup", "etcd_tls",
+             "etcd_tls_dir"]
 ENTRY_POINTS = {
     "roles/flannel/meta/argument_specs.yml": {
         "install": [*_FLANNEL_ETCD, *_FLANNEL_INSTALL],
@@ -58,6 +61,10 @@ ENTRY_POINTS = {
     },
     "roles/etcd/meta/argument_specs.yml": {
         "client_cert": ["etcd_tls_pki_dir", "etcd_client_cert_name", "etcd_client_cert_dir", "etcd_tls_days"],
+        "backup": [*_ETCD_OPS, "etcd_backup_dir", "etcd_backup_keep", "etcd_backup_tmp_dir"],
+        "restore": [*_ETCD_OPS, "etcd_data_dir", "etcd_peer_port", "etcd_cluster_token", "etcd_health_timeout",
+                    "etcd_restore_snapshot", "etcd_restore_confirm", "etcd_restore_force"],
+        "member_remove": [*_ETCD_OPS, "etcd_remove_member"],
     },
 }
 
