@@ -118,7 +118,9 @@ day2_steps() {
   rsync -a --delete "$work/src/" "$next/"
   sed -i -E 's/^version = "([^"]+)"/version = "\1.post1"/' "$next/pyproject.toml"
   MOLECULE_AGENT_VERSION=$(sed -nE 's/^version = "([^"]+)"/\1/p' "$next/pyproject.toml")
-  MOLECULE_ETCD_TARBALL=$("$here/build-etcd-tarball.sh")
+  # build-etcd-tarball.sh prints the tarball's path, then sha256:<hex>
+  tarball_out=$("$here/build-etcd-tarball.sh")
+  MOLECULE_ETCD_TARBALL=$(tail -2 <<<"$tarball_out" | head -1)
   MOLECULE_ETCD_VERSION=$(basename "$MOLECULE_ETCD_TARBALL" | sed -nE 's/^etcd-v([0-9.]+)-linux-.*/\1/p')
   export MOLECULE_AGENT_VERSION MOLECULE_ETCD_TARBALL MOLECULE_ETCD_VERSION MOLECULE_ETCD_INSTALL=tarball
   export MOLECULE_FLANNEL_SOURCE=$next MOLECULE_FLANNEL_WHEELHOUSE=$work/wheelhouse-next
