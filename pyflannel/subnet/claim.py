@@ -9,11 +9,11 @@ network without IPv6, :meth:`Claimer._claim_or_reuse` does a bounded amount of w
    renewed (the etcd lease kept alive, the value rewritten).
 2. **the PublicIP index**: ``<prefix>/index/publicip/<PublicIP>`` names the subnet key of the node's
    lease.  It is written in the same transaction as the lease and lives on the same etcd lease, so it
-   expires with it and costs nothing to renew.  The index entry and the number of leases and of index
-   entries are read in one request: a hit is checked and renewed as in 1; a miss while both numbers are
-   equal means this node holds no lease (every lease is indexed).  When they differ (leases written by
-   Go flanneld, an older pyflannel, etcdctl, the flannel_network module), or the entry is stale, the full
-   list decides, exactly as before.
+   expires with it and costs nothing to renew.  The index entry is read, and in the same request (only
+   on a miss) the number of leases and of index entries: a hit is checked and renewed as in 1; a miss
+   while both numbers are equal means this node holds no lease (every lease is indexed).  When they
+   differ (leases written by Go flanneld, an older pyflannel, etcdctl, the flannel_network module), or
+   the entry is stale, the full list decides, exactly as before.
 3. **new node**: a subnet at random between SubnetMin and SubnetMax (the subnet file's one first) is
    claimed with one transaction that creates its key only if no key overlapping it exists
    (:meth:`V3Store.claim`: range compares over the same bounded ranges).  A claim that finds its subnet
@@ -122,13 +122,12 @@ class Claimer(ManagerBase):
         # 2. the PublicIP index
         index_key = self._index_key(attrs)
         try:
-            (hits,), (leases, indexed), _revision = self.store.read_ranges(
-                [(index_key, None)], counts=[self.subnets_dir, index_dir(self.prefix)])
+            hit, counted, _revision = self.store.lookup(index_key, counts=[self.subnets_dir, index_dir(self.prefix)])
         except StoreError as err:
             self._error(err)
             raise
-        if hits:
-            name = hits[0].value
+        if hit is not None:
+            name = hit.value
             got = None if name == tried else self._reuse(config, attrs, value, name)
             if got is not None and got is not _FULL:
                 log.info("found lease %s for %s, reusing it", got.label, node)  # type: ignore[union-attr]
@@ -136,6 +135,7 @@ class Claimer(ManagerBase):
             if got is None and name != tried:
                 self._delete_index_quietly(index_key, name)  # names a key that is gone or not ours
             return None
+        leases, indexed = counted or (0, -1)
         if leases != indexed:
             log.debug("%d leases, %d indexed by PublicIP: listing them to look for ours", leases, indexed)
             return None

@@ -210,6 +210,29 @@ class V3Store(EtcdStore):
         numbers = [int(answer.get("count", 0) or 0) for answer in answers[len(ranges):]]
         return kvs, numbers, int(resp.get("header", {}).get("revision", 0) or 0)
 
+    def lookup(self, key, counts=(), serializable=True):
+        """``key`` (a KV or None) and, only when it is absent, the number of keys under each of ``counts``
+        (None when present), with the revision: one read-only transaction, etcd counts nothing for a hit."""
+        def ranges(with_counts):
+            ops = [{"request_range": dict({"key": _b64(key)}, **({"serializable": True} if serializable else {}))}]
+            for prefix in counts if with_counts else ():
+                req = {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix)), "count_only": True}
+                if serializable:
+                    req["serializable"] = True
+                ops.append({"request_range": req})
+            return ops
+
+        txn = {"compare": [{"key": _b64(key), "target": "VERSION", "result": "GREATER", "version": 0}],
+               "success": ranges(False), "failure": ranges(True)}
+        resp = self._post("/kv/txn", txn, "reading %s" % key)
+        answers = [item.get("response_range") or {} for item in resp.get("responses") or []]
+        revision = int(resp.get("header", {}).get("revision", 0) or 0)
+        kvs = (answers[0].get("kvs") or []) if answers else []
+        if resp.get("succeeded") and kvs:
+            return self._kv_from(kvs[0]), None, revision
+        answers += [{}] * (1 + len(counts) - len(answers))
+        return None, [int(answer.get("count", 0) or 0) for answer in answers[1:1 + len(counts)]], revision
+
     def claim(self, key, value, ttl=None, empty=(), also=None):
         """Create ``key`` only if no key exists in any of the ``empty`` ranges (``(key, range_end)`` pairs,
         ``range_end`` None: that one key) nor at ``key`` itself: one transaction, so nothing can slip in
