@@ -4,12 +4,18 @@ For each API it starts its own etcd (Debian etcd-server, v2 enabled, on loopback
 config, and then:
 
 1. **acquire** — N lease managers (one etcd connection each, like N nodes) acquire leases,
-   ``--concurrency`` at a time, exactly as flanneld does (list, pick among the first 100 free
-   subnets, atomic create, lost races retried).  Reported: wall time until all N hold distinct leases.
-2. **watch** — every manager (or ``--watchers`` of them) runs its watch (list, then watch from the
+   ``--concurrency`` at a time, exactly as flanneld does (v2, and v3 for IPv6: list, pick among the first
+   100 free subnets, atomic create, lost races retried; v3 IPv4: the PublicIP index, then a random subnet
+   claimed by one transaction, no list).  Reported: wall time until all N hold distinct leases, CPU.
+2. **restarts** (``--restarts env,index``) — every node restarts (new manager, new connection) with its
+   subnet.env or without it (found by PublicIP); checked: nobody changed subnet, still N keys.
+3. **watch** — every manager (or ``--watchers`` of them) runs its watch (list, then watch from the
    list revision), like every node does.  Then ``--probes`` new leases are created one after the
    other; for each we record the delay from just before the create request until the *last* watcher
    reported it ("all watchers"), and each watcher's own delay.
+
+``--watch-cost`` only measures etcd's CPU per event per watch stream, JSON gateway against gRPC.
+Every figure is printed with the load average (the machine may be shared).
 
 No per-key TTL request is made anywhere: the v3 list carries each key's lease id (0 = reservation),
 so a watcher costs one list plus one watch stream — not Go's one TTL RPC per key per watcher.
@@ -18,7 +24,8 @@ Note: all N managers live in this one Python process on this machine, sharing it
 so the "all watchers" delay includes the time this process needs to serve N watch streams in turn
 (in a real cluster each watcher runs on its own node).
 
-Run: ``.venv/bin/python bench/control_plane.py [--nodes 1000] [--api v2,v3] [--write-doc]``
+Run: ``.venv/bin/python bench/control_plane.py [--nodes 1000,3000,5000] [--api v2,v3] [--restarts env,index]
+[--watch-cost] [--write-doc]``
 """
 
 from __future__ import annotations
