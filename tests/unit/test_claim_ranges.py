@@ -31,7 +31,7 @@ def universe(rng: random.Random) -> List[str]:
             net = ipaddress.IPv4Network("%s/%d" % (base, length), strict=False)
             names.add(subnet_key_name(net))
             names.add(subnet_key_name(net, ipaddress.IPv6Network("fc00::/64")))
-    for _ in range(2000):
+    for _draw in range(2000):
         length = rng.randint(1, 32)
         net = ipaddress.IPv4Network(((10 << 24) | (1 << 16) | rng.randrange(1 << 16), length), strict=False)
         names.add(subnet_key_name(net))
@@ -74,7 +74,7 @@ def test_random_subnet_stays_between_subnet_min_and_max() -> None:
                                       "SubnetMax": "10.100.12.0", "Backend": {"Type": "alloc"}}))
     pool = config.pool4
     assert pool is not None
-    seen = {random_subnet(pool) for _ in range(300)}
+    seen = {random_subnet(pool) for _draw in range(300)}
     assert seen == {ipaddress.IPv4Network("10.100.%d.0/24" % i) for i in (10, 11, 12)}
 
 
