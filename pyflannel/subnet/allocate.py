@@ -11,10 +11,10 @@ from typing import List, Optional, Tuple
 
 from pyflannel import subnetenv
 from pyflannel.etcdstore import KV, StoreError, Unreachable
-from pyflannel.leases import Lease, LeaseAttrs, encode_lease, lease_age, printable
+from pyflannel.leases import Lease, LeaseAttrs, encode_lease, lease_age, printable, subnet_key_name
 from pyflannel.netconfig import NetworkConfig, Pool
 from pyflannel.subnet.backoff import Backoff, _Throttle, _wait, until_stopped
-from pyflannel.subnet.base import ManagerBase
+from pyflannel.subnet.claim import Claimer
 from pyflannel.subnet.errors import OutOfSubnets, Stopped, SubnetError
 from pyflannel.subnet.picker import _mark, _Taken, pick_subnet
 from pyflannel.subnet.rivals import _overlap, _rival, _subnets_of, _Wanted
@@ -41,7 +41,7 @@ def _networks(config: NetworkConfig) -> str:
     return " ".join(str(pool.network) for pool in config.pools())
 
 
-class Allocator(ManagerBase):
+class Allocator(Claimer):
     """Picking and creating this node's lease, exactly as Go flanneld does."""
 
     def try_acquire(self, config: NetworkConfig, attrs: LeaseAttrs, stop: Optional[threading.Event] = None) -> Lease:
@@ -53,8 +53,17 @@ class Allocator(ManagerBase):
         A lease of ours that overlaps an older lease is not reused (the older one keeps the subnet)."""
         value_ttl = self.ttl
         value = encode_lease(attrs, self.store.api)
+        self._acquiring = attrs
         taken: Optional[List[_Taken]] = None
         node = attrs.address
+        if self._fast_path(config):
+            # etcd v3, IPv4: restart, index lookup or random claim, without listing (pyflannel.subnet.claim)
+            if stop is not None and stop.is_set():
+                raise Stopped()
+            self._primed = None
+            lease = self._claim_or_reuse(config, attrs, value)
+            if lease is not None:
+                return lease
         for _attempt in range(RACE_TRIES):
             if stop is not None and stop.is_set():
                 raise Stopped()
@@ -102,7 +111,9 @@ class Allocator(ManagerBase):
             if chosen is not None:
                 kv = chosen._kv  # type: ignore[attr-defined]
                 try:
-                    new = self.store.update(kv, value, None if chosen.reservation else value_ttl)
+                    also = self._index_also(attrs, chosen.key_name)
+                    new = (self.store.update(kv, value, None if chosen.reservation else value_ttl, also=also)
+                           if also else self.store.update(kv, value, None if chosen.reservation else value_ttl))
                 except StoreError as err:
                     self._error(err)
                     raise
@@ -153,7 +164,9 @@ class Allocator(ManagerBase):
     def _create(self, wanted: _Wanted, value: str, ttl: int, taken: List[_Taken]) -> Optional[KV]:
         """Atomic create; None (and the subnets marked taken) when another node was first."""
         try:
-            kv = self.store.create(self.key_of(*wanted), value, ttl)
+            also = self._index_also(self._acquiring, subnet_key_name(*wanted))
+            kv = (self.store.create(self.key_of(*wanted), value, ttl, also=also) if also
+                  else self.store.create(self.key_of(*wanted), value, ttl))
         except StoreError as err:
             self._error(err)
             raise

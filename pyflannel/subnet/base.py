@@ -96,7 +96,8 @@ class ManagerBase:
         self._primed: Optional[Tuple[List[Lease], int]] = None  # the acquire's list, for the first snapshot
         self.stats = {"renewals": 0, "renew_failures": 0, "etcd_errors": 0, "acquire_attempts": 0,
                       "lost_races": 0, "watch_relists": 0, "leases_rejected": 0, "lease_restores": 0,
-                      "etcd_state_losses": 0}
+                      "etcd_state_losses": 0, "claims_missed": 0}
+        self._acquiring: Optional[LeaseAttrs] = None  # the attributes of the acquire under way
 
     @property
     def known(self) -> Dict[str, Lease]:

@@ -9,14 +9,14 @@ from typing import List, Optional, Tuple
 from pyflannel.etcdstore import StoreError
 from pyflannel.leases import Lease, encode_lease
 from pyflannel.subnet.backoff import until_stopped
-from pyflannel.subnet.base import ManagerBase
+from pyflannel.subnet.claim import Claimer
 from pyflannel.subnet.errors import LeaseLost, Stopped, SubnetError
 from pyflannel.subnet.rivals import _overlap, _rival, _subnets_of, _taken
 
 log = logging.getLogger("pyflannel.subnet")
 
 
-class Renewer(ManagerBase):
+class Renewer(Claimer):
     """Renews our lease and writes it back (with the split-brain checks of :mod:`pyflannel.subnet.rivals`)."""
 
     @property
@@ -123,13 +123,17 @@ class Renewer(ManagerBase):
                     if rival is not None:
                         raise _taken(why, lease, rival)
                     current, _revision = self.store.head(key)
+                    also = self._index_also(attrs, lease.key_name)
                     if current is None:
-                        kv = self.store.create(key, value, self.ttl)
+                        kv = (self.store.create(key, value, self.ttl, also=also) if also
+                              else self.store.create(key, value, self.ttl))
                     else:
                         holder = self._holder(current)
                         if holder is None or holder.attrs.address != attrs.address:
                             raise _taken(why, lease, holder)
-                        kv = self.store.update(current, value, self.ttl if current.has_ttl else None)
+                        ttl = self.ttl if current.has_ttl else None
+                        kv = (self.store.update(current, value, ttl, also=also) if also
+                              else self.store.update(current, value, ttl))
                     if kv is None:
                         leases = None  # changed under our hands: look again
                         continue
@@ -151,5 +155,7 @@ class Renewer(ManagerBase):
         """Delete our lease (not done on a normal stop: a restart reuses it)."""
         if self.lease is not None and not self.lease.reservation:
             self._delete_quietly(self.lease)
+            if self._index_also(self.attrs, self.lease.key_name):
+                self._delete_index_quietly(self._index_key(self.attrs), self.lease.key_name)  # type: ignore[arg-type]
         self.lease = None
         self._kv = None

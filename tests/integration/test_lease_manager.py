@@ -447,11 +447,11 @@ def interleaved(etcd_server, etcd_api):
     store = etcdstore.connect(etcd_server.url, api=etcd_api)
 
     class Store(type(store)):
-        def create(self, key, value, ttl=None):
+        def create(self, key, value, ttl=None, **kwargs):
             hook, self.hook = getattr(self, "hook", None), None
             if hook is not None:
                 hook()
-            return super().create(key, value, ttl)
+            return super().create(key, value, ttl, **kwargs)  # kwargs: v3's PublicIP index entry
 
     store.__class__ = Store
     store.hook = None

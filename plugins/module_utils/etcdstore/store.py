@@ -113,6 +113,13 @@ class EtcdStore:
         """Returns True if the key existed."""
         raise NotImplementedError
 
+    # v3 only (the lease manager's O(1) join, pyflannel.subnet.claim; v2 lists instead):
+    # ``read_ranges(ranges, counts=(), serializable=True)``: several key ranges and key counts read from one
+    # revision in one request; ``lookup(key, counts)``: a key, and the counts only when it
+    # is absent; ``claim(key, value, ttl, empty, also)``: create ``key`` only while no key
+    # exists in any of the ``empty`` ranges, in one transaction; ``delete_if(key, value)``; and the ``also``
+    # argument of ``create``/``update``: more keys written in the same transaction, on the same etcd lease.
+
     def remaining_ttl(self, kv):
         """Seconds until ``kv`` expires, or None if it has no TTL (costs one request on v3)."""
         raise NotImplementedError

@@ -167,21 +167,100 @@ class V3Store(EtcdStore):
             if "not found" not in str(err):
                 raise
 
-    def _txn_put(self, key, value, lease_id, compare):
-        put = {"key": _b64(key), "value": _b64(value)}
-        if lease_id:
-            put["lease"] = lease_id
-        txn = {"compare": [compare], "success": [{"request_put": put}], "failure": []}
+    def _txn_put(self, key, value, lease_id, compare, also=None):
+        """Write ``key`` (and every key of ``also``, on the same etcd lease) if every compare holds;
+        ``compare``: one compare or a list of them."""
+        puts = []
+        for name, text in [(key, value)] + sorted((also or {}).items()):
+            put = {"key": _b64(name), "value": _b64(text)}
+            if lease_id:
+                put["lease"] = lease_id
+            puts.append({"request_put": put})
+        compares = compare if isinstance(compare, list) else [compare]
+        txn = {"compare": compares, "success": puts, "failure": []}
         resp = self._post("/kv/txn", txn, "writing %s" % key)
         revision = int(resp.get("header", {}).get("revision", 0) or 0)
         return bool(resp.get("succeeded")), revision
 
-    def create(self, key, value, ttl=None):
+    # -- bounded reads and claims (the lease manager's O(1) join) -----------------------------------
+    def read_ranges(self, ranges, counts=(), serializable=True):
+        """Several reads from one revision in one request (a read-only transaction).
+
+        ``ranges``: ``(key, range_end)`` pairs (``range_end`` None: the one key); ``counts``: prefixes whose
+        number of keys is wanted (etcd counts them, nothing is sent back).  Returns (a list of KV per range,
+        a count per prefix, the revision)."""
+        ops = []
+        for key, end in ranges:
+            req = {"key": _b64(key)}
+            if end:
+                req["range_end"] = _b64(end)
+            if serializable:
+                req["serializable"] = True
+            ops.append({"request_range": req})
+        for prefix in counts:
+            req = {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix)), "count_only": True}
+            if serializable:
+                req["serializable"] = True
+            ops.append({"request_range": req})
+        resp = self._post("/kv/txn", {"compare": [], "success": ops, "failure": []},
+                          "reading %d ranges" % len(ops))
+        answers = [item.get("response_range") or {} for item in resp.get("responses") or []]
+        answers += [{}] * (len(ops) - len(answers))
+        kvs = [[self._kv_from(item) for item in answer.get("kvs") or []] for answer in answers[:len(ranges)]]
+        numbers = [int(answer.get("count", 0) or 0) for answer in answers[len(ranges):]]
+        return kvs, numbers, int(resp.get("header", {}).get("revision", 0) or 0)
+
+    def lookup(self, key, counts=(), serializable=True):
+        """``key`` (a KV or None) and, only when it is absent, the number of keys under each of ``counts``
+        (None when present), with the revision: one read-only transaction, etcd counts nothing for a hit."""
+        def ranges(with_counts):
+            ops = [{"request_range": dict({"key": _b64(key)}, **({"serializable": True} if serializable else {}))}]
+            for prefix in counts if with_counts else ():
+                req = {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix)), "count_only": True}
+                if serializable:
+                    req["serializable"] = True
+                ops.append({"request_range": req})
+            return ops
+
+        txn = {"compare": [{"key": _b64(key), "target": "VERSION", "result": "GREATER", "version": 0}],
+               "success": ranges(False), "failure": ranges(True)}
+        resp = self._post("/kv/txn", txn, "reading %s" % key)
+        answers = [item.get("response_range") or {} for item in resp.get("responses") or []]
+        revision = int(resp.get("header", {}).get("revision", 0) or 0)
+        kvs = (answers[0].get("kvs") or []) if answers else []
+        if resp.get("succeeded") and kvs:
+            return self._kv_from(kvs[0]), None, revision
+        answers += [{}] * (1 + len(counts) - len(answers))
+        return None, [int(answer.get("count", 0) or 0) for answer in answers[1:1 + len(counts)]], revision
+
+    def claim(self, key, value, ttl=None, empty=(), also=None):
+        """Create ``key`` only if no key exists in any of the ``empty`` ranges (``(key, range_end)`` pairs,
+        ``range_end`` None: that one key) nor at ``key`` itself: one transaction, so nothing can slip in
+        between the check and the write.  ``also``: more keys written with it, on the same etcd lease.
+        Returns the KV, or None when a key was in the way."""
+        compares = [{"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0}]
+        for start, end in empty:
+            cmp = {"key": _b64(start), "target": "CREATE", "result": "EQUAL", "create_revision": 0}
+            if end:
+                cmp["range_end"] = _b64(end)
+            compares.append(cmp)
+        return self._create(key, value, ttl, compares, also)
+
+    def delete_if(self, key, value):
+        """Delete ``key`` only while it still holds ``value``; True if it was deleted."""
+        txn = {"compare": [{"key": _b64(key), "target": "VALUE", "result": "EQUAL", "value": _b64(value)}],
+               "success": [{"request_delete_range": {"key": _b64(key)}}], "failure": []}
+        resp = self._post("/kv/txn", txn, "deleting %s" % key)
+        return bool(resp.get("succeeded"))
+
+    def create(self, key, value, ttl=None, also=None):
+        return self._create(key, value, ttl, {"key": _b64(key), "target": "CREATE", "result": "EQUAL",
+                                              "create_revision": 0}, also)
+
+    def _create(self, key, value, ttl, compare, also):
         lease_id = self._grant(ttl, "granting a lease for %s" % key) if ttl else 0
         try:
-            ok, revision = self._txn_put(key, value, lease_id,
-                                         {"key": _b64(key), "target": "CREATE", "result": "EQUAL",
-                                          "create_revision": 0})
+            ok, revision = self._txn_put(key, value, lease_id, compare, also)
         except StoreError:
             if lease_id:
                 self._revoke_quietly(lease_id)
@@ -205,7 +284,7 @@ class V3Store(EtcdStore):
         result = resp.get("result", resp)
         return int(result.get("TTL", 0) or 0)
 
-    def update(self, kv, value, ttl=None):
+    def update(self, kv, value, ttl=None, also=None):
         # the very key we read (same create revision), not one created anew since with the same name
         exists = ({"key": _b64(kv.key), "target": "CREATE", "result": "EQUAL", "create_revision": kv.created}
                   if kv.created else {"key": _b64(kv.key), "target": "VERSION", "result": "GREATER", "version": 0})
@@ -216,7 +295,12 @@ class V3Store(EtcdStore):
             if granted <= 0:
                 return None
             if granted >= ttl:
-                ok, revision = self._txn_put(kv.key, value, old_lease, exists)
+                if kv.created and kv.value == value and self._unchanged(kv, value, old_lease, also):
+                    # Nothing to write: no put, so no watch event for every node of the network (renewals
+                    # every 23 h and restarts with the same attributes cost etcd no fan-out).
+                    return KV(kv.key, value, kv.revision, has_ttl=True, expiration=time.time() + ttl,
+                              lease_id=old_lease, ttl=ttl, created=kv.created)
+                ok, revision = self._txn_put(kv.key, value, old_lease, exists, also)
                 if not ok:
                     return None
                 return KV(kv.key, value, revision, has_ttl=True, expiration=time.time() + ttl,
@@ -225,7 +309,7 @@ class V3Store(EtcdStore):
             # move the key to a new lease below, which revokes the old one.
         new_lease = self._grant(ttl, "granting a lease for %s" % kv.key) if ttl else 0
         try:
-            ok, revision = self._txn_put(kv.key, value, new_lease, exists)
+            ok, revision = self._txn_put(kv.key, value, new_lease, exists, also)
         except StoreError:
             if new_lease:
                 self._revoke_quietly(new_lease)
@@ -239,6 +323,16 @@ class V3Store(EtcdStore):
         exp = time.time() + ttl if ttl else None
         return KV(kv.key, value, revision, has_ttl=bool(ttl), expiration=exp, lease_id=new_lease, ttl=ttl,
                   created=kv.created)
+
+    def _unchanged(self, kv, value, lease_id, also):
+        """Whether ``kv`` (and every key of ``also``) holds ``value`` on etcd lease ``lease_id``, created at
+        ``kv.created``: one read-only transaction (no write, no event)."""
+        compares = [{"key": _b64(kv.key), "target": "CREATE", "result": "EQUAL", "create_revision": kv.created}]
+        for name, text in [(kv.key, value)] + sorted((also or {}).items()):
+            compares.append({"key": _b64(name), "target": "VALUE", "result": "EQUAL", "value": _b64(text)})
+            compares.append({"key": _b64(name), "target": "LEASE", "result": "EQUAL", "lease": lease_id})
+        resp = self._post("/kv/txn", {"compare": compares, "success": [], "failure": []}, "reading %s" % kv.key)
+        return bool(resp.get("succeeded"))
 
     def delete(self, key):
         resp = self._post("/kv/deleterange", {"key": _b64(key)}, "deleting %s" % key)
