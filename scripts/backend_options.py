@@ -45,7 +45,8 @@ EP_NOTE = " (copied from main by scripts/backend_options.py; edit main, or the n
 _FLANNEL_ETCD = ["flannel_etcd_endpoints", "flannel_etcd_group", "flannel_etcd_prefix", "flannel_etcd_api",
                  "flannel_etcd_tls", "flannel_etcd_pki_dir", "flannel_etcd_tls_dir", "flannel_etcd_username",
                  "flannel_etcd_password", "flannel_etcd_timeout"]
-_FLANNEL_INSTALL = ["flannel_install_method", "flannel_install_dir", "flannel_source_dir", "flannel_wheelhouse_dir",
+_FLANNEL_INSTALL = ["flannel_install_method", "flannel_install_dir", "flannel_install_keep_builds",
+                    "flannel_source_dir", "flannel_wheelhouse_dir",
                     "flannel_wheel_python", "flannel_wheel_pip_args"]
 ENTRY_POINTS = {
     "roles/flannel/meta/argument_specs.yml": {
