@@ -57,6 +57,10 @@ ENTRY_POINTS = {
                     "flannel_ipv6_subnet_max", "flannel_backend", "flannel_network_force",
                     *_FLANNEL_ETCD, *_FLANNEL_INSTALL],
     },
+    "roles/docker/meta/argument_specs.yml": {
+        "dropin": ["docker_flannel_subnet_file", "docker_ipv6", "docker_flannel_service", "docker_ip_masq",
+                   "docker_extra_args"],
+    },
     "roles/etcd/meta/argument_specs.yml": {
         "client_cert": ["etcd_tls_pki_dir", "etcd_client_cert_name", "etcd_client_cert_dir", "etcd_tls_days"],
     },
