@@ -45,7 +45,8 @@ EP_NOTE = " (copied from main by scripts/backend_options.py; edit main, or the n
 _FLANNEL_ETCD = ["flannel_etcd_endpoints", "flannel_etcd_group", "flannel_etcd_prefix", "flannel_etcd_api",
                  "flannel_etcd_tls", "flannel_etcd_pki_dir", "flannel_etcd_tls_dir", "flannel_etcd_username",
                  "flannel_etcd_password", "flannel_etcd_timeout"]
-_FLANNEL_INSTALL = ["flannel_install_method", "flannel_install_dir", "flannel_source_dir", "flannel_wheelhouse_dir",
+_FLANNEL_INSTALL = ["flannel_install_method", "flannel_install_dir", "flannel_install_keep_builds",
+                    "flannel_source_dir", "flannel_wheelhouse_dir",
                     "flannel_wheel_python", "flannel_wheel_pip_args"]
 # The etcd role's operations entry points (backup, restore, member_remove) reach a member like main does.
 _ETCD_OPS = ["etcd_group", "etcd_install_method", "etcd_address", "etcd_client_port", "etcd_classic_setup", "etcd_tls",
@@ -58,6 +59,10 @@ ENTRY_POINTS = {
                     "flannel_ipv6_network", "flannel_ipv6_subnet_len", "flannel_ipv6_subnet_min",
                     "flannel_ipv6_subnet_max", "flannel_backend", "flannel_network_force",
                     *_FLANNEL_ETCD, *_FLANNEL_INSTALL],
+    },
+    "roles/docker/meta/argument_specs.yml": {
+        "dropin": ["docker_flannel_subnet_file", "docker_ipv6", "docker_flannel_service", "docker_ip_masq",
+                   "docker_extra_args"],
     },
     "roles/etcd/meta/argument_specs.yml": {
         "client_cert": ["etcd_tls_pki_dir", "etcd_client_cert_name", "etcd_client_cert_dir", "etcd_tls_days"],
