@@ -58,7 +58,7 @@ options:
   certs:
     description:
       - With V(certs) in O(gather), the certificate files to read, as a name for each path (for example
-        V({member: /etc/etcd/pki/member.crt, ca: /etc/etcd/pki/ca.crt})). Result in RV(certs).
+        C(member) for C(/etc/etcd/pki/member.crt), C(etcd CA) for C(/etc/etcd/pki/ca.crt)). Result in RV(certs).
     type: dict
     default: {}
   cert_warn_days:
