@@ -7,7 +7,8 @@ Certificates: the PEM files are read with the standard library only (the node's 
 few DER fields shown are read - serial, issuer, validity, subject. Private keys are never opened.
 
 etcd: the member's own status, from the v3 JSON gateway (``POST /v3/maintenance/status``, what
-``etcdctl endpoint status`` asks), over TLS with the member's certificate when it has one.
+``etcdctl endpoint status`` asks), over TLS with the member's certificate when it has one (Ansible's
+``open_url``).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import datetime
 import hashlib
 import json
 import re
-import ssl
-import urllib.request
 from typing import Any, Dict, List, Optional, Tuple
+
+from ansible.module_utils.urls import open_url
 
 __all__ = ["cert_file_info", "der_cert_info", "etcd_member_status", "pem_blocks"]
 
@@ -162,22 +163,13 @@ def etcd_member_status(url: str, ca_cert: Optional[str] = None, client_cert: Opt
     """The member's version, DB size (bytes), id and whether it is the leader; ``error`` when not readable."""
     out: Dict[str, Any] = {"reachable": False, "version": None, "db_size": None, "db_size_in_use": None,
                            "member_id": None, "leader_id": None, "leader": None, "error": ""}
-    context = None
-    if url.startswith("https://"):
-        try:
-            context = ssl.create_default_context(cafile=ca_cert or None)
-            if client_cert:
-                context.load_cert_chain(client_cert, client_key or None)
-        except (OSError, ssl.SSLError) as err:
-            out["error"] = "TLS settings not usable: %s" % err
-            return out
-    request = urllib.request.Request(url.rstrip("/") + "/v3/maintenance/status", data=b"{}",
-                                     headers={"Content-Type": "application/json"}, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # nosec B310
-            data = json.loads(response.read().decode("utf-8"))
-    except (OSError, ValueError) as err:
-        out["error"] = str(getattr(err, "reason", err))
+        response = open_url(url.rstrip("/") + "/v3/maintenance/status", data=b"{}", method="POST",
+                            headers={"Content-Type": "application/json"}, timeout=timeout,
+                            ca_path=ca_cert or None, client_cert=client_cert or None, client_key=client_key or None)
+        data = json.loads(response.read().decode("utf-8"))
+    except Exception as err:  # pylint: disable=broad-except  # URL, TLS and JSON errors alike: shown, not raised
+        out["error"] = str(getattr(err, "reason", err)) or type(err).__name__
         return out
     member = int(data.get("header", {}).get("member_id", 0))
     leader = int(data.get("leader", 0))

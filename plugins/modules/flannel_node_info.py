@@ -63,7 +63,7 @@ options:
     default: {}
   cert_warn_days:
     description:
-      - A certificate that expires within this many days is marked RV(certs[].certs[].expiring); an expired
+      - A certificate that expires within this many days is marked C(expiring) in RV(certs); an expired
         one (or an unreadable file) is also a line of RV(problems).
     type: int
     default: 30
@@ -233,11 +233,18 @@ certs:
                        "not_before": "2026-12-06T11:02:10Z", "not_after": "2036-12-04T11:02:10Z", "days_left": 3649,
                        "self_signed": false, "expiring": false, "fingerprint_sha256": "9b0c..."}]}]
 etcd:
-  description: With V(etcd) in O(gather), the local member's status; RV(etcd.error) says why when not readable.
+  description: With V(etcd) in O(gather), the local member's status; its C(error) says why when not readable.
   returned: always
   type: dict
   sample: {"reachable": true, "version": "3.4.23", "db_size": 20480, "db_size_in_use": 16384,
            "member_id": "8e9e05c52164694d", "leader_id": "8e9e05c52164694d", "leader": true, "error": ""}
+cert_problems:
+  description:
+    - The lines of RV(problems) about certificates - a file of O(certs) that cannot be read, a certificate that
+      has expired (one that expires within O(cert_warn_days) is only marked C(expiring) in RV(certs)).
+  returned: always
+  type: list
+  elements: str
 wheel_fit:
   description: With O(wheels), how they fit the interpreter.
   returned: when O(wheels) is given
@@ -415,8 +422,8 @@ def cert_problems(files):
             out.append("%s certificate %s: %s" % (item["name"], item["path"], item["error"]))
         for cert in item["certs"]:
             if cert["days_left"] < 0:
-                out.append("%s certificate %s (%s) expired on %s" % (item["name"], item["path"], cert["subject"],
-                                                                      cert["not_after"]))
+                out.append("%s certificate %s (%s) expired on %s"
+                           % (item["name"], item["path"], cert["subject"], cert["not_after"]))
     return out
 
 
