@@ -17,6 +17,10 @@ description:
     etcd services, and the installed agent's version.
   - With O(wheels), also whether wheel files fit an interpreter on the node, judged by C(packaging.tags)
     run by that interpreter.
+  - With V(certs) in O(gather), the certificates of O(certs) (each block of a bundle) - subject, issuer,
+    expiry - read with the standard library; private keys are never opened.
+  - With V(etcd) in O(gather), the local etcd member's version, DB size and whether it is the leader, from
+    its v3 JSON gateway (what C(etcdctl endpoint status) asks), over TLS when O(etcd_endpoint) is https.
   - Never changes anything.
 author:
   - netfabric.flannel developers (@netfabric)
@@ -49,8 +53,34 @@ options:
       - What to read. An empty list reads nothing of the node (for a wheel check alone).
     type: list
     elements: str
-    choices: [subnet, bridge, devices, routes, services, agent]
+    choices: [subnet, bridge, devices, routes, services, agent, certs, etcd]
     default: [subnet, bridge, devices, routes, services, agent]
+  certs:
+    description:
+      - With V(certs) in O(gather), the certificate files to read, as a name for each path (for example
+        C(member) for C(/etc/etcd/pki/member.crt), C(etcd CA) for C(/etc/etcd/pki/ca.crt)). Result in RV(certs).
+    type: dict
+    default: {}
+  cert_warn_days:
+    description:
+      - A certificate that expires within this many days is marked C(expiring) in RV(certs); an expired
+        one (or an unreadable file) is also a line of RV(problems).
+    type: int
+    default: 30
+  etcd_endpoint:
+    description:
+      - With V(etcd) in O(gather), the URL of the local member's client endpoint.
+    type: str
+    default: https://127.0.0.1:2379
+  etcd_ca_cert:
+    description: CA bundle that verifies the member's certificate (https).
+    type: path
+  etcd_client_cert:
+    description: Client certificate presented to the member (https with client certificate authentication).
+    type: path
+  etcd_client_key:
+    description: Its private key (read by the TLS library only, never returned).
+    type: path
   wheels:
     description:
       - Wheel file names (C(<name>-<version>-<python tag>-<abi tag>-<platform tag>.whl)) to check against
@@ -95,6 +125,15 @@ EXAMPLES = r"""
     wheels: [wrapt-1.16.0-cp311-cp311-manylinux_2_28_x86_64.whl, pyflannel-0.3.0-py3-none-any.whl]
     wheel_python: /usr/bin/python3
   register: fit
+
+- name: Certificate expiry, and the local etcd member's version, leader and DB size
+  netfabric.flannel.flannel_node_info:
+    gather: [certs, etcd]
+    certs: {ca: /etc/etcd/pki/ca.crt, member: /etc/etcd/pki/member.crt}
+    etcd_ca_cert: /etc/etcd/pki/ca.crt
+    etcd_client_cert: /etc/etcd/pki/member.crt
+    etcd_client_key: /etc/etcd/pki/member.key
+  register: node
 """
 
 RETURN = r"""
@@ -180,7 +219,29 @@ agent:
 problems:
   description:
     - One line per thing that is wrong on a flannel node, from what was gathered - no subnet file, the bridge
-      not on the flannel subnets, flanneld or docker not active.
+      not on the flannel subnets, flanneld or docker not active, and RV(cert_problems).
+  returned: always
+  type: list
+  elements: str
+certs:
+  description: With V(certs) in O(gather), one entry per file of O(certs), in the order given.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"name": "member", "path": "/etc/etcd/pki/member.crt", "exists": true, "error": "", "days_left": 3649,
+            "certs": [{"subject": "CN=node1", "issuer": "CN=netfabric-flannel etcd CA", "serial": "4f1a",
+                       "not_before": "2026-12-06T11:02:10Z", "not_after": "2036-12-04T11:02:10Z", "days_left": 3649,
+                       "self_signed": false, "expiring": false, "fingerprint_sha256": "9b0c..."}]}]
+etcd:
+  description: With V(etcd) in O(gather), the local member's status; its C(error) says why when not readable.
+  returned: always
+  type: dict
+  sample: {"reachable": true, "version": "3.4.23", "db_size": 20480, "db_size_in_use": 16384,
+           "member_id": "8e9e05c52164694d", "leader_id": "8e9e05c52164694d", "leader": true, "error": ""}
+cert_problems:
+  description:
+    - The lines of RV(problems) about certificates - a file of O(certs) that cannot be read, a certificate that
+      has expired (one that expires within O(cert_warn_days) is only marked C(expiring) in RV(certs)).
   returned: always
   type: list
   elements: str
@@ -231,12 +292,15 @@ import re
 from ansible.module_utils.basic import AnsibleModule
 
 from ..module_utils import catalogue, subnetenv
+from ..module_utils.certinfo import cert_file_info, etcd_member_status
 from ..module_utils.wheelfit import basic_fit, wheel_fit, wheel_tags
 
 # wheel_tags and basic_fit: for the unit tests, which reach them through this module
 __all__ = ["basic_fit", "main", "wheel_fit", "wheel_tags"]
 
 PARTS = ["subnet", "bridge", "devices", "routes", "services", "agent"]
+# read only when asked for: they need settings (file paths, an endpoint) the default run has no use for
+EXTRA_PARTS = ["certs", "etcd"]
 
 
 def _ip_json(module, args):
@@ -350,8 +414,21 @@ def agent(install_dir):
     return {"installed": os.path.exists(python), "python": python, "version": version}
 
 
-def problems(result, gather):
+def cert_problems(files):
+    """An unreadable certificate file or an expired certificate is a problem; one expiring soon is not."""
     out = []
+    for item in files:
+        if item["error"]:
+            out.append("%s certificate %s: %s" % (item["name"], item["path"], item["error"]))
+        for cert in item["certs"]:
+            if cert["days_left"] < 0:
+                out.append("%s certificate %s (%s) expired on %s"
+                           % (item["name"], item["path"], cert["subject"], cert["not_after"]))
+    return out
+
+
+def problems(result, gather):
+    out = list(result["cert_problems"])
     if "subnet" in gather and not result["subnet_env"]:
         out.append("no %s (is flanneld running?)" % result["subnet_file"])
     elif "bridge" in gather and result["bridge"]["state"] == "mismatch":
@@ -363,6 +440,8 @@ def problems(result, gather):
         if want6 and want6 not in bridge["addresses6"]:
             have6 = ", ".join(bridge["addresses6"]) or "none"
             out.append("%s has IPv6 %s, subnet.env says %s" % (bridge["name"], have6, want6))
+    if "services" not in gather:
+        return out
     for name in ("flanneld", "docker"):
         state = result["services"].get(name)
         if state not in (None, "active"):
@@ -377,7 +456,13 @@ def main():
             install_dir=dict(type="path", default="/opt/pyflannel"),
             bridge=dict(type="str", default="docker0"),
             services=dict(type="list", elements="str", default=["flanneld", "docker", "etcd"]),
-            gather=dict(type="list", elements="str", choices=PARTS, default=PARTS),
+            gather=dict(type="list", elements="str", choices=PARTS + EXTRA_PARTS, default=PARTS),
+            certs=dict(type="dict", default={}),
+            cert_warn_days=dict(type="int", default=30),
+            etcd_endpoint=dict(type="str", default="https://127.0.0.1:2379"),
+            etcd_ca_cert=dict(type="path"),
+            etcd_client_cert=dict(type="path"),
+            etcd_client_key=dict(type="path", no_log=False),
             wheels=dict(type="list", elements="str"),
             wheel_python=dict(type="path"),
         ),
@@ -399,7 +484,12 @@ def main():
         "routes": routes(module) if "routes" in gather else [],
         "services": services(module, params["services"]) if "services" in gather else {},
         "agent": agent(params["install_dir"]) if "agent" in gather else {},
+        "certs": [cert_file_info(name, path, params["cert_warn_days"]) for name, path in params["certs"].items()]
+        if "certs" in gather else [],
+        "etcd": etcd_member_status(params["etcd_endpoint"], params["etcd_ca_cert"], params["etcd_client_cert"],
+                                   params["etcd_client_key"]) if "etcd" in gather else {},
     }
+    result["cert_problems"] = cert_problems(result["certs"])
     result["problems"] = problems(result, gather)
     if params["wheels"] is not None:
         result["wheel_fit"] = wheel_fit(module, params["wheels"], params["wheel_python"])
