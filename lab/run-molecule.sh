@@ -121,8 +121,9 @@ day2_steps() {
   # build-etcd-tarball.sh prints the tarball's path, then sha256:<hex>
   tarball_out=$("$here/build-etcd-tarball.sh")
   MOLECULE_ETCD_TARBALL=$(tail -2 <<<"$tarball_out" | head -1)
+  MOLECULE_ETCD_CHECKSUM=$(tail -1 <<<"$tarball_out")
   MOLECULE_ETCD_VERSION=$(basename "$MOLECULE_ETCD_TARBALL" | sed -nE 's/^etcd-v([0-9.]+)-linux-.*/\1/p')
-  export MOLECULE_AGENT_VERSION MOLECULE_ETCD_TARBALL MOLECULE_ETCD_VERSION MOLECULE_ETCD_INSTALL=tarball
+  export MOLECULE_AGENT_VERSION MOLECULE_ETCD_TARBALL MOLECULE_ETCD_CHECKSUM MOLECULE_ETCD_VERSION MOLECULE_ETCD_INSTALL=tarball
   export MOLECULE_FLANNEL_SOURCE=$next MOLECULE_FLANNEL_WHEELHOUSE=$work/wheelhouse-next
   MOLECULE_VERIFY=day2_upgrade.yml step "$s: rolling upgrade (agent, etcd 3.4 -> 3.5)" molecule verify -s $s || return 1
   MOLECULE_VERIFY=day2_certs.yml step "$s: certificate rotation (leaves, CA)" molecule verify -s $s || return 1
