@@ -117,6 +117,7 @@ day2_steps() {
   # directory on the nodes), and etcd 3.5 as a release tarball (the members run Debian's 3.4 package so far).
   rsync -a --delete "$work/src/" "$next/"
   sed -i -E 's/^version = "([^"]+)"/version = "\1.post1"/' "$next/pyproject.toml"
+  sed -i -E 's/^__version__ = "([^"]+)"/__version__ = "\1.post1"/' "$next/pyflannel/__init__.py"
   MOLECULE_AGENT_VERSION=$(sed -nE 's/^version = "([^"]+)"/\1/p' "$next/pyproject.toml")
   # build-etcd-tarball.sh prints the tarball's path, then sha256:<hex>
   tarball_out=$("$here/build-etcd-tarball.sh")
