@@ -157,7 +157,13 @@ cluster_steps() {
       step "$s: check --diff -v shows no secret" secrets_check || return 1
     fi
     step "$s: converge ($backend)" molecule converge -s $s || return 1
-    step "$s: idempotence ($backend)" molecule idempotence -s $s || return 1
+    # The second run that must change nothing: after the first install (vxlan) and after the switch to wireguard
+    # (the backend with the most tasks of its own: keys, wireguard-go units); the dual-stack network's is the
+    # rolling upgrade's second run (day2_steps). host-gw and udp change only the network config and the agent's
+    # options, which those runs cover; skipping theirs keeps make test within its time budget.
+    case $backend in
+      vxlan|wireguard) step "$s: idempotence ($backend)" molecule idempotence -s $s || return 1 ;;
+    esac
     step "$s: verify ($backend)" molecule verify -s $s || return 1
   done
   MOLECULE_VERIFY=member_down.yml step "$s: etcd member down" molecule verify -s $s || return 1
