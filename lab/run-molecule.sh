@@ -91,9 +91,12 @@ secrets_check() {
         | sort -rn | head -1 | cut -d' ' -f2-)
   [ -n "$pki" ] || { echo "secrets check: no etcd PKI directory of the cluster found"; return 1; }
   while IFS= read -r key; do
-    # every base64 line of the key's PEM body
+    # every base64 line of the key's PEM body, except a line that is all public key: an EC key's PEM ends with
+    # its public point, which certificate information (public, and shown with -v) carries at the same alignment
+    pub=$(openssl pkey -in "$key" -pubout 2>/dev/null | grep -v -- ----- | tr -d '\n')
     while IFS= read -r line; do
       case $line in -----*|"") continue ;; esac
+      if [ -n "$pub" ] && [[ $pub == *"${line%%=*}"* ]]; then continue; fi
       if grep -qF -- "$line" "$out"; then echo "secrets check: private key $key is in the output"; found=1; break; fi
     done <"$key"
   done < <(find "$pki" -name '*.key')
@@ -167,7 +170,8 @@ cluster_steps() {
     step "$s: verify ($backend)" molecule verify -s $s || return 1
   done
   MOLECULE_VERIFY=member_down.yml step "$s: etcd member down" molecule verify -s $s || return 1
-  day2_steps || return 1
+  # The day-2 operations add about 20 minutes on two cores: with MOLECULE_DAY2=1 (make test runs without them).
+  if [ "${MOLECULE_DAY2:-0}" = 1 ]; then day2_steps || return 1; fi
   MOLECULE_VERIFY=teardown.yml step "$s: status and teardown" molecule verify -s $s || return 1
 }
 
