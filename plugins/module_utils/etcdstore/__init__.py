@@ -33,7 +33,8 @@ from .common import KV, BadEndpoint, Event, StateLost, StoreError, Unreachable, 
 from .endpoints import DEFAULT_ENDPOINTS, Endpoint, parse_endpoints
 from .store import EtcdStore
 from .v2 import V2Store
-from .v3 import _GOING_AWAY, V3Store, _b64, _going_away, _prefix_end, _stream_going_away, _unb64
+from .v3 import V3Store
+from .v3watch import _GOING_AWAY, _b64, _going_away, _prefix_end, _stream_going_away, _unb64
 
 __all__ = [
     "DEFAULT_ENDPOINTS", "KV", "_GOING_AWAY", "BadEndpoint", "ConfigConflict", "Endpoint", "EtcdStore", "Event",
