@@ -16,8 +16,12 @@ export PATH="$root/.venv/bin:$PATH"
 cd "$root"
 
 # The backends the cluster scenario switches through, in order (tests/unit/.../test_catalogue.py: every
-# datapath of the backend catalogue), before dual stack on vxlan.
+# datapath of the backend catalogue), before dual stack on vxlan. MOLECULE_CLUSTER_BACKENDS="vxlan" (a list
+# starting with vxlan) runs fewer, e.g. to work on a later step.
 cluster_backends=(vxlan host-gw udp wireguard)
+if [ -n "${MOLECULE_CLUSTER_BACKENDS:-}" ]; then
+  read -r -a cluster_backends <<<"$MOLECULE_CLUSTER_BACKENDS"
+fi
 
 runs=("$@")
 [ ${#runs[@]} -gt 0 ] || runs=(cluster seed)
@@ -130,10 +134,10 @@ day2_steps() {
   export MOLECULE_AGENT_VERSION MOLECULE_ETCD_TARBALL MOLECULE_ETCD_CHECKSUM MOLECULE_ETCD_VERSION MOLECULE_ETCD_INSTALL=tarball
   export MOLECULE_FLANNEL_SOURCE=$next MOLECULE_FLANNEL_WHEELHOUSE=$work/wheelhouse-next
   MOLECULE_VERIFY=day2_upgrade.yml step "$s: rolling upgrade (agent, etcd 3.4 -> 3.5)" molecule verify -s $s || return 1
-  MOLECULE_VERIFY=day2_certs.yml step "$s: certificate rotation (leaves, CA)" molecule verify -s $s || return 1
   MOLECULE_VERIFY=day2_restore.yml step "$s: etcd backup and restore" molecule verify -s $s || return 1
   MOLECULE_VERIFY=day2_remove_node.yml step "$s: node removal" molecule verify -s $s || return 1
   MOLECULE_VERIFY=day2_rejoin.yml step "$s: a new member joins" molecule verify -s $s || return 1
+  MOLECULE_VERIFY=day2_certs.yml step "$s: certificate rotation (new CA)" molecule verify -s $s || return 1
   echo "day-2 operations (seconds, ordered pairs pinging, packets sent / received / lost):"
   awk -F'\t' '{printf "  %-14s %7.1f s  %d pairs  %6d sent  %6d received  %d lost\n", $1, $2, $3, $4, $5, $6}' "$DAY2_REPORT"
 }

@@ -11,7 +11,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from testbed.netns import REPO, Agent, Host, put_config
+from testbed.netns import REPO, Agent, Host, put_config, wait_peers
 
 pytestmark = [pytest.mark.integration]
 
@@ -45,6 +45,8 @@ def run_agents(bed: Any, server: Any, config: Dict[str, Any]) -> List[Agent]:
         agent.start(wait=False)
     for agent in agents:
         agent.wait_ready()
+    # the routes to the peer's subnets, which the teardown must remove, come through the watch after ready
+    wait_peers(agents)
     return agents
 
 
