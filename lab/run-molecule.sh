@@ -174,7 +174,7 @@ cluster_steps() {
     step "$s: verify ($backend)" molecule verify -s $s || return 1
   done
   MOLECULE_VERIFY=member_down.yml step "$s: etcd member down" molecule verify -s $s || return 1
-  # The day-2 operations add about 20 minutes on two cores: with MOLECULE_DAY2=1 (make test runs without them).
+  # The day-2 operations add about 17 minutes on two cores: with MOLECULE_DAY2=1 (make test runs without them).
   if [ "${MOLECULE_DAY2:-0}" = 1 ]; then day2_steps || return 1; fi
   MOLECULE_VERIFY=teardown.yml step "$s: status and teardown" molecule verify -s $s || return 1
 }
