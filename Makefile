@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV      := .venv
 PY        := $(VENV)/bin/python
 PYTEST    := $(VENV)/bin/pytest
-TEST_DEBS := etcd-server etcd-client iptables iproute2 iperf3 iputils-ping procps rsync git curl shellcheck wireguard-tools wireguard-go tcpdump nftables
+TEST_DEBS := etcd-server etcd-client openssh-client iptables iproute2 iperf3 iputils-ping procps rsync git curl shellcheck wireguard-tools wireguard-go tcpdump nftables
 
 .PHONY: help deps venv test test-quick test-unit test-integration lint lab lab-down lab-status molecule test-vagrant bench clean collections-link ansible-lint syntax-check argspec-check sanity collection-build
 

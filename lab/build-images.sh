@@ -16,8 +16,10 @@ SUITE=${LAB_SUITE:-bookworm}
 MIRROR=${LAB_MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${LAB_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 # What every lab host needs before Ansible touches it: systemd as init, python3 for Ansible
-# (python3-apt for its apt module), the networking tools the roles and the verify steps use.
-PACKAGES=${LAB_PACKAGES:-systemd,systemd-sysv,dbus,python3,python3-apt,iproute2,iptables,procps,ca-certificates,sudo,iputils-ping,kmod,less}
+# (python3-apt for its apt module), the networking tools the roles and the verify steps use; an OpenSSH server
+# that does not start at boot and has no host keys (molecule's prepare gives it keys and starts it: Ansible over
+# ssh costs about a third less per task than over `docker exec`).
+PACKAGES=${LAB_PACKAGES:-systemd,systemd-sysv,dbus,python3,python3-apt,iproute2,iptables,procps,ca-certificates,sudo,iputils-ping,kmod,less,openssh-server}
 # Units that cannot work (or make no sense) in a container: masked so the host boots to "running".
 MASK_UNITS="systemd-udevd.service systemd-udevd-control.socket systemd-udevd-kernel.socket
 systemd-udev-trigger.service systemd-udev-settle.service getty.target console-getty.service
@@ -49,6 +51,9 @@ make_rootfs() {
     "$SECURITY_MIRROR" "$SUITE" /usr/share/keyrings/debian-archive-keyring.gpg \
     >"$rootfs/etc/apt/sources.list.d/debian.sources"
   for u in $MASK_UNITS; do ln -sf /dev/null "$rootfs/etc/systemd/system/$u"; done
+  # sshd: off at boot, and no host keys shared by every container made from this image.
+  rm -f "$rootfs/etc/systemd/system/multi-user.target.wants/ssh.service" "$rootfs/etc/systemd/system/sshd.service" \
+    "$rootfs"/etc/ssh/ssh_host_*
   # Every container gets its own machine-id at boot; no hostname baked in.
   : >"$rootfs/etc/machine-id"
   rm -f "$rootfs/var/lib/dbus/machine-id" "$rootfs/etc/hostname"
