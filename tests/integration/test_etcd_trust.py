@@ -49,20 +49,25 @@ def test_hostile_leases_are_refused_once_and_traffic_flows(testbed: Any, bed_etc
     b_mac = json.loads(etcdctl(bed, server, "get", "--print-value-only",
                                SUBNETS + b.subnet.replace("/", "-")))["BackendData"]["VtepMAC"]
     b_net = b.subnet.split("/")[0]
+    # five /24s no agent holds (each agent picked its subnet at random: a hostile value written over an agent's
+    # own key would rightly make that agent give up its lease)
+    held = {x.subnet for x in agents}
+    spare = ["10.100.%d.0" % n for n in range(250, 200, -1) if "10.100.%d.0/24" % n not in held][:5]
+    impostor, big, mcast_ip, mcast_mac, garbled = spare
     hostile = {
         # outside Network
         "10.200.5.0-24": lease_value(c.host.address, "0e:00:00:00:00:01"),
         # a /25 inside b's /24, claimed by c: it would steal half of b's traffic
         b_net + "-25": lease_value(c.host.address, "0e:00:00:00:00:02"),
         # b's VtepMAC on another address: the fdb entry would flip between two hosts
-        "10.100.250.0-24": lease_value("10.9.9.9", b_mac),
+        impostor + "-24": lease_value("10.9.9.9", b_mac),
         # far bigger than any lease
-        "10.100.251.0-24": lease_value("10.9.9.8", "0e:00:00:00:00:03", pad=100 * 1024),
+        big + "-24": lease_value("10.9.9.8", "0e:00:00:00:00:03", pad=100 * 1024),
         # not unicast
-        "10.100.252.0-24": lease_value("224.0.0.5", "0e:00:00:00:00:04"),
-        "10.100.253.0-24": lease_value("10.9.9.7", "01:00:5e:00:00:01"),
+        mcast_ip + "-24": lease_value("224.0.0.5", "0e:00:00:00:00:04"),
+        mcast_mac + "-24": lease_value("10.9.9.7", "01:00:5e:00:00:01"),
         # not JSON / not a key
-        "10.100.254.0-24": "{not json",
+        garbled + "-24": "{not json",
         "10.100.300.0-24": lease_value("10.9.9.6", "0e:00:00:00:00:05"),
     }
     for name, value in hostile.items():
@@ -80,7 +85,7 @@ def test_hostile_leases_are_refused_once_and_traffic_flows(testbed: Any, bed_etc
     for agent in agents:
         routes = {r["dst"] for r in agent.host.routes()}
         assert "10.200.5.0/24" not in routes and b_net + "/25" not in routes, routes
-        assert not routes & {"10.100.%d.0/24" % n for n in range(250, 254)}, routes  # the refused ones
+        assert not routes & {net + "/24" for net in spare[:4]}, routes  # the refused ones
         text = agent.logtext()
         for name in hostile:
             assert text.count("ignoring the lease %s%s in etcd" % (SUBNETS, name)) == 1, (name, text[-3000:])
@@ -91,7 +96,7 @@ def test_hostile_leases_are_refused_once_and_traffic_flows(testbed: Any, bed_etc
     assert not failed, failed
 
     # the older lease keeps a shared VtepMAC: when b's lease goes, the impostor is no longer outvoted
-    etcdctl(bed, server, "del", SUBNETS + "10.100.250.0-24")
+    etcdctl(bed, server, "del", SUBNETS + impostor + "-24")
     wait_for(lambda: all(x.metrics().get("flannel_leases_rejected", 0) == len(hostile) - 1 for x in agents), 20,
              what="the deleted hostile lease forgotten")
 
