@@ -136,7 +136,8 @@ day2_steps() {
   export MOLECULE_FLANNEL_SOURCE=$next MOLECULE_FLANNEL_WHEELHOUSE=$work/wheelhouse-next
   MOLECULE_VERIFY=day2_upgrade.yml step "$s: rolling upgrade (agent, etcd 3.4 -> 3.5)" molecule verify -s $s || return 1
   MOLECULE_VERIFY=day2_restore.yml step "$s: etcd backup and restore" molecule verify -s $s || return 1
-  MOLECULE_VERIFY=day2_remove_node.yml step "$s: node removal" molecule verify -s $s || return 1
+  MOLECULE_VERIFY=day2_replace.yml step "$s: member replacement (host lost)" molecule verify -s $s || return 1
+  MOLECULE_VERIFY=day2_remove_node.yml step "$s: node removal (the lost host back)" molecule verify -s $s || return 1
   MOLECULE_VERIFY=day2_rejoin.yml step "$s: a new member joins" molecule verify -s $s || return 1
   MOLECULE_VERIFY=day2_certs.yml step "$s: certificate rotation (new CA)" molecule verify -s $s || return 1
   echo "day-2 operations (seconds, ordered pairs pinging, packets sent / received / lost):"
