@@ -135,6 +135,11 @@ day2_steps() {
   export MOLECULE_AGENT_VERSION MOLECULE_ETCD_TARBALL MOLECULE_ETCD_CHECKSUM MOLECULE_ETCD_VERSION MOLECULE_ETCD_INSTALL=tarball
   export MOLECULE_FLANNEL_SOURCE=$next MOLECULE_FLANNEL_WHEELHOUSE=$work/wheelhouse-next
   MOLECULE_VERIFY=day2_upgrade.yml step "$s: rolling upgrade (agent, etcd 3.4 -> 3.5)" molecule verify -s $s || return 1
+  # The agent's rollback: a run of the previous version (the first snapshot and wheelhouse); the later steps run it.
+  export MOLECULE_UPGRADED_AGENT_VERSION=$MOLECULE_AGENT_VERSION
+  MOLECULE_AGENT_VERSION=$(sed -nE 's/^version = "([^"]+)"/\1/p' "$work/src/pyproject.toml")
+  export MOLECULE_FLANNEL_SOURCE=$work/src MOLECULE_FLANNEL_WHEELHOUSE=$work/wheelhouse
+  MOLECULE_VERIFY=day2_rollback.yml step "$s: rollback of the agent upgrade" molecule verify -s $s || return 1
   MOLECULE_VERIFY=day2_restore.yml step "$s: etcd backup and restore" molecule verify -s $s || return 1
   MOLECULE_VERIFY=day2_replace.yml step "$s: member replacement (host lost)" molecule verify -s $s || return 1
   MOLECULE_VERIFY=day2_remove_node.yml step "$s: node removal (the lost host back)" molecule verify -s $s || return 1
