@@ -178,7 +178,7 @@ cluster_steps() {
     step "$s: verify ($backend)" molecule verify -s $s || return 1
   done
   MOLECULE_VERIFY=member_down.yml step "$s: etcd member down" molecule verify -s $s || return 1
-  # The day-2 operations (about 14 minutes on two cores); MOLECULE_DAY2=0 leaves them out, e.g. to work on a
+  # The day-2 operations (about 15 minutes on two cores); MOLECULE_DAY2=0 leaves them out, e.g. to work on a
   # step before them.
   if [ "${MOLECULE_DAY2:-1}" = 1 ]; then day2_steps || return 1; fi
   MOLECULE_VERIFY=teardown.yml step "$s: status and teardown" molecule verify -s $s || return 1
