@@ -25,7 +25,8 @@ report() {
 bg_pid="" bg_label="" bg_log="" bg_secs=""
 finish() {
   if [ -n "$bg_pid" ] && kill -0 "$bg_pid" 2>/dev/null; then
-    kill -TERM -- "-$bg_pid" 2>/dev/null
+    # its process group; just after bg_start the child may not have called setsid yet: then the child itself
+    kill -TERM -- "-$bg_pid" 2>/dev/null || kill -TERM "$bg_pid" 2>/dev/null
     wait "$bg_pid" 2>/dev/null
     echo "==> stage $bg_label stopped: a stage beside it failed (its output so far: $bg_log)"
   fi
